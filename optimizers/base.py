@@ -1,0 +1,166 @@
+"""The interface every optimizer shares: paper defaults as typed parameters, one entry point that yields events, and a
+context that gives it the task model (through the evaluator), the optimizer model, the train and dev splits (never
+test), a seeded random generator, and bookkeeping of candidates and their scores.
+
+Helpers are generators: `result = yield from ctx.score(...)` emits the events of the work and returns its result,
+so an optimizer's loop reads like the paper's pseudo-code while every request and score is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generator, Iterator, Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from .data import Example
+from .evaluate import EvalResult, Evaluator, Prediction
+from .events import CandidateProposed, CandidateRejected, CandidateScored, Event, MetaPrompt, StepDone
+from .llm import LLM, Completion
+from .task import Task
+
+Gen = Generator[Event, None, Any]
+
+
+def candidate_id(text: str) -> str:
+    return "c" + hashlib.sha256(text.strip().encode()).hexdigest()[:10]
+
+
+class Params(BaseModel):
+    """Base for each optimizer's parameters: defaults from the paper or its official code, one-line help each."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_prompt_words: int = 300
+    optimizer_max_tokens: int = 512
+
+
+@dataclass
+class Candidate:
+    id: str
+    text: str
+    parents: list[str]
+    origin: str
+    step: int
+    # split -> example_id -> correct (accumulates across batches: bandits and minibatches add to it)
+    results: dict[str, dict[str, bool]] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)  # split -> score of the latest full evaluation on it
+
+    def mean(self, split: str) -> float | None:
+        r = self.results.get(split)
+        return sum(r.values()) / len(r) if r else None
+
+    def n(self, split: str) -> int:
+        return len(self.results.get(split, {}))
+
+
+class Context:
+    def __init__(self, *, task: Task, train: Sequence[Example], dev: Sequence[Example], initial_prompt: str,
+                 evaluator: Evaluator, optimizer_llm: LLM, seed: int = 0):
+        self.task, self.train, self.dev = task, list(train), list(dev)
+        self.initial_prompt = initial_prompt
+        self.evaluator, self.llm = evaluator, optimizer_llm
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.candidates: dict[str, Candidate] = {}
+        self._request_no = 0
+
+    # --- optimizer model ----------------------------------------------------------------------------------------
+    def ask(self, purpose: str, messages: list[dict[str, str]], *, step: int, ref: str | None = None,
+            **params: Any) -> Generator[Event, None, Completion]:
+        """One optimizer-model request; its messages and raw reply become a MetaPrompt event. Each request gets its
+        own seed drawn from the run's generator, so sampling differs between requests yet replays exactly."""
+        self._request_no += 1
+        params.setdefault("seed", self.rng.randrange(2**31))
+        comp = self.llm.complete(messages, **params)
+        yield MetaPrompt(step=step, purpose=purpose, model=self.llm.model, messages=messages,
+                         params={k: v for k, v in params.items() if k != "extra_body"}, reply=comp.text,
+                         finish_reason=comp.finish_reason, cached=comp.cached, ref=ref)
+        return comp
+
+    # --- candidates ---------------------------------------------------------------------------------------------
+    def propose(self, text: str | None, *, step: int, parents: Sequence[str] = (), origin: str,
+                max_words: int | None = None, truncated: bool = False, info: dict[str, Any] | None = None,
+                allow_existing: bool = False) -> Generator[Event, None, Candidate | None]:
+        """Validate a proposal and register it. Returns the candidate, or None with a CandidateRejected event."""
+        text = (text or "").strip()
+        parents = list(parents)
+        reason = None
+        if not text:
+            reason = "empty"
+        elif truncated:
+            reason = "truncated"
+        elif max_words is not None and len(text.split()) > max_words:
+            reason = "too_long"
+        elif any(self.candidates[p].text.strip() == text for p in parents if p in self.candidates):
+            reason = "unchanged"
+        elif candidate_id(text) in self.candidates and not allow_existing:
+            reason = "duplicate"
+        if reason:
+            yield CandidateRejected(step=step, text=text[:2000], reason=reason, parents=parents, origin=origin)
+            return None
+        cid = candidate_id(text)
+        if cid in self.candidates:
+            return self.candidates[cid]
+        cand = Candidate(cid, text, parents, origin, step)
+        self.candidates[cid] = cand
+        yield CandidateProposed(step=step, candidate_id=cid, text=text, parents=parents, origin=origin,
+                                info=info or {})
+        return cand
+
+    # --- scoring ------------------------------------------------------------------------------------------------
+    def score(self, cand: Candidate, examples: Sequence[Example], split: str, *, step: int,
+              purpose: str = "selection") -> Generator[Event, None, EvalResult]:
+        res = self.evaluator.evaluate(cand.text, examples)
+        bucket = cand.results.setdefault(split, {})
+        for p in res.predictions:
+            bucket[p.example_id] = p.correct
+        if split in ("train", "dev") and len(examples) == len(getattr(self, split)):
+            cand.last[split] = res.score
+        ev = CandidateScored(step=step, candidate_id=cand.id, split=split, n=res.n, score=res.score,
+                             ci_low=res.ci_low, ci_high=res.ci_high, metric=res.metric,
+                             example_ids=[p.example_id for p in res.predictions], correct=res.correct, purpose=purpose)
+        ev._predictions = [p.as_dict() for p in res.predictions]  # stored beside the event by the runner
+        yield ev
+        return res
+
+    def sample(self, population: Sequence[Any], k: int) -> list[Any]:
+        return self.rng.sample(list(population), min(k, len(population)))
+
+    def step_done(self, step: int, best: Candidate, split: str, beam: Sequence[Candidate] = ()) -> StepDone:
+        score = best.last.get(split, best.mean(split))
+        return StepDone(step=step, best_id=best.id, best_score=score if score is not None else 0.0,
+                        best_split=split, beam=[c.id for c in beam])
+
+
+class Optimizer(ABC):
+    name: ClassVar[str]
+    title: ClassVar[str]
+    paper: ClassVar[str]
+    Params: ClassVar[type[Params]] = Params
+
+    def __init__(self, ctx: Context, params: Params | dict[str, Any] | None = None):
+        self.ctx = ctx
+        self.p = params if isinstance(params, Params) else self.Params(**(params or {}))
+
+    @abstractmethod
+    def run(self) -> Iterator[Event]:
+        """Yield every event of the optimization; the last StepDone names the best prompt so far."""
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return cls.Params().model_dump()
+
+    @classmethod
+    def param_help(cls) -> dict[str, str]:
+        return {k: (f.description or "") for k, f in cls.Params.model_fields.items()}
+
+
+REGISTRY: dict[str, type[Optimizer]] = {}
+
+
+def register(cls: type[Optimizer]) -> type[Optimizer]:
+    REGISTRY[cls.name] = cls
+    return cls

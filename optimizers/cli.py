@@ -1,0 +1,425 @@
+"""`python -m optimizers`: the same engine as the dashboard, from a terminal.
+
+A contract other tools rely on: `--json` prints one JSON object on the last line of stdout; bad input exits non-zero
+with a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .data import BUNDLED, DataError, Splits, build_examples, load_bundled, read_table, split_examples
+from .llm import Budget, LLMError
+
+MAX_LABELS = 50
+
+
+class UsageError(Exception):
+    pass
+
+
+# --- shared pieces --------------------------------------------------------------------------------------------------
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="a file (CSV, TSV, JSONL, JSON, XLSX, Parquet) or a bundled set: "
+                   + ", ".join(BUNDLED))
+    p.add_argument("--input-col", action="append", dest="input_cols", help="input column (repeatable)")
+    p.add_argument("--label-col", help="label column")
+    p.add_argument("--template", help="prompt template with {prompt} and one {column} per input column")
+    p.add_argument("--labels", help="comma-separated label set (default: the labels found in the data)")
+    p.add_argument("--extraction", choices=["label", "regex", "number", "exact"], help="how answers are read")
+    p.add_argument("--regex", help="pattern for --extraction regex (group 1 if present)")
+    p.add_argument("--metric", choices=["accuracy", "macro_f1", "exact_match"], default=None)
+    p.add_argument("--task-max-tokens", type=int, default=32, help="max tokens of each task-model answer")
+    p.add_argument("--constrain-labels", action="store_true", help="llama.cpp only: force a label reply by grammar")
+    p.add_argument("--train", type=float, default=0.5, help="train fraction")
+    p.add_argument("--dev", type=float, default=0.25, help="dev fraction")
+    p.add_argument("--test", type=float, default=0.25, help="test fraction")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/dev/test split")
+    p.add_argument("--max-train", type=int, help="cap on train examples (stratified subsample)")
+    p.add_argument("--max-dev", type=int, help="cap on dev examples")
+    p.add_argument("--max-test", type=int, help="cap on test examples")
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else the embedded model)")
+    p.add_argument("--model", help="task model (default: the backend's)")
+    p.add_argument("--concurrency", type=int, help="requests in flight at once")
+    p.add_argument("--cache-dir", help="response cache folder (default ~/.cache/promptopt/llm)")
+
+
+def _template_for(input_cols: list[str]) -> str:
+    if len(input_cols) == 1:
+        return "{prompt}\n\nInput: {" + input_cols[0] + "}\nAnswer:"
+    return "{prompt}\n\n" + "\n".join(f"{c}: {{{c}}}" for c in input_cols) + "\nAnswer:"
+
+
+def load_task_data(a: argparse.Namespace):
+    """Examples, splits, task and data config from the arguments (bundled sets fill in their own defaults)."""
+    from .runner import DataConfig, SplitConfig
+    from .task import Task
+
+    bundled = None
+    if a.data in BUNDLED and not Path(a.data).exists():
+        df, bundled = load_bundled(a.data)
+        source = str(bundled.path)
+    else:
+        path = Path(a.data)
+        if not path.exists():
+            raise UsageError(f"--data: no such file or bundled set {a.data!r} (bundled: {', '.join(BUNDLED)})")
+        df = read_table(path)
+        source = str(path.resolve())
+    input_cols = a.input_cols or (bundled.input_cols if bundled else None)
+    label_col = a.label_col or (bundled.label_col if bundled else None)
+    if not input_cols or not label_col:
+        raise UsageError(f"--input-col and --label-col are required; the file's columns are: {', '.join(df.columns)}")
+    extraction = a.extraction or "label"
+    examples, warnings = build_examples(df, input_cols, label_col,
+                                        max_labels=MAX_LABELS if extraction == "label" else None)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    labels = [s.strip() for s in a.labels.split(",")] if a.labels else (
+        bundled.labels if bundled else sorted({e.label for e in examples}))
+    template = a.template or (bundled.template if bundled else _template_for(input_cols))
+    try:
+        task = Task(template=template, input_cols=input_cols, labels=labels if extraction == "label" else None,
+                    extraction=extraction, regex=a.regex, metric=a.metric or "accuracy",
+                    max_tokens=a.task_max_tokens, constrain_labels=a.constrain_labels)
+    except ValueError as e:
+        raise UsageError(str(e).splitlines()[-1] if "validation error" in str(e) else str(e)) from None
+    split_cfg = SplitConfig(train=a.train, dev=a.dev, test=a.test, seed=a.split_seed, max_train=a.max_train,
+                            max_dev=a.max_dev, max_test=a.max_test)
+    splits = split_examples(examples, train=a.train, dev=a.dev, test=a.test, seed=a.split_seed,
+                            max_train=a.max_train, max_dev=a.max_dev, max_test=a.max_test)
+    data_cfg = DataConfig(name=bundled.name if bundled else Path(a.data).name, input_cols=input_cols,
+                          label_col=label_col, source=source)
+    return examples, splits, task, data_cfg, split_cfg, bundled
+
+
+def _progress(total: int | None, desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=quiet or not sys.stderr.isatty(), leave=False)
+
+
+# --- commands -------------------------------------------------------------------------------------------------------
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .backend import open_backend
+    from .evaluate import Evaluator
+    from .llm import LLM, Meter, ResponseCache
+
+    examples, splits, task, _, _, bundled = load_task_data(a)
+    prompt = a.prompt if a.prompt is not None else (bundled.initial_prompt if bundled else None)
+    if prompt is None:
+        raise UsageError("--prompt is required")
+    exs = examples if a.split == "all" else getattr(splits, a.split)
+    if a.limit:
+        exs = exs[: a.limit]
+    backend = open_backend(a.base_url, max_concurrency=a.concurrency)
+    meter = Meter()
+    cache = ResponseCache(a.cache_dir)
+    llm = LLM(backend.endpoint, a.model or backend.model, role="task", meter=meter, cache=cache)
+    bar = _progress(len(exs), "scoring", a.json)
+    res = Evaluator(llm, task).evaluate(prompt, exs, progress=bar.update)
+    bar.close()
+    c = meter.snapshot()
+    if a.predictions:
+        with open(a.predictions, "w", encoding="utf-8") as f:
+            for p in res.predictions:
+                f.write(json.dumps(p.as_dict(), ensure_ascii=False) + "\n")
+    out = {"score": res.score, "ci_low": res.ci_low, "ci_high": res.ci_high, "metric": res.metric, "n": res.n,
+           "split": a.split, **c.as_dict(), "model": llm.model, "embedded": backend.embedded}
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print(f"{res.metric} {res.score:.3f}  (95% CI {res.ci_low:.3f}-{res.ci_high:.3f}, n={res.n}, split={a.split})")
+        print(f"calls {c.calls}, cache hits {c.cache_hits}, tokens {c.prompt_tokens}+{c.completion_tokens}, "
+              f"errors {c.errors}, model {llm.model}{' (embedded)' if backend.embedded else ''}")
+    return 0
+
+
+def _parse_params(items: list[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--param expects NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            params[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            params[k.strip()] = v
+    return params
+
+
+def _store(a: argparse.Namespace):
+    from .store import Store
+
+    return Store(a.db)
+
+
+def _execute(runner, run_id: str, quiet: bool) -> dict[str, Any]:
+    from .events import CandidateScored, StepDone, Usage
+
+    bar = _progress(None, "optimizing", quiet)
+    state = {"best": None, "calls": 0}
+
+    def on_event(seq, ev):
+        if isinstance(ev, StepDone):
+            state["best"] = ev.best_score
+        if isinstance(ev, Usage):
+            state["calls"] = ev.calls
+        if isinstance(ev, (CandidateScored, StepDone)):
+            bar.set_postfix(step=ev.step, best=state["best"], calls=state["calls"], refresh=False)
+        bar.update(1)
+
+    try:
+        return runner.execute(run_id, on_event=on_event)
+    finally:
+        bar.close()
+
+
+def _write_result(result: dict[str, Any], out: str | None) -> None:
+    if out:
+        d = Path(out)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        slim = {k: v for k, v in result.items() if k != "config"}
+        print(json.dumps(slim))
+        return
+    print(f"run {result['run_id']}: {result['status']}{' - ' + result['reason'] if result['reason'] else ''}")
+    print(f"initial: {result['initial_prompt']!r}")
+    print(f"best:    {result['best_prompt']!r}")
+    for split in ("train", "dev", "test"):
+        i, b = result["scores"]["initial"].get(split), result["scores"]["best"].get(split)
+        if i and b:
+            print(f"  {split:5} initial {i['score']:.3f} [{i['ci'][0]:.2f}, {i['ci'][1]:.2f}]  ->  best {b['score']:.3f}"
+                  f" [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}]  (n={b['n']})")
+    print(f"calls {result['calls']} (optimization {result['optimization_usage']['calls']}, "
+          f"report {result['report_usage']['calls']}), cache hits {result['cache_hits']}, tokens "
+          f"{result['prompt_tokens']}+{result['completion_tokens']}, {result['wall_time_s']} s")
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from . import optimizers_all  # noqa: F401  (registers the optimizers)
+    from .base import REGISTRY
+    from .runner import RunConfig, Runner
+
+    if a.optimizer not in REGISTRY:
+        raise UsageError(f"--optimizer: unknown {a.optimizer!r}; choose one of {', '.join(sorted(REGISTRY))}")
+    _, splits, task, data_cfg, split_cfg, bundled = load_task_data(a)
+    prompt = a.initial_prompt if a.initial_prompt is not None else (bundled.initial_prompt if bundled else None)
+    if prompt is None:
+        raise UsageError("--initial-prompt is required")
+    try:
+        cfg = RunConfig(optimizer=a.optimizer, params=_parse_params(a.param), initial_prompt=prompt, task=task,
+                        data=data_cfg, split=split_cfg, seed=a.seed, base_url=a.base_url, task_model=a.model,
+                        optimizer_model=a.optimizer_model, max_concurrency=a.concurrency, cache_dir=a.cache_dir,
+                        budget=Budget(max_calls=a.max_calls, max_tokens=a.max_tokens, max_cost=a.max_cost))
+        store = _store(a)
+        runner = Runner(store)
+        run_id = runner.create(cfg, splits)
+    except ValueError as e:
+        raise UsageError(_short(e)) from None
+    print(f"run {run_id} stored in {store.path}", file=sys.stderr)
+    result = _execute(runner, run_id, a.json)
+    _write_result(result, a.out)
+    _print_result(result, a.json)
+    return 0 if result["status"] in ("done", "budget", "stopped") else 1
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    from . import optimizers_all  # noqa: F401
+    from .runner import Runner
+
+    store = _store(a)
+    run = _find(store, a.run_id)
+    result = _execute(Runner(store), run["id"], a.json)
+    _write_result(result, a.out)
+    _print_result(result, a.json)
+    return 0 if result["status"] in ("done", "budget", "stopped") else 1
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from . import optimizers_all  # noqa: F401
+    from .runner import Runner
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = _store(a)
+    Runner(store).execute(a.run_id)
+    return 0
+
+
+def _find(store, run_id: str) -> dict[str, Any]:
+    run = store.get_run(run_id) or store.find_run(run_id)
+    if run is None:
+        raise UsageError(f"no run {run_id!r} in {store.path}")
+    return run
+
+
+def cmd_runs(a: argparse.Namespace) -> int:
+    store = _store(a)
+    runs = store.list_runs()
+    if a.json:
+        print(json.dumps([{k: r[k] for k in ("id", "status", "optimizer", "data_name", "seed", "created")}
+                          | {"best_test": _best_test(r)} for r in runs]))
+        return 0
+    if not runs:
+        print(f"no runs in {store.path}")
+    import datetime as dt
+
+    for r in runs:
+        t = dt.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M")
+        bt = _best_test(r)
+        print(f"{r['id']}  {t}  {r['status']:8} {r['optimizer']:9} {r['data_name'] or '':24} "
+              f"best test {'-' if bt is None else f'{bt:.3f}'}")
+    return 0
+
+
+def _best_test(r: dict[str, Any]) -> float | None:
+    try:
+        return r["result"]["scores"]["best"]["test"]["score"]
+    except (TypeError, KeyError):
+        return None
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from .export import candidate_rows
+
+    store = _store(a)
+    run = _find(store, a.run_id)
+    if run["result"]:
+        _print_result(run["result"], a.json)
+    else:
+        print(f"run {run['id']}: {run['status']} ({store.event_count(run['id'])} events so far)")
+    if not a.json:
+        rows = candidate_rows(store, run["id"])
+        print(f"\n{len(rows)} candidates:")
+        for c in rows[: a.top]:
+            sc = c["dev_score"] if c["dev_score"] is not None else c["train_score"]
+            print(f"  {c['candidate_id']} step {c['step']:>2} {c['origin']:14} "
+                  f"{'-' if sc is None else f'{sc:.3f}'}  {c['text'][:90]!r}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import candidate_rows, run_json, to_csv, to_json
+
+    store = _store(a)
+    run = _find(store, a.run_id)
+    text = to_json(run_json(store, run["id"])) if a.format == "json" else to_csv(candidate_rows(store, run["id"]))
+    if a.out:
+        Path(a.out).write_text(text, encoding="utf-8")
+        print(f"wrote {a.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_optimizers(a: argparse.Namespace) -> int:
+    from . import optimizers_all  # noqa: F401
+    from .base import REGISTRY
+
+    for name, cls in sorted(REGISTRY.items()):
+        print(f"{name}: {cls.title} ({cls.paper})")
+        for k, v in cls.defaults().items():
+            print(f"    {k} = {v!r}  {cls.param_help().get(k, '')}")
+    return 0
+
+
+def _short(e: Exception) -> str:
+    s = str(e)
+    if "validation error" in s:
+        lines = [ln.strip() for ln in s.splitlines()[1:] if ln.strip() and not ln.strip().startswith("For further")]
+        return "; ".join(lines[:4])
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m optimizers", description="PromptOpt: LLM prompt optimization")
+    ap.add_argument("--version", action="version", version=__version__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    db_help = "run store (SQLite file; default PROMPTOPT_DB or ~/.local/share/promptopt/runs.sqlite)"
+
+    e = sub.add_parser("eval", help="score one prompt on a split")
+    _add_data_args(e)
+    _add_backend_args(e)
+    e.add_argument("--prompt", help="the instruction to score (default: the bundled set's initial prompt)")
+    e.add_argument("--split", choices=["train", "dev", "test", "all"], default="test")
+    e.add_argument("--limit", type=int, help="score only the first N examples of the split")
+    e.add_argument("--predictions", help="write per-example predictions (JSONL) here")
+    e.add_argument("--json", action="store_true", help="one JSON object on the last line of stdout")
+    e.set_defaults(fn=cmd_eval)
+
+    r = sub.add_parser("run", help="optimize a prompt and store the run")
+    _add_data_args(r)
+    _add_backend_args(r)
+    r.add_argument("--optimizer", required=True, help="ape, protegi, opro, pe2, gpo or baseline")
+    r.add_argument("--initial-prompt", help="starting instruction (default: the bundled set's)")
+    r.add_argument("--optimizer-model", help="model that writes prompts (default: the task model)")
+    r.add_argument("--param", action="append", help="optimizer parameter NAME=VALUE (repeatable; JSON values)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--max-calls", type=int, help="budget: LLM calls for the optimization")
+    r.add_argument("--max-tokens", type=int, help="budget: tokens (prompt + completion)")
+    r.add_argument("--max-cost", type=float, help="budget: money, with a price table")
+    r.add_argument("--db", help=db_help)
+    r.add_argument("--out", help="folder for result.json")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(fn=cmd_run)
+
+    for name, fn, hlp in (("resume", cmd_resume, "continue a stopped, paused or crashed run"),
+                          ("worker", cmd_worker, argparse.SUPPRESS)):
+        p = sub.add_parser(name, help=hlp)
+        p.add_argument("run_id")
+        p.add_argument("--db", help=db_help)
+        if name == "resume":
+            p.add_argument("--out", help="folder for result.json")
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(fn=fn)
+
+    ls = sub.add_parser("runs", help="list stored runs")
+    ls.add_argument("--db", help=db_help)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(fn=cmd_runs)
+
+    sh = sub.add_parser("show", help="a run's result and candidates")
+    sh.add_argument("run_id")
+    sh.add_argument("--db", help=db_help)
+    sh.add_argument("--top", type=int, default=20)
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(fn=cmd_show)
+
+    ex = sub.add_parser("export", help="export a run (JSON trajectory or CSV of candidates)")
+    ex.add_argument("run_id")
+    ex.add_argument("--db", help=db_help)
+    ex.add_argument("--format", choices=["json", "csv"], default="json")
+    ex.add_argument("--out", help="file (default: stdout)")
+    ex.set_defaults(fn=cmd_export)
+
+    op = sub.add_parser("optimizers", help="list optimizers and their paper defaults")
+    op.set_defaults(fn=cmd_optimizers)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .local_model import ModelError
+
+    logging.basicConfig(level=os.environ.get("PROMPTOPT_LOG", "WARNING"))
+    a = build_parser().parse_args(argv)
+    try:
+        return a.fn(a)
+    except (UsageError, DataError, LLMError, ModelError) as e:
+        print(f"error: {_short(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the run is stored; continue it with `python -m optimizers resume RUN_ID`", file=sys.stderr)
+        return 130

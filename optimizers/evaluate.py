@@ -1,0 +1,93 @@
+"""Scores a prompt on examples through the task model: one example per call (small models need it), concurrent up to
+the endpoint's limit, cached, with every raw output kept so a score can be explained example by example."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+from . import metrics
+from .data import Example
+from .llm import LLM
+from .task import Task
+
+
+@dataclass
+class Prediction:
+    example_id: str
+    raw: str
+    pred: str | None
+    gold: str
+    correct: bool
+    cached: bool = False
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EvalResult:
+    prompt: str
+    metric: str
+    score: float
+    ci_low: float
+    ci_high: float
+    predictions: list[Prediction] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.predictions)
+
+    @property
+    def correct(self) -> list[bool]:
+        return [p.correct for p in self.predictions]
+
+    @property
+    def errors(self) -> list[Prediction]:
+        return [p for p in self.predictions if not p.correct]
+
+
+class Evaluator:
+    def __init__(self, llm: LLM, task: Task, max_workers: int | None = None):
+        self.llm, self.task = llm, task
+        self.max_workers = max_workers or llm.endpoint.max_concurrency
+        self._params = task.request_params(llamacpp=llm.endpoint.llamacpp)
+
+    def predict(self, prompt: str, ex: Example) -> Prediction:
+        comp = self.llm.complete(self.task.messages(prompt, ex), **self._params)
+        pred = self.task.extract(comp.text)
+        return Prediction(ex.id, comp.text, pred, ex.label, self.task.is_correct(pred, ex.label), comp.cached,
+                          comp.finish_reason, comp.prompt_tokens, comp.completion_tokens)
+
+    def evaluate(self, prompt: str, examples: Sequence[Example],
+                 progress: Callable[[int], None] | None = None) -> EvalResult:
+        """Order of predictions follows `examples`, whatever order the calls finish in, so runs replay identically."""
+        preds: list[Prediction | None] = [None] * len(examples)
+        if self.max_workers <= 1 or len(examples) <= 1:
+            for i, ex in enumerate(examples):
+                preds[i] = self.predict(prompt, ex)
+                if progress:
+                    progress(1)
+        else:
+            with ThreadPoolExecutor(self.max_workers, thread_name_prefix="eval") as pool:
+                futs = [pool.submit(self.predict, prompt, ex) for ex in examples]
+                try:
+                    for i, f in enumerate(futs):
+                        preds[i] = f.result()
+                        if progress:
+                            progress(1)
+                except BaseException:
+                    for f in futs:
+                        f.cancel()
+                    raise
+        done = [p for p in preds if p is not None]
+        return self.summarize(prompt, done)
+
+    def summarize(self, prompt: str, preds: list[Prediction]) -> EvalResult:
+        s, lo, hi = metrics.score_with_ci(self.task.metric, [p.pred for p in preds], [p.gold for p in preds],
+                                          [p.correct for p in preds], self.task.labels)
+        return EvalResult(prompt, self.task.metric, s, lo, hi, preds)

@@ -1,0 +1,166 @@
+"""Typed events: the one record of what an optimization run did.
+
+Optimizers yield them, the run engine stores every one in SQLite before anything shows it, and the live charts,
+inspectors, export, replay and resume are all projections of the stored sequence.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    step: int = 0
+    ts: float = Field(default_factory=time.time)
+
+
+class RunStarted(_Event):
+    kind: Literal["run_started"] = "run_started"
+    optimizer: str
+    params: dict[str, Any]
+    seed: int
+    resumed: bool = False
+
+
+class MetaPrompt(_Event):
+    """One request to the optimizer model and its raw reply, so an inspector can show exactly what was exchanged."""
+
+    kind: Literal["meta_prompt"] = "meta_prompt"
+    purpose: str  # e.g. "ape.induce", "protegi.gradient", "opro.generate", "pe2.reasoning", "gpo.generate"
+    model: str
+    messages: list[dict[str, str]]
+    params: dict[str, Any] = {}
+    reply: str = ""
+    finish_reason: str | None = None
+    cached: bool = False
+    ref: str | None = None  # ties requests of one proposal together (e.g. a gradient id)
+
+
+class CandidateProposed(_Event):
+    kind: Literal["candidate_proposed"] = "candidate_proposed"
+    candidate_id: str
+    text: str
+    parents: list[str] = []
+    origin: str  # initial | induced | gradient_edit | paraphrase | generated | resample | manual
+    info: dict[str, Any] = {}
+
+
+class CandidateRejected(_Event):
+    """A proposal that never became a candidate, and why (small models produce many)."""
+
+    kind: Literal["candidate_rejected"] = "candidate_rejected"
+    text: str
+    reason: str  # empty | truncated | duplicate | unchanged | too_long | no_tags | over_budget | ...
+    parents: list[str] = []
+    origin: str = ""
+
+
+class CandidateScored(_Event):
+    kind: Literal["candidate_scored"] = "candidate_scored"
+    candidate_id: str
+    split: str  # train | dev | test | minibatch
+    n: int
+    score: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+    metric: str = "accuracy"
+    example_ids: list[str] = []
+    correct: list[bool] = []  # per example, aligned with example_ids (bandits and the inspectors need it)
+    purpose: str = ""  # e.g. "selection", "minibatch", "report", "bandit"
+    _predictions: list[dict[str, Any]] = PrivateAttr(default_factory=list)  # stored in their own table
+
+
+class Gradient(_Event):
+    """ProTeGi's textual gradient: the errors shown and the critique the optimizer model gave."""
+
+    kind: Literal["gradient"] = "gradient"
+    gradient_id: str
+    parent_id: str
+    errors: list[dict[str, Any]]  # {id, input, gold, prediction}
+    critique: str
+
+
+class Retrieval(_Event):
+    """GPO's update direction: which trajectory prompts were retrieved, how relevant, by which rule."""
+
+    kind: Literal["retrieval"] = "retrieval"
+    current_id: str
+    rule: str  # relevance | recency | importance
+    similarity: str  # embeddings backend used, or "lexical"
+    retrieved: list[dict[str, Any]]  # {candidate_id, text, score, relevance}
+
+
+class EditBudget(_Event):
+    kind: Literal["edit_budget"] = "edit_budget"
+    budget_words: int | None
+    schedule: str
+    measured: list[dict[str, Any]] = []  # {candidate_id or text, distance_words, within_budget, accepted}
+
+
+class Selection(_Event):
+    kind: Literal["selection"] = "selection"
+    method: str
+    estimates: list[dict[str, Any]]  # {candidate_id, mean, n, ucb?}
+    survivors: list[str]
+
+
+class Reasoning(_Event):
+    """PE2's step-by-step analysis of a batch of failures before it writes the new prompt."""
+
+    kind: Literal["reasoning"] = "reasoning"
+    parent_id: str
+    examples: list[dict[str, Any]]
+    reasoning: str
+    proposal_ref: str
+
+
+class StepDone(_Event):
+    kind: Literal["step_done"] = "step_done"
+    best_id: str
+    best_score: float
+    best_split: str
+    beam: list[str] = []
+
+
+class Usage(_Event):
+    kind: Literal["usage"] = "usage"
+    calls: int
+    cache_hits: int
+    prompt_tokens: int
+    completion_tokens: int
+    errors: int
+    cost: float
+
+
+class Error(_Event):
+    kind: Literal["error"] = "error"
+    message: str
+    recoverable: bool = True
+    where: str = ""
+
+
+class RunFinished(_Event):
+    kind: Literal["run_finished"] = "run_finished"
+    status: str  # done | budget | stopped | failed
+    best_id: str | None
+    reason: str = ""
+
+
+Event = Annotated[
+    Union[
+        RunStarted, MetaPrompt, CandidateProposed, CandidateRejected, CandidateScored, Gradient, Retrieval,
+        EditBudget, Selection, Reasoning, StepDone, Usage, Error, RunFinished,
+    ],
+    Field(discriminator="kind"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: dict[str, Any] | str) -> Event:
+    if isinstance(data, str):
+        return EVENT_ADAPTER.validate_json(data)
+    return EVENT_ADAPTER.validate_python(data)

@@ -1,0 +1,530 @@
+"""ProTeGi: "Automatic Prompt Optimization with 'Gradient Descent' and Beam Search" (Pryzant et al., EMNLP 2023).
+
+Errors on a minibatch play the loss; the optimizer model's critique of why the prompt failed is a textual gradient;
+an edit that addresses the critique is the step; Monte-Carlo paraphrases explore around each step; and a
+best-arm-identification bandit over train examples picks which candidates form the next beam.
+
+Only the instruction is edited: the task template keeps its own input and output-format sections around {prompt}.
+Defaults follow the official code (microsoft/LMOps `prompt_optimization/main.py`), except the selection evaluator,
+which defaults to UCB as in the paper's main results (the code's CLI default is brute force).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Iterator, Literal, Sequence
+
+from pydantic import Field
+
+from . import parsing
+from .base import Candidate, Gen, Optimizer, Params, candidate_id, register
+from .data import Example
+from .evaluate import Prediction
+from .events import CandidateRejected, Event, Gradient, Selection
+
+# --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------
+
+GRADIENT_PROMPT = """I'm trying to write a zero-shot instruction prompt for a language model.
+
+My current prompt is:
+"{prompt}"
+
+But with this prompt the model gets the following examples wrong:
+{error_string}
+
+Give {num_feedbacks} reasons why the prompt could have led to these wrong answers.
+Wrap each reason with <START> and <END>."""
+
+EDIT_PROMPT = """I'm trying to write a zero-shot instruction prompt for a language model.
+
+My current prompt is:
+"{prompt}"
+
+But with this prompt the model gets the following examples wrong:
+{error_string}
+
+Looking at these examples, the problem with this prompt is that {gradient}
+
+Using the information above, I wrote {steps_per_gradient} different improved prompts.
+Each prompt is wrapped with <START> and <END>.
+
+The {steps_per_gradient} new prompts are:"""
+
+PARAPHRASE_PROMPT = """Write a variation of the following instruction that keeps its meaning.
+
+Input: {prompt}
+
+Output:"""
+
+ERROR_BLOCK = """## Example {i}
+Text: "{input}"
+Label: {gold}
+Prediction: {prediction}"""
+
+
+def fill(template: str, **values: Any) -> str:
+    """Placeholder filling by plain replacement, so braces inside prompts and examples are left alone."""
+    for k, v in values.items():
+        template = template.replace("{" + k + "}", str(v))
+    return template
+
+
+# --- bandits: best-arm identification over candidates ------------------------------------------------------------
+# A `pull(arms, k)` generator scores the given arms on k freshly drawn examples (shared by the arms) and returns one
+# list of 0/1 rewards per arm; the optimizer's pull scores through the task model, the unit tests pass a table.
+
+Pull = Callable[[list[int], int], Generator[Event, None, list[list[bool]]]]
+
+
+@dataclass
+class BanditResult:
+    method: str
+    sums: list[float]
+    counts: list[int]
+    ucb: list[float | None] | None = None  # the last upper bounds computed (ucb / ucb-e)
+    ranks: list[int] | None = None  # sr / sh: elimination order, higher survived longer
+    history: list[dict[str, Any]] = field(default_factory=list)  # per round: arms pulled, examples each
+
+    def means(self) -> list[float]:
+        """Empirical mean per arm; 0 for an arm never pulled (as in the official code)."""
+        return [s / n if n else 0.0 for s, n in zip(self.sums, self.counts)]
+
+    def order(self) -> list[int]:
+        """Arms best first: by elimination rank (sr/sh) then mean, then by evidence; ties keep pool order."""
+        means = self.means()
+        ranks = self.ranks or [0] * len(means)
+        return sorted(range(len(means)), key=lambda i: (-ranks[i], -means[i], -self.counts[i], i))
+
+
+def ucb_values(sums: Sequence[float], counts: Sequence[int], t: int, c: float, mode: str = "ucb") -> list[float]:
+    """Upper bounds: mean + c*sqrt(ln t / n) ("ucb") or mean + c*sqrt(c / n) ("ucb-e"), n counted in examples
+    (plus 1e-3, so an arm never pulled gets a very large bonus), as in the official UCBBandits."""
+    out = []
+    for s, n in zip(sums, counts):
+        mean = s / n if n else 0.0
+        nn = n + 1e-3
+        bonus = math.sqrt(math.log(t) / nn) if mode == "ucb" else math.sqrt(c / nn)
+        out.append(mean + c * bonus)
+    return out
+
+
+def choose_ucb(sums: Sequence[float], counts: Sequence[int], t: int, k: int, c: float, mode: str,
+               rng: random.Random) -> tuple[list[int], list[float] | None]:
+    """The k arms with the highest upper bound (random when nothing was pulled yet); ties broken at random."""
+    n = len(sums)
+    k = min(k, n)
+    if sum(counts) == 0:
+        return sorted(rng.sample(range(n), k)), None
+    vals = ucb_values(sums, counts, t, c, mode)
+    tie = [rng.random() for _ in range(n)]
+    return sorted(sorted(range(n), key=lambda i: (-vals[i], tie[i]))[:k]), vals
+
+
+def ucb_bandit(n_arms: int, pull: Pull, *, rounds: int, per_round: int, samples: int, c: float, mode: str,
+               rng: random.Random) -> Generator[Event, None, BanditResult]:
+    """UCB / UCB-E: each round pulls the per_round arms with the highest upper bound on `samples` new examples.
+    t is the 1-based round number (the official code passes the 0-based index, so its second round has no bonus)."""
+    res = BanditResult(mode, [0.0] * n_arms, [0] * n_arms)
+    for r in range(rounds):
+        arms, vals = choose_ucb(res.sums, res.counts, r + 1, per_round, c, mode, rng)
+        if vals is not None:
+            res.ucb = list(vals)
+        rewards = yield from pull(arms, samples)
+        for a, rw in zip(arms, rewards):
+            res.sums[a] += sum(rw)
+            res.counts[a] += len(rw)
+        res.history.append({"round": r, "arms": arms, "examples": samples})
+    res.ucb = ucb_values(res.sums, res.counts, max(rounds, 1) + 1, c, mode)  # the bounds a next round would use
+    return res
+
+
+def sr_schedule(n_arms: int, keep: int, budget: int) -> list[int]:
+    """Successive Rejects (Audibert & Bubeck 2010) as in the official code: K = n - keep phases; after phase k each
+    surviving arm has about n_k = (budget - K) / (logbar(K) * (K + 1 - k)) samples; at least 4 new per phase."""
+    K = n_arms - keep
+    if K <= 0:
+        return []
+    logbar = 0.5 + sum(1.0 / i for i in range(2, K + 1))
+    out, prev = [], 0.0
+    for k in range(1, K + 1):
+        nk = (1.0 / logbar) * ((budget - K) / (K + 1 - k))
+        out.append(max(4, int(nk - prev)))
+        prev = nk
+    return out
+
+
+def successive_rejects(n_arms: int, pull: Pull, *, keep: int, budget: int,
+                       rng: random.Random) -> Generator[Event, None, BanditResult]:
+    """Each phase pulls every surviving arm on new examples and rejects exactly one: the lowest cumulative mean."""
+    res = BanditResult("sr", [0.0] * n_arms, [0] * n_arms, ranks=[0] * n_arms)
+    alive = list(range(n_arms))
+    for phase, k in enumerate(sr_schedule(n_arms, keep, budget), start=1):
+        rewards = yield from pull(list(alive), k)
+        for a, rw in zip(alive, rewards):
+            res.sums[a] += sum(rw)
+            res.counts[a] += len(rw)
+        means = res.means()
+        low = min(means[a] for a in alive)
+        worst = rng.choice([a for a in alive if means[a] == low])
+        alive.remove(worst)
+        res.ranks[worst] = phase
+        res.history.append({"round": phase - 1, "arms": sorted(set(alive) | {worst}), "examples": k,
+                            "rejected": worst})
+    top = len(res.history) + 1
+    for a in alive:
+        res.ranks[a] = top
+    return res
+
+
+def successive_halving(n_arms: int, pull: Pull, *, keep: int, budget: int,
+                       rng: random.Random) -> Generator[Event, None, BanditResult]:
+    """Successive Halving as in the official code: ceil(log2 n) rounds of floor(budget / (|S| ceil(log2 n)))
+    examples; arms below the round's mean score are dropped. Ours: it stops once `keep` arms are left and never
+    drops below `keep` (then the best `keep` of the round survive), which the official code left as a TODO."""
+    res = BanditResult("sh", [0.0] * n_arms, [0] * n_arms, ranks=[0] * n_arms)
+    alive = list(range(n_arms))
+    n_rounds = math.ceil(math.log2(n_arms)) if n_arms > 1 else 0
+    for r in range(n_rounds):
+        if len(alive) <= keep:
+            break
+        k = max(1, budget // (len(alive) * n_rounds))
+        rewards = yield from pull(list(alive), k)
+        scores = {}
+        for a, rw in zip(alive, rewards):
+            res.sums[a] += sum(rw)
+            res.counts[a] += len(rw)
+            scores[a] = sum(rw) / len(rw) if rw else 0.0
+        avg = sum(scores.values()) / len(scores)
+        survivors = [a for a in alive if scores[a] >= avg]
+        if len(survivors) < keep:
+            tie = {a: rng.random() for a in alive}
+            survivors = sorted(alive, key=lambda a: (-scores[a], tie[a]))[:keep]
+        for a in alive:
+            if a not in survivors:
+                res.ranks[a] = r + 1
+        res.history.append({"round": r, "arms": list(alive), "examples": k,
+                            "rejected": [a for a in alive if a not in survivors]})
+        alive = [a for a in alive if a in survivors]
+    top = len(res.history) + 1
+    for a in alive:
+        res.ranks[a] = top
+    return res
+
+
+def brute_force(n_arms: int, pull: Pull, *, budget: int, n_examples: int) -> Generator[Event, None, BanditResult]:
+    """Every arm on the same random sample of min(|train|, budget / n_arms) examples."""
+    res = BanditResult("bf", [0.0] * n_arms, [0] * n_arms)
+    k = max(1, min(n_examples, budget // max(n_arms, 1)))
+    rewards = yield from pull(list(range(n_arms)), k)
+    for a, rw in enumerate(rewards):
+        res.sums[a] += sum(rw)
+        res.counts[a] += len(rw)
+    res.history.append({"round": 0, "arms": list(range(n_arms)), "examples": k})
+    return res
+
+
+# --- the optimizer ------------------------------------------------------------------------------------------------
+
+_VARIATION_PREAMBLE = re.compile(
+    r"^\s*(?:sure|certainly|okay|ok|of course)?[,!.]?\s*here(?:'s| is)\s+(?:a|an|the|one|my)\s+"
+    r"(?:possible\s+)?(?:variation|paraphrase|version|rewording|rephrasing|rephrased|reworded)[^:\n]*:\s*", re.I)
+
+
+@dataclass
+class _Proposal:
+    text: str
+    origin: str
+    info: dict[str, Any]
+    truncated: bool = False
+
+
+@register
+class ProTeGi(Optimizer):
+    name = "protegi"
+    title = "ProTeGi (textual gradients + beam search)"
+    paper = "Pryzant et al., Automatic Prompt Optimization with \"Gradient Descent\" and Beam Search, EMNLP 2023"
+
+    class Params(Params):
+        rounds: int = Field(6, ge=0, description="Expansion rounds of the beam search (a step 0 scores the initial "
+                                                 "prompt first)")
+        beam_size: int = Field(4, ge=1, description="Prompts kept in the beam after each selection")
+        minibatch_size: int = Field(64, ge=1, description="Train examples scored per round to find each prompt's "
+                                                          "errors")
+        n_gradients: int = Field(4, ge=0, description="Gradient prompts per beam prompt, each on its own sample of "
+                                                      "errors")
+        errors_per_gradient: int = Field(4, ge=1, description="Wrong examples shown in each gradient prompt")
+        gradients_per_error: int = Field(1, ge=1, description="Reasons asked for per gradient prompt (num_feedbacks)")
+        steps_per_gradient: int = Field(1, ge=1, description="Improved prompts asked for per reason (edit prompt)")
+        mc_samples_per_step: int = Field(2, ge=0, description="Monte-Carlo paraphrases per new prompt and per parent")
+        max_expansion_factor: int = Field(8, ge=1, description="At most this many new candidates per parent "
+                                                               "(random sample when more)")
+        reject_on_errors: bool = Field(False, description="When over the cap, keep the candidates that do best on up "
+                                                          "to 16 of the parent's errors instead of a random sample")
+        evaluator: Literal["ucb", "ucb-e", "sr", "sh", "bf"] = Field(
+            "ucb", description="Beam selection: UCB bandit (paper), UCB-E, successive rejects, successive halving "
+                               "or brute force (the code's CLI default)")
+        eval_rounds: int = Field(8, ge=1, description="UCB rounds per selection")
+        eval_prompts_per_round: int = Field(8, ge=1, description="Candidates scored per UCB round (highest bounds)")
+        samples_per_eval: int = Field(32, ge=1, description="Train examples per candidate per UCB round; the "
+                                                            "selection budget is this x rounds x prompts per round")
+        c: float = Field(1.0, ge=0.0, description="UCB exploration constant (higher explores more)")
+        temperature: float = Field(0.7, ge=0.0, le=2.0, description="Optimizer-model temperature for the gradient, "
+                                                                   "edit and paraphrase calls")
+
+    p: ProTeGi.Params
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+    def run(self) -> Iterator[Event]:
+        ctx, p = self.ctx, self.p
+        self._preds: dict[str, dict[str, Prediction]] = {}
+        self._grad_no = 0
+        init = yield from ctx.propose(ctx.initial_prompt, step=0, origin="initial")
+        if init is None:
+            raise ValueError("the initial prompt is empty")
+        yield from self.score(init, ctx.train, step=0, purpose="baseline")
+        beam = [init]
+        yield ctx.step_done(0, init, "train", beam)
+        for step in range(1, p.rounds + 1):
+            minibatch = ctx.sample(ctx.train, p.minibatch_size)  # one minibatch per round, shared by the beam
+            pool = list(beam)
+            for parent in beam:
+                children = yield from self.expand(parent, minibatch, step)
+                pool.extend(c for c in children if c.id not in {x.id for x in pool})
+            beam = yield from self.select(pool, step)
+            yield ctx.step_done(step, beam[0], "train", beam)
+
+    # --- scoring with reuse ---------------------------------------------------------------------------------------
+    def score(self, cand: Candidate, examples: Sequence[Example], *, step: int,
+              purpose: str) -> Generator[Event, None, list[Prediction]]:
+        """Predictions of `cand` on `examples` (train), scoring only the examples not scored for it before."""
+        known = self._preds.setdefault(cand.id, {})
+        done = cand.results.get("train", {})
+        todo, seen = [], set()
+        for ex in examples:
+            if (ex.id not in known or ex.id not in done) and ex.id not in seen:
+                todo.append(ex)
+                seen.add(ex.id)
+        if todo:
+            res = yield from self.ctx.score(cand, todo, "train", step=step, purpose=purpose)
+            for pr in res.predictions:
+                known[pr.example_id] = pr
+        return [known[ex.id] for ex in examples]
+
+    # --- expansion ------------------------------------------------------------------------------------------------
+    def expand(self, parent: Candidate, minibatch: Sequence[Example], step: int) -> Gen:
+        """Minibatch errors -> gradients -> edits -> paraphrases -> dedupe -> at most max_expansion_factor children."""
+        ctx, p = self.ctx, self.p
+        preds = yield from self.score(parent, minibatch, step=step, purpose="minibatch")
+        by_id = {ex.id: ex for ex in minibatch}
+        errors = [(by_id[pr.example_id], pr) for pr in preds if not pr.correct]
+        proposals: list[_Proposal] = []
+        if errors:  # ours: with no error there is nothing to criticise (the official code still asks)
+            for _ in range(p.n_gradients):
+                shown = ctx.sample(errors, p.errors_per_gradient)
+                for gid, reason, error_string in (yield from self.gradients(parent, shown, step)):
+                    edits = yield from self.edit(parent, error_string, reason, gid, step)
+                    proposals.extend(edits)
+        # Monte-Carlo paraphrases of every usable new prompt and of the parent itself (as the official code does)
+        sources: list[tuple[str, dict[str, Any]]] = []
+        for pr in proposals:
+            if self._usable(pr, parent) and pr.text not in [s for s, _ in sources]:
+                sources.append((pr.text, {"gradient_id": pr.info.get("gradient_id")}))
+        sources.append((parent.text, {"gradient_id": None}))
+        for text, info in sources:
+            for _ in range(p.mc_samples_per_step):
+                proposals.append((yield from self.paraphrase(parent, text, info, step)))
+        return (yield from self.admit(parent, proposals, errors, step))
+
+    def gradients(self, parent: Candidate, shown: list[tuple[Example, Prediction]],
+                  step: int) -> Generator[Event, None, list[tuple[str, str, str]]]:
+        """One gradient prompt on these errors; returns (gradient_id, reason, error_string) per reason."""
+        p = self.p
+        error_string = "\n\n".join(
+            fill(ERROR_BLOCK, i=i, input=_input_text(ex), gold=ex.label, prediction=_pred_text(pr))
+            for i, (ex, pr) in enumerate(shown, start=1))
+        msg = fill(GRADIENT_PROMPT, prompt=parent.text, error_string=error_string, num_feedbacks=p.gradients_per_error)
+        ref = f"g{step}.{self._grad_no}"
+        self._grad_no += 1
+        comp = yield from self.ctx.ask("protegi.gradient", [{"role": "user", "content": msg}], step=step, ref=ref,
+                                       temperature=p.temperature)
+        reasons = parsing.tagged(comp.text)
+        if not reasons and comp.text.strip() and not comp.truncated:
+            reasons = [parsing.clean(comp.text)]  # small models often give one untagged reason
+        errors = [{"id": ex.id, "input": _input_text(ex), "gold": ex.label, "prediction": _pred_text(pr)}
+                  for ex, pr in shown]
+        out = []
+        for j, reason in enumerate(reasons[:p.gradients_per_error]):  # ours: as many as asked (the code keeps all)
+            gid = ref if j == 0 else f"{ref}.{j}"
+            yield Gradient(step=step, gradient_id=gid, parent_id=parent.id, errors=errors, critique=reason)
+            out.append((gid, reason, error_string))
+        return out
+
+    def edit(self, parent: Candidate, error_string: str, reason: str, gid: str,
+             step: int) -> Generator[Event, None, list[_Proposal]]:
+        """The edit prompt: the errors and the reason in, steps_per_gradient improved prompts out."""
+        p = self.p
+        msg = fill(EDIT_PROMPT, prompt=parent.text, error_string=error_string, gradient=reason,
+                   steps_per_gradient=p.steps_per_gradient)
+        comp = yield from self.ctx.ask("protegi.edit", [{"role": "user", "content": msg}], step=step, ref=gid,
+                                       temperature=p.temperature)
+        texts = parsing.tagged(comp.text)[:p.steps_per_gradient]
+        how = "tagged"
+        if not texts:
+            how = "untagged"
+            texts = [_untagged(comp.text, p.max_prompt_words)]
+        return [_Proposal(t, "gradient_edit", {"gradient_id": gid, "parsed": how}, comp.truncated) for t in texts]
+
+    def paraphrase(self, parent: Candidate, text: str, info: dict[str, Any],
+                   step: int) -> Generator[Event, None, _Proposal]:
+        msg = fill(PARAPHRASE_PROMPT, prompt=text)
+        comp = yield from self.ctx.ask("protegi.paraphrase", [{"role": "user", "content": msg}], step=step,
+                                       ref=info.get("gradient_id") or parent.id, temperature=self.p.temperature)
+        src = candidate_id(text)
+        return _Proposal(_clean_paraphrase(comp.text), "paraphrase", {**info, "source": src}, comp.truncated)
+
+    def _usable(self, pr: _Proposal, parent: Candidate) -> bool:
+        t = (pr.text or "").strip()
+        return bool(t) and not pr.truncated and t != parent.text.strip() and len(t.split()) <= self.p.max_prompt_words
+
+    def admit(self, parent: Candidate, proposals: list[_Proposal], errors: list[tuple[Example, Prediction]],
+              step: int) -> Gen:
+        """Reject bad proposals (with a reason), dedupe, and cap the rest at max_expansion_factor per parent."""
+        ctx, p = self.ctx, self.p
+        pending: list[_Proposal] = []
+        seen: set[str] = set()
+        for pr in proposals:
+            text = (pr.text or "").strip()
+            if pr.text is None:
+                yield CandidateRejected(step=step, text="", reason="no_tags", parents=[parent.id], origin=pr.origin)
+            elif text and text in seen:
+                yield CandidateRejected(step=step, text=text[:2000], reason="duplicate", parents=[parent.id],
+                                        origin=pr.origin)
+            elif not self._usable(pr, parent) or candidate_id(text) in ctx.candidates:
+                yield from ctx.propose(text, step=step, parents=[parent.id], origin=pr.origin, truncated=pr.truncated,
+                                       max_words=p.max_prompt_words, info=pr.info)  # emits the rejection
+            else:
+                seen.add(text)
+                pending.append(pr)
+        if len(pending) > p.max_expansion_factor and p.reject_on_errors:
+            return (yield from self._keep_best_on_errors(parent, pending, errors, step))
+        keep = pending
+        if len(pending) > p.max_expansion_factor:
+            picked = set(ctx.sample(range(len(pending)), p.max_expansion_factor))
+            keep = [pr for i, pr in enumerate(pending) if i in picked]
+            for i, pr in enumerate(pending):
+                if i not in picked:
+                    yield CandidateRejected(step=step, text=pr.text[:2000], reason="expansion_cap",
+                                            parents=[parent.id], origin=pr.origin)
+        children = []
+        for pr in keep:
+            cand = yield from ctx.propose(pr.text, step=step, parents=[parent.id], origin=pr.origin,
+                                          max_words=p.max_prompt_words, info=pr.info)
+            if cand is not None:
+                children.append(cand)
+        return children
+
+    def _keep_best_on_errors(self, parent: Candidate, pending: list[_Proposal],
+                             errors: list[tuple[Example, Prediction]], step: int) -> Gen:
+        """reject_on_errors (official option): score up to 2 x cap random proposals on up to 16 of the parent's
+        errors and keep the cap best; the others are recorded as rejected."""
+        ctx, p = self.ctx, self.p
+        cap = p.max_expansion_factor
+        picked = set(ctx.sample(range(len(pending)), 2 * cap))
+        for i, pr in enumerate(pending):
+            if i not in picked:
+                yield CandidateRejected(step=step, text=pr.text[:2000], reason="expansion_cap", parents=[parent.id],
+                                        origin=pr.origin)
+        err_exs = [ex for ex, _ in ctx.sample(errors, 16)]
+        scored: list[tuple[float, int, Candidate]] = []
+        for i, pr in enumerate(pending):
+            if i not in picked:
+                continue
+            cand = yield from ctx.propose(pr.text, step=step, parents=[parent.id], origin=pr.origin,
+                                          max_words=p.max_prompt_words, info=pr.info)
+            if cand is None:
+                continue
+            preds = yield from self.score(cand, err_exs, step=step, purpose="reject_on_errors")
+            scored.append((sum(x.correct for x in preds) / max(len(preds), 1), i, cand))
+        scored.sort(key=lambda s: (-s[0], s[1]))
+        for _, _, cand in scored[cap:]:
+            yield CandidateRejected(step=step, text=cand.text[:2000], reason="fails_on_errors", parents=[parent.id],
+                                    origin=cand.origin)
+        return [cand for _, i, cand in sorted(scored[:cap], key=lambda s: s[1])]
+
+    # --- selection ------------------------------------------------------------------------------------------------
+    def select(self, pool: list[Candidate], step: int) -> Generator[Event, None, list[Candidate]]:
+        """Best-arm identification over train examples; the top beam_size of the pool form the next beam."""
+        ctx, p = self.ctx, self.p
+        budget = p.samples_per_eval * p.eval_rounds * p.eval_prompts_per_round
+        n = len(pool)
+
+        def pull(arms: list[int], k: int) -> Generator[Event, None, list[list[bool]]]:
+            exs = ctx.sample(ctx.train, k)  # fresh examples, shared by the arms of this round
+            out = []
+            for a in arms:
+                preds = yield from self.score(pool[a], exs, step=step, purpose="bandit")
+                out.append([pr.correct for pr in preds])
+            return out
+
+        if n == 1:  # nothing to choose (the official code skips the evaluation too)
+            res = BanditResult(p.evaluator, [0.0], [0])
+        elif p.evaluator in ("ucb", "ucb-e"):
+            res = yield from ucb_bandit(n, pull, rounds=p.eval_rounds, per_round=p.eval_prompts_per_round,
+                                        samples=min(p.samples_per_eval, len(ctx.train)), c=p.c, mode=p.evaluator,
+                                        rng=ctx.rng)
+        elif p.evaluator == "sr":
+            res = yield from successive_rejects(n, pull, keep=p.beam_size, budget=budget, rng=ctx.rng)
+        elif p.evaluator == "sh":
+            res = yield from successive_halving(n, pull, keep=p.beam_size, budget=budget, rng=ctx.rng)
+        else:
+            res = yield from brute_force(n, pull, budget=budget, n_examples=len(ctx.train))
+        beam = [pool[i] for i in res.order()[:p.beam_size]]
+        means = res.means()
+        estimates = []
+        for i, cand in enumerate(pool):
+            e: dict[str, Any] = {"candidate_id": cand.id, "mean": means[i], "n": res.counts[i],
+                                 "origin": cand.origin, "parents": cand.parents}
+            if res.ucb is not None:
+                e["ucb"] = res.ucb[i]
+            if res.ranks is not None:
+                e["rank"] = res.ranks[i]
+            estimates.append(e)
+        yield Selection(step=step, method=p.evaluator, estimates=estimates, survivors=[c.id for c in beam])
+        return beam
+
+
+def _input_text(ex: Example) -> str:
+    f = ex.fields
+    if len(f) == 1:
+        return str(next(iter(f.values()))).strip()
+    return "\n".join(f"{k}: {v}" for k, v in f.items()).strip()
+
+
+def _pred_text(pr: Prediction) -> str:
+    if pr.pred is not None:
+        return pr.pred
+    raw = " ".join((pr.raw or "").split())
+    return (raw[:200] + "...") if len(raw) > 200 else (raw or "(no answer)")
+
+
+def _untagged(reply: str, max_words: int) -> str | None:
+    """Fallback for an edit reply without <START>: accept one short paragraph as the prompt, else nothing."""
+    t = parsing.clean(reply)
+    if not t:
+        return ""  # rejected as empty
+    if "\n\n" in t or len(t.split()) > max_words:
+        return None  # rejected as no_tags
+    return t
+
+
+def _clean_paraphrase(reply: str) -> str:
+    found = parsing.tagged(reply)
+    if found:
+        return found[0]
+    t = (reply or "").strip()
+    t = re.sub(r"^\s*output\s*:\s*", "", t, flags=re.I)
+    t = _VARIATION_PREAMBLE.sub("", t)
+    return parsing.clean(t)

@@ -1,0 +1,263 @@
+"""The run engine: builds a run from its stored config, drives the optimizer, stores every event before anything
+shows it, enforces the budget and stop requests, and reports the initial and best prompts on every split.
+
+Resume is replay: the optimizer is restarted with the same seed, and every request it makes up to the point where
+the run stopped is answered from the response cache (free), so it walks the same path; the events it re-emits are
+matched against the stored ones and not stored twice. New work starts where the stored stream ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import __version__
+from .backend import Backend, open_backend
+from .base import REGISTRY, Context, candidate_id
+from .data import Splits
+from .evaluate import Evaluator
+from .events import CandidateScored, Error, Event, RunFinished, RunStarted, StepDone, Usage
+from .llm import LLM, Budget, BudgetExceeded, Counters, EndpointDown, LLMError, Meter, ResponseCache
+from .store import Store
+from .task import Task
+
+log = logging.getLogger(__name__)
+
+
+class SplitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    train: float = 0.5
+    dev: float = 0.25
+    test: float = 0.25
+    seed: int = 0
+    stratify: bool = True
+    max_train: int | None = None
+    max_dev: int | None = None
+    max_test: int | None = None
+
+
+class DataConfig(BaseModel):
+    name: str
+    input_cols: list[str]
+    label_col: str
+    source: str | None = None
+
+
+class RunConfig(BaseModel):
+    """Everything that determines a run, stored with it (never an API key)."""
+
+    model_config = ConfigDict(extra="forbid")
+    optimizer: str
+    params: dict[str, Any] = {}
+    initial_prompt: str
+    task: Task
+    data: DataConfig
+    split: SplitConfig = SplitConfig()
+    seed: int = 0
+    base_url: str | None = Field(default=None, description="None: the embedded local model")
+    task_model: str | None = None
+    optimizer_model: str | None = None
+    optimizer_temperature: float | None = None
+    budget: Budget = Field(default_factory=Budget)
+    max_concurrency: int | None = None
+    prices: dict[str, tuple[float, float]] = {}
+    cache_dir: str | None = None
+    report_splits: list[str] = ["train", "dev", "test"]
+    version: str = __version__
+
+
+class _Stopped(Exception):
+    pass
+
+
+class ReplayDiverged(RuntimeError):
+    pass
+
+
+def _usage_event(meter: Meter, step: int) -> Usage:
+    c = meter.snapshot()
+    return Usage(step=step, **c.as_dict())
+
+
+class Runner:
+    def __init__(self, store: Store, *, api_key: str | None = None,
+                 backend_factory: Callable[[RunConfig], Backend] | None = None):
+        self.store = store
+        self._api_key = api_key
+        self._backend_factory = backend_factory
+
+    def create(self, config: RunConfig, splits: Splits) -> str:
+        if config.optimizer not in REGISTRY:
+            raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {sorted(REGISTRY)}")
+        REGISTRY[config.optimizer].Params(**config.params)  # fail now, not in the worker
+        return self.store.create_run(config.model_dump(mode="json"), optimizer=config.optimizer, seed=config.seed,
+                                     data_name=config.data.name, splits=splits)
+
+    def backend(self, cfg: RunConfig) -> Backend:
+        if self._backend_factory:
+            return self._backend_factory(cfg)
+        return open_backend(cfg.base_url, self._api_key, max_concurrency=cfg.max_concurrency)
+
+    def execute(self, run_id: str, *, on_event: Callable[[int, Event], None] | None = None) -> dict[str, Any]:
+        """Run (or resume) to the end, the budget, a stop request or a fault; returns the result dict."""
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise KeyError(f"no run {run_id!r}")
+        cfg = RunConfig(**run["config"])
+        splits = self.store.load_splits(run_id)
+        stored = self.store.stream_kinds(run_id)
+        last_usage = self.store.last_event(run_id, "usage")
+        start = Counters(**{k: getattr(last_usage, k) for k in Counters.__dataclass_fields__}) if last_usage else None
+        t0 = time.time()
+        self.store.request_stop(run_id, False)
+        self.store.set_status(run_id, "running", worker_pid=os.getpid())
+
+        backend = self.backend(cfg)
+        meter = Meter(cfg.budget, cfg.prices, start=start)
+        cache = ResponseCache(cfg.cache_dir)
+        task_model = cfg.task_model or backend.model
+        opt_model = cfg.optimizer_model or task_model
+        task_llm = LLM(backend.endpoint, task_model, role="task", meter=meter, cache=cache)
+        opt_defaults: dict[str, Any] = {"temperature": 0.7}
+        if cfg.optimizer_temperature is not None:
+            opt_defaults["temperature"] = cfg.optimizer_temperature
+        opt_llm = LLM(backend.endpoint, opt_model, role="optimizer", meter=meter, cache=cache, defaults=opt_defaults)
+        evaluator = Evaluator(task_llm, cfg.task)
+        ctx = Context(task=cfg.task, train=splits.train, dev=splits.dev, initial_prompt=cfg.initial_prompt,
+                      evaluator=evaluator, optimizer_llm=opt_llm, seed=cfg.seed)
+        opt = REGISTRY[cfg.optimizer](ctx, cfg.params)
+        opt_llm.defaults["max_tokens"] = opt.p.optimizer_max_tokens
+
+        index = 0
+        last_step: StepDone | None = None
+
+        def put(ev: Event, stream: bool) -> None:
+            nonlocal index
+            if stream:
+                if index < len(stored):
+                    if stored[index] != ev.kind:
+                        raise ReplayDiverged(
+                            f"resume could not replay the stored run: event {index} was {stored[index]!r}, "
+                            f"now {ev.kind!r} (was the response cache cleared?)")
+                    index += 1
+                    return
+                seq = self.store.append_event(run_id, ev, getattr(ev, "_predictions", ()), stream_index=index)
+                index += 1
+            else:
+                seq = self.store.append_event(run_id, ev, getattr(ev, "_predictions", ()))
+            if on_event:
+                on_event(seq, ev)
+
+        status, reason = "done", ""
+        try:
+            if not stored:
+                put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed), True)
+            else:
+                index = 1  # RunStarted is stored already
+                put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, resumed=True),
+                    False)
+            for ev in opt.run():
+                replaying = index < len(stored)
+                put(ev, True)
+                if isinstance(ev, StepDone):
+                    last_step = ev
+                    if not replaying:
+                        put(_usage_event(meter, ev.step), False)
+                if self.store.stop_requested(run_id):
+                    raise _Stopped()
+        except BudgetExceeded as e:
+            status, reason = "budget", f"budget reached: {e}"
+        except _Stopped:
+            status, reason = "stopped", "stopped by the user"
+        except EndpointDown as e:
+            status, reason = "paused", str(e)
+        except (LLMError, ReplayDiverged) as e:
+            status, reason = "failed", str(e)
+        except Exception as e:  # a bug: keep the run, say what broke, let the user resume after a fix
+            status, reason = "failed", f"{type(e).__name__}: {backend.endpoint.redact(str(e))}"
+            log.error("run %s crashed:\n%s", run_id, backend.endpoint.redact(traceback.format_exc()))
+        if status in ("paused", "failed"):
+            put(Error(message=reason, recoverable=status == "paused", where="run"), False)
+        put(_usage_event(meter, last_step.step if last_step else 0), False)
+
+        result = self._report(run_id, cfg, ctx, evaluator, splits, meter, last_step, status, reason, put,
+                              time.time() - t0)
+        best_id = result.get("best_id")
+        put(RunFinished(status=status, best_id=best_id, reason=reason), False)
+        self.store.set_result(run_id, result)
+        self.store.set_status(run_id, status, reason or None)
+        cache.close()
+        return result
+
+    def _report(self, run_id: str, cfg: RunConfig, ctx: Context, evaluator: Evaluator, splits: Splits, meter: Meter,
+                last_step: StepDone | None, status: str, reason: str, put: Callable[[Event, bool], None],
+                wall: float) -> dict[str, Any]:
+        """Score the initial and the best prompt on every split, outside the optimization budget (stated so)."""
+        opt_usage = meter.snapshot()
+        init_id = candidate_id(cfg.initial_prompt)
+        best_id = last_step.best_id if last_step else init_id
+        best_text = ctx.candidates[best_id].text if best_id in ctx.candidates else cfg.initial_prompt
+        report_meter = Meter(Budget(), cfg.prices)
+        rep_llm = LLM(evaluator.llm.endpoint, evaluator.llm.model, role="report", meter=report_meter,
+                      cache=evaluator.llm.cache)
+        rep_eval = Evaluator(rep_llm, cfg.task, evaluator.max_workers)
+        scores: dict[str, dict[str, Any]] = {"initial": {}, "best": {}}
+        report_error = None
+        if status not in ("paused",):
+            try:
+                for which, cid, text in (("initial", init_id, cfg.initial_prompt), ("best", best_id, best_text)):
+                    for split in cfg.report_splits:
+                        exs = getattr(splits, split)
+                        if not exs:
+                            continue
+                        if which == "best" and best_id == init_id:
+                            scores["best"][split] = scores["initial"][split]
+                            continue
+                        res = rep_eval.evaluate(text, exs)
+                        ev = CandidateScored(step=last_step.step if last_step else 0, candidate_id=cid, split=split,
+                                             n=res.n, score=res.score, ci_low=res.ci_low, ci_high=res.ci_high,
+                                             metric=res.metric, example_ids=[p.example_id for p in res.predictions],
+                                             correct=res.correct, purpose="report")
+                        ev._predictions = [p.as_dict() for p in res.predictions]
+                        put(ev, False)
+                        scores[which][split] = {"score": res.score, "ci": [res.ci_low, res.ci_high], "n": res.n}
+            except (EndpointDown, LLMError) as e:
+                report_error = str(e)
+        rep = report_meter.snapshot()
+        total = Counters()
+        total.add(opt_usage)
+        total.add(rep)
+        return {
+            "run_id": run_id, "status": status, "reason": reason, "optimizer": cfg.optimizer,
+            "initial_prompt": cfg.initial_prompt, "best_prompt": best_text, "best_id": best_id,
+            "best_selection_score": last_step.best_score if last_step else None,
+            "selection_split": last_step.best_split if last_step else None,
+            "scores": scores, "report_error": report_error,
+            **total.as_dict(),
+            "optimization_usage": opt_usage.as_dict(), "report_usage": rep.as_dict(),
+            "seed": cfg.seed, "wall_time_s": round(wall, 2), "config": cfg.model_dump(mode="json"),
+            "candidates": len(ctx.candidates), "version": __version__,
+        }
+
+
+def spawn_worker(db_path: str, run_id: str, *, api_key: str | None = None, embedded_url: str | None = None,
+                 embedded_alias: str | None = None, log_path: str | None = None) -> subprocess.Popen:
+    """Run a stored run in its own process, so it outlives the browser tab and a crash of either side is contained.
+    The key reaches the child through its environment only (never its command line or the store)."""
+    env = dict(os.environ)
+    if api_key:
+        env["OPENAI_API_KEY"] = api_key
+    if embedded_url:
+        env["PROMPTOPT_EMBEDDED_URL"] = embedded_url
+    if embedded_alias:
+        env["PROMPTOPT_EMBEDDED_ALIAS"] = embedded_alias
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "optimizers", "worker", run_id, "--db", str(db_path)], env=env,
+                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -1,0 +1,293 @@
+"""The run store: one SQLite file holding runs, their config and examples, every event, candidates, scores and
+per-example predictions. It is the single source of truth: the CLI, the pages, export, replay and resume read it.
+
+Every write is its own committed transaction (WAL mode, so readers in other processes never block the worker), and
+an event is committed before anything can show it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .data import Example, Splits
+from .events import CandidateProposed, CandidateScored, Event, parse_event
+
+DEFAULT_DB = Path(os.environ.get("PROMPTOPT_DB", Path.home() / ".local" / "share" / "promptopt" / "runs.sqlite"))
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    heartbeat REAL,
+    status TEXT NOT NULL,          -- created | running | done | budget | stopped | paused | failed
+    reason TEXT,
+    optimizer TEXT NOT NULL,
+    data_name TEXT,
+    seed INTEGER,
+    config TEXT NOT NULL,          -- full RunConfig JSON (no secrets)
+    result TEXT,                   -- result JSON once finished
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    worker_pid INTEGER
+);
+CREATE TABLE IF NOT EXISTS examples (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    example_id TEXT NOT NULL,
+    split TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    fields TEXT NOT NULL,
+    label TEXT NOT NULL,
+    PRIMARY KEY (run_id, example_id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    data TEXT NOT NULL,
+    oi INTEGER,                    -- index in the optimizer's own event stream (NULL for the engine's events)
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS candidates (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    candidate_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    parents TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (run_id, candidate_id)
+);
+CREATE TABLE IF NOT EXISTS scores (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    candidate_id TEXT NOT NULL,
+    split TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    score REAL NOT NULL,
+    ci_low REAL,
+    ci_high REAL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    candidate_id TEXT NOT NULL,
+    example_id TEXT NOT NULL,
+    split TEXT NOT NULL,
+    raw TEXT NOT NULL,
+    pred TEXT,
+    gold TEXT NOT NULL,
+    correct INTEGER NOT NULL,
+    cached INTEGER NOT NULL,
+    finish_reason TEXT,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    PRIMARY KEY (run_id, candidate_id, example_id)
+);
+CREATE INDEX IF NOT EXISTS events_kind ON events(run_id, kind);
+CREATE INDEX IF NOT EXISTS scores_cand ON scores(run_id, candidate_id);
+"""
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path else DEFAULT_DB
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._tx() as c:
+            c.executescript(SCHEMA)
+
+    # --- connections --------------------------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            c.row_factory = sqlite3.Row
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA foreign_keys=ON")
+            c.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = c
+        return c
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+
+    def close(self) -> None:
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            c.close()
+            self._local.conn = None
+
+    # --- runs ---------------------------------------------------------------------------------------------------
+    def create_run(self, config: dict[str, Any], *, optimizer: str, seed: int, data_name: str | None,
+                   splits: Splits | None = None) -> str:
+        run_id = uuid.uuid4().hex[:10]
+        now = time.time()
+        with self._tx() as c:
+            c.execute("INSERT INTO runs (id, created, updated, status, optimizer, data_name, seed, config) "
+                      "VALUES (?,?,?,?,?,?,?,?)", (run_id, now, now, "created", optimizer, data_name, seed,
+                                                   _dumps(config)))
+            if splits is not None:
+                rows = [(run_id, ex.id, name, i, _dumps(ex.fields), ex.label)
+                        for name in ("train", "dev", "test") for i, ex in enumerate(getattr(splits, name))]
+                c.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?)", rows)
+        return run_id
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        r = self._conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        return self._run_dict(r) if r else None
+
+    def find_run(self, prefix: str) -> dict[str, Any] | None:
+        rows = self._conn().execute("SELECT * FROM runs WHERE id LIKE ?", (prefix + "%",)).fetchall()
+        return self._run_dict(rows[0]) if len(rows) == 1 else None
+
+    @staticmethod
+    def _run_dict(r: sqlite3.Row) -> dict[str, Any]:
+        d = dict(r)
+        d["config"] = json.loads(d["config"])
+        d["result"] = json.loads(d["result"]) if d["result"] else None
+        return d
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
+        return [self._run_dict(r) for r in rows]
+
+    def set_status(self, run_id: str, status: str, reason: str | None = None, *, worker_pid: int | None = None) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE runs SET status=?, reason=?, updated=?, heartbeat=?, worker_pid=COALESCE(?, worker_pid)"
+                      " WHERE id=?", (status, reason, time.time(), time.time(), worker_pid, run_id))
+
+    def heartbeat(self, run_id: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), run_id))
+
+    def set_result(self, run_id: str, result: dict[str, Any]) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE runs SET result=?, updated=? WHERE id=?", (_dumps(result), time.time(), run_id))
+
+    def request_stop(self, run_id: str, stop: bool = True) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE runs SET stop_requested=? WHERE id=?", (int(stop), run_id))
+
+    def stop_requested(self, run_id: str) -> bool:
+        r = self._conn().execute("SELECT stop_requested FROM runs WHERE id=?", (run_id,)).fetchone()
+        return bool(r and r[0])
+
+    def delete_run(self, run_id: str) -> None:
+        with self._tx() as c:
+            for t in ("predictions", "scores", "candidates", "events", "examples"):
+                c.execute(f"DELETE FROM {t} WHERE run_id=?", (run_id,))
+            c.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    # --- examples -----------------------------------------------------------------------------------------------
+    def load_splits(self, run_id: str) -> Splits:
+        rows = self._conn().execute("SELECT * FROM examples WHERE run_id=? ORDER BY split, position",
+                                    (run_id,)).fetchall()
+        parts: dict[str, list[Example]] = {"train": [], "dev": [], "test": []}
+        for r in rows:
+            parts[r["split"]].append(Example(r["example_id"], json.loads(r["fields"]), r["label"]))
+        return Splits(parts["train"], parts["dev"], parts["test"])
+
+    # --- events -------------------------------------------------------------------------------------------------
+    def append_event(self, run_id: str, event: Event, predictions: Iterable[dict[str, Any]] = (),
+                     stream_index: int | None = None) -> int:
+        """Store one event (and the projections the pages query) in a single transaction; returns its seq."""
+        with self._tx() as c:
+            seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id=?", (run_id,)).fetchone()[0]
+            c.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?)",
+                      (run_id, seq, event.kind, event.step, event.ts, event.model_dump_json(), stream_index))
+            if isinstance(event, CandidateProposed):
+                c.execute("INSERT OR IGNORE INTO candidates VALUES (?,?,?,?,?,?,?)",
+                          (run_id, event.candidate_id, event.text, _dumps(event.parents), event.origin, event.step,
+                           seq))
+            elif isinstance(event, CandidateScored):
+                c.execute("INSERT INTO scores VALUES (?,?,?,?,?,?,?,?,?,?)",
+                          (run_id, seq, event.candidate_id, event.split, event.purpose, event.step, event.n,
+                           event.score, event.ci_low, event.ci_high))
+                c.executemany(
+                    "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [(run_id, event.candidate_id, p["example_id"], event.split, p["raw"], p["pred"], p["gold"],
+                      int(p["correct"]), int(p["cached"]), p.get("finish_reason"), p.get("prompt_tokens"),
+                      p.get("completion_tokens")) for p in predictions])
+            c.execute("UPDATE runs SET heartbeat=?, updated=? WHERE id=?", (time.time(), time.time(), run_id))
+        return seq
+
+    def events(self, run_id: str, after: int = 0, kinds: Iterable[str] | None = None,
+               limit: int | None = None) -> list[tuple[int, Event]]:
+        q = "SELECT seq, data FROM events WHERE run_id=? AND seq>?"
+        args: list[Any] = [run_id, after]
+        if kinds:
+            kinds = list(kinds)
+            q += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += kinds
+        q += " ORDER BY seq"
+        if limit:
+            q += f" LIMIT {int(limit)}"
+        return [(r[0], parse_event(r[1])) for r in self._conn().execute(q, args).fetchall()]
+
+    def stream_kinds(self, run_id: str) -> list[str]:
+        """Kinds of the optimizer's stored events in stream order: what a resumed run must replay."""
+        rows = self._conn().execute("SELECT kind FROM events WHERE run_id=? AND oi IS NOT NULL ORDER BY oi",
+                                    (run_id,)).fetchall()
+        return [r[0] for r in rows]
+
+    def event_count(self, run_id: str) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM events WHERE run_id=?", (run_id,)).fetchone()[0]
+
+    def last_event(self, run_id: str, kind: str) -> Event | None:
+        r = self._conn().execute("SELECT data FROM events WHERE run_id=? AND kind=? ORDER BY seq DESC LIMIT 1",
+                                 (run_id, kind)).fetchone()
+        return parse_event(r[0]) if r else None
+
+    # --- projections --------------------------------------------------------------------------------------------
+    def candidates(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT * FROM candidates WHERE run_id=? ORDER BY seq", (run_id,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["parents"] = json.loads(d["parents"])
+            out.append(d)
+        return out
+
+    def scores(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT * FROM scores WHERE run_id=? AND seq>? ORDER BY seq",
+                                    (run_id, after)).fetchall()
+        return [dict(r) for r in rows]
+
+    def predictions(self, run_id: str, candidate_id: str | None = None, split: str | None = None,
+                    limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        q, args = "SELECT * FROM predictions WHERE run_id=?", [run_id]
+        if candidate_id:
+            q += " AND candidate_id=?"
+            args.append(candidate_id)
+        if split:
+            q += " AND split=?"
+            args.append(split)
+        q += " ORDER BY candidate_id, CAST(example_id AS INTEGER), example_id"
+        if limit:
+            q += f" LIMIT {int(limit)} OFFSET {int(offset)}"
+        return [dict(r) for r in self._conn().execute(q, args).fetchall()]

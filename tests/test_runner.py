@@ -1,0 +1,183 @@
+"""The run engine against the scripted stub: events stored in order, budget, stop, pause on a dead endpoint,
+resume by replay without paying twice, the test split kept from the optimizer, and the report."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from optimizers.backend import Backend
+from optimizers.base import Optimizer, Params, register
+from optimizers.data import Splits
+from optimizers.events import Event
+from optimizers.llm import Budget, Endpoint
+from optimizers.parsing import one_prompt
+from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.store import Store
+from tests.conftest import TOY_TASK, scripted, toy_examples
+from tests.stub_server import StubServer
+
+
+class ToyParams(Params):
+    steps: int = 4
+
+
+@register
+class Toy(Optimizer):
+    """Asks for a new prompt each step, scores it on dev, keeps the best: enough to exercise the engine."""
+
+    name, title, paper = "toy", "Toy", "-"
+    Params = ToyParams
+
+    def run(self) -> Iterator[Event]:
+        ctx = self.ctx
+        best = yield from ctx.propose(ctx.initial_prompt, step=0, origin="initial")
+        yield from ctx.score(best, ctx.dev, "dev", step=0)
+        yield ctx.step_done(0, best, "dev", [best])
+        for step in range(1, self.p.steps + 1):
+            comp = yield from ctx.ask("toy.generate", [{"role": "user", "content": f"Improve: {best.text}"}],
+                                      step=step)
+            text, _ = one_prompt(comp.text)
+            cand = yield from ctx.propose(text, step=step, parents=[best.id], origin="generated")
+            if cand:
+                yield from ctx.score(cand, ctx.dev, "dev", step=step)
+                if cand.last["dev"] > best.last["dev"]:
+                    best = cand
+            yield ctx.step_done(step, best, "dev", [best])
+
+
+def opt_reply(req):
+    step = req["messages"][-1]["content"].count("sentiment")
+    return f"<START>Judge the sentiment{' carefully' * (step + 1)}.<END>"
+
+
+def splits() -> Splits:
+    return Splits(toy_examples(8, start=1), toy_examples(8, seed=1, start=101), toy_examples(10, seed=2, start=201))
+
+
+def make_runner(stub: StubServer, tmp_path, **kw) -> tuple[Runner, Store]:
+    store = Store(tmp_path / "runs.sqlite")
+
+    def backend(cfg):
+        ep = Endpoint(stub.base_url, "k", max_retries=0, patience=kw.get("patience", 1.0), max_concurrency=2)
+        return Backend(ep, False, "stub-task", ep.base_url)
+
+    return Runner(store, backend_factory=backend), store
+
+
+def config(tmp_path, **kw) -> RunConfig:
+    return RunConfig(optimizer=kw.pop("optimizer", "toy"), params=kw.pop("params", {}),
+                     initial_prompt="Classify the text.", task=TOY_TASK,
+                     data=DataConfig(name="toy", input_cols=["text"], label_col="label"),
+                     optimizer_model="stub-opt", cache_dir=str(tmp_path / "cache"), **kw)
+
+
+def test_full_run_stores_events_and_reports(tmp_path):
+    with StubServer(scripted(opt_reply)) as stub:
+        runner, store = make_runner(stub, tmp_path)
+        rid = runner.create(config(tmp_path), splits())
+        res = runner.execute(rid)
+        assert res["status"] == "done"
+        assert res["best_prompt"].startswith("Judge the sentiment")
+        assert res["scores"]["initial"]["test"]["score"] == 0.5  # "always positive" on a balanced set
+        assert res["scores"]["best"]["test"]["score"] == 1.0
+        lo, hi = res["scores"]["best"]["test"]["ci"]
+        assert lo < 1.0 == hi
+        kinds = [e.kind for _, e in store.events(rid)]
+        assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+        assert kinds.count("step_done") == 5 and kinds.count("meta_prompt") == 4
+        assert store.get_run(rid)["status"] == "done"
+        # predictions with raw outputs are stored for every scored example
+        preds = store.predictions(rid, res["best_id"], "test")
+        assert len(preds) == 10 and all(p["raw"] for p in preds)
+        # the optimizer never saw a test example: only the report scored them
+        test_texts = {e.fields["text"] for e in splits().test}
+        scored_test = [s for s in store.scores(rid) if s["split"] == "test"]
+        assert scored_test and all(s["purpose"] == "report" for s in scored_test)
+        opt_phase = [r for r in stub.chat_requests() if r["model"] == "stub-task"][: 8 * 5]
+        assert not any(t in r["messages"][-1]["content"] for r in opt_phase for t in test_texts)
+
+
+def test_budget_stops_at_last_step_and_resume_continues_without_paying_twice(tmp_path):
+    with StubServer(scripted(opt_reply)) as stub:
+        runner, store = make_runner(stub, tmp_path)
+        rid = runner.create(config(tmp_path, budget=Budget(max_calls=20)), splits())
+        res = runner.execute(rid)
+        assert res["status"] == "budget"
+        assert res["optimization_usage"]["calls"] == 20
+        steps_before = [e.step for _, e in store.events(rid, kinds=["step_done"])]
+        assert steps_before == [0, 1]
+        n_opt_requests = len(stub.chat_requests())
+        # raise the budget and resume: the stored part replays from the cache, new work continues
+        run = store.get_run(rid)
+        cfg = run["config"]
+        cfg["budget"]["max_calls"] = 200
+        with store._tx() as c:
+            import json
+            c.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(cfg), rid))
+        res2 = runner.execute(rid)
+        assert res2["status"] == "done"
+        steps_after = [e.step for _, e in store.events(rid, kinds=["step_done"])]
+        assert steps_after == [0, 1, 2, 3, 4]  # no step stored twice
+        new_requests = stub.chat_requests()[n_opt_requests:]
+        # nothing already answered was asked again (every earlier request hit the cache)
+        first = {str(r["messages"]) + str(r.get("seed")) + r["model"] for r in stub.chat_requests()[:n_opt_requests]}
+        assert not any(str(r["messages"]) + str(r.get("seed")) + r["model"] in first for r in new_requests)
+        assert res2["best_prompt"] == res["best_prompt"] or res2["best_id"] != res["best_id"]
+
+
+def test_stop_request_stops_at_next_event(tmp_path):
+    with StubServer(scripted(opt_reply)) as stub:
+        runner, store = make_runner(stub, tmp_path)
+        rid = runner.create(config(tmp_path), splits())
+        seen = []
+
+        def on_event(seq, ev):
+            seen.append(ev.kind)
+            if ev.kind == "step_done" and ev.step == 1:
+                store.request_stop(rid)
+
+        res = runner.execute(rid, on_event=on_event)
+        assert res["status"] == "stopped"
+        assert [e.step for _, e in store.events(rid, kinds=["step_done"])] == [0, 1]
+
+
+def test_dead_endpoint_pauses_then_resume_finishes(tmp_path):
+    with StubServer(scripted(opt_reply)) as stub:
+        runner, store = make_runner(stub, tmp_path)
+        rid = runner.create(config(tmp_path), splits())
+
+        def on_event(seq, ev):
+            if ev.kind == "step_done" and ev.step == 2:
+                stub.set_down(True)
+
+        res = runner.execute(rid, on_event=on_event)
+        assert res["status"] == "paused" and "resume" in res["reason"]
+        errors = store.events(rid, kinds=["error"])
+        assert errors and errors[-1][1].recoverable
+        stub.set_down(False)
+        res2 = runner.execute(rid)
+        assert res2["status"] == "done"
+        assert [e.step for _, e in store.events(rid, kinds=["step_done"])] == [0, 1, 2, 3, 4]
+
+
+def test_unknown_optimizer_and_bad_params_fail_before_storing(tmp_path):
+    with StubServer() as stub:
+        runner, store = make_runner(stub, tmp_path)
+        with pytest.raises(ValueError, match="unknown optimizer"):
+            runner.create(config(tmp_path, optimizer="nope"), splits())
+        with pytest.raises(ValueError):
+            runner.create(config(tmp_path, params={"stepz": 3}), splits())
+        assert store.list_runs() == []
+
+
+def test_same_seed_same_trajectory_and_second_run_is_free(tmp_path):
+    with StubServer(scripted(opt_reply)) as stub:
+        runner, store = make_runner(stub, tmp_path)
+        a = runner.execute(runner.create(config(tmp_path), splits()))
+        calls = len(stub.requests)
+        b = runner.execute(runner.create(config(tmp_path), splits()))
+        assert len(stub.requests) == calls  # all cached
+        assert b["calls"] == 0 and b["cache_hits"] > 0
+        assert a["best_prompt"] == b["best_prompt"]
