@@ -92,7 +92,7 @@ def load_task_data(a: argparse.Namespace):
                     extraction=extraction, regex=a.regex, metric=a.metric or "accuracy",
                     max_tokens=a.task_max_tokens, constrain_labels=a.constrain_labels)
     except ValueError as e:
-        raise UsageError(str(e).splitlines()[-1] if "validation error" in str(e) else str(e)) from None
+        raise UsageError(_short(e)) from None
     split_cfg = SplitConfig(train=a.train, dev=a.dev, test=a.test, seed=a.split_seed, max_train=a.max_train,
                             max_dev=a.max_dev, max_test=a.max_test)
     splits = split_examples(examples, train=a.train, dev=a.dev, test=a.test, seed=a.split_seed,
@@ -340,7 +340,7 @@ def _short(e: Exception) -> str:
     s = str(e)
     if "validation error" in s:
         lines = [ln.strip() for ln in s.splitlines()[1:] if ln.strip() and not ln.strip().startswith("For further")]
-        return "; ".join(lines[:4])
+        return "; ".join(ln.split(" [type=")[0] for ln in lines[:4])
     return s.splitlines()[0] if s else type(e).__name__
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -90,7 +91,7 @@ class BanditResult:
 
     def means(self) -> list[float]:
         """Empirical mean per arm; 0 for an arm never pulled (as in the official code)."""
-        return [s / n if n else 0.0 for s, n in zip(self.sums, self.counts)]
+        return [s / n if n else 0.0 for s, n in zip(self.sums, self.counts, strict=True)]
 
     def order(self) -> list[int]:
         """Arms best first: by elimination rank (sr/sh) then mean, then by evidence; ties keep pool order."""
@@ -103,7 +104,7 @@ def ucb_values(sums: Sequence[float], counts: Sequence[int], t: int, c: float, m
     """Upper bounds: mean + c*sqrt(ln t / n) ("ucb") or mean + c*sqrt(c / n) ("ucb-e"), n counted in examples
     (plus 1e-3, so an arm never pulled gets a very large bonus), as in the official UCBBandits."""
     out = []
-    for s, n in zip(sums, counts):
+    for s, n in zip(sums, counts, strict=True):
         mean = s / n if n else 0.0
         nn = n + 1e-3
         bonus = math.sqrt(math.log(t) / nn) if mode == "ucb" else math.sqrt(c / nn)
@@ -133,7 +134,7 @@ def ucb_bandit(n_arms: int, pull: Pull, *, rounds: int, per_round: int, samples:
         if vals is not None:
             res.ucb = list(vals)
         rewards = yield from pull(arms, samples)
-        for a, rw in zip(arms, rewards):
+        for a, rw in zip(arms, rewards, strict=True):
             res.sums[a] += sum(rw)
             res.counts[a] += len(rw)
         res.history.append({"round": r, "arms": arms, "examples": samples})
@@ -143,7 +144,9 @@ def ucb_bandit(n_arms: int, pull: Pull, *, rounds: int, per_round: int, samples:
 
 def sr_schedule(n_arms: int, keep: int, budget: int) -> list[int]:
     """Successive Rejects (Audibert & Bubeck 2010) as in the official code: K = n - keep phases; after phase k each
-    surviving arm has about n_k = (budget - K) / (logbar(K) * (K + 1 - k)) samples; at least 4 new per phase."""
+    surviving arm has about n_k = (budget - K) / (logbar(K) * (K + 1 - k)) samples; at least 4 new per phase.
+    As in the code, the formula counts K + 1 - k arms while K + keep - k + 1 are alive, so with keep > 1 it spends
+    more than `budget` (reused results cost nothing)."""
     K = n_arms - keep
     if K <= 0:
         return []
@@ -163,7 +166,7 @@ def successive_rejects(n_arms: int, pull: Pull, *, keep: int, budget: int,
     alive = list(range(n_arms))
     for phase, k in enumerate(sr_schedule(n_arms, keep, budget), start=1):
         rewards = yield from pull(list(alive), k)
-        for a, rw in zip(alive, rewards):
+        for a, rw in zip(alive, rewards, strict=True):
             res.sums[a] += sum(rw)
             res.counts[a] += len(rw)
         means = res.means()
@@ -193,7 +196,7 @@ def successive_halving(n_arms: int, pull: Pull, *, keep: int, budget: int,
         k = max(1, budget // (len(alive) * n_rounds))
         rewards = yield from pull(list(alive), k)
         scores = {}
-        for a, rw in zip(alive, rewards):
+        for a, rw in zip(alive, rewards, strict=True):
             res.sums[a] += sum(rw)
             res.counts[a] += len(rw)
             scores[a] = sum(rw) / len(rw) if rw else 0.0
@@ -235,7 +238,7 @@ _VARIATION_PREAMBLE = re.compile(
 
 @dataclass
 class _Proposal:
-    text: str
+    text: str | None  # None: an untagged reply that is not a prompt
     origin: str
     info: dict[str, Any]
     truncated: bool = False

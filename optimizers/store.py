@@ -109,8 +109,7 @@ class Store:
         self.path = Path(path) if path else DEFAULT_DB
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._tx() as c:
-            c.executescript(SCHEMA)
+        self._conn().executescript(SCHEMA)  # executescript manages its own transaction
 
     # --- connections --------------------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

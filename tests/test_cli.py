@@ -113,8 +113,13 @@ def test_run_writes_result_and_store_commands(toy_csv, env, tmp_path):
         assert csv_text.splitlines()[0].startswith("candidate_id,")
         db = Path(env["PROMPTOPT_DB"]).read_bytes()
         assert b"sk-cli-secret" not in db
+        before = len(stub.requests)
         r2 = cli("resume", rid, "--json", env=env)
-        assert r2.returncode == 0 and json.loads(r2.stdout.strip().splitlines()[-1])["calls"] == 0
+        res2 = json.loads(r2.stdout.strip().splitlines()[-1])
+        # resuming a finished run replays from the cache: no new request, the run's totals unchanged
+        assert r2.returncode == 0 and len(stub.requests) == before
+        assert res2["optimization_usage"]["calls"] == res["optimization_usage"]["calls"]
+        assert res2["report_usage"]["calls"] == 0
 
 
 def test_unknown_optimizer(toy_csv, env):
