@@ -70,6 +70,12 @@ def _decode(data: bytes, name: str) -> str:
     if best is None:
         raise DataError(f"{name}: could not detect the text encoding (is it a binary file?)")
     text = str(best)
+    if best.encoding.startswith(("cp125", "iso8859", "latin")):
+        # short samples make single-byte guesses unreliable; Excel's Western default is the likeliest
+        try:
+            text = data.decode("cp1252")
+        except UnicodeDecodeError:
+            pass
     if "\x00" in text:
         raise DataError(f"{name}: the file contains NUL characters")
     return text

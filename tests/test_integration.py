@@ -1,0 +1,64 @@
+"""Mechanics against the real embedded llama.cpp server with the small SmolLM2 model (accuracy is not the point:
+the model answers 'positive' to almost everything). Every registered optimizer runs a tiny budget end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from optimizers import optimizers_all  # noqa: E402,F401
+from optimizers.base import REGISTRY  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("integration")
+    e = {**os.environ, "PROMPTOPT_MODEL": os.environ.get("PROMPTOPT_TEST_MODEL", "smollm2-135m"),
+         "PROMPTOPT_CACHE_DIR": str(d / "cache"), "PROMPTOPT_DB": str(d / "runs.sqlite")}
+    e.pop("OPENAI_BASE_URL", None)
+    models = Path.home() / ".cache" / "promptopt" / "models"
+    if models.exists():  # reuse assembled models; the response cache stays per test run
+        (d / "cache").mkdir(exist_ok=True)
+        os.symlink(models, d / "cache" / "models")
+    return e
+
+
+def cli(env, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "optimizers", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_eval_on_embedded_model_then_zero_calls(env):
+    args = ["eval", "--data", "sentiment", "--split", "test", "--limit", "6", "--json"]
+    r1 = cli(env, *args)
+    assert r1.returncode == 0, r1.stderr
+    o1 = json.loads(r1.stdout.strip().splitlines()[-1])
+    assert o1["embedded"] and o1["n"] == 6 and o1["calls"] == 6 and 0.0 <= o1["score"] <= 1.0
+    assert o1["completion_tokens"] > 0
+    o2 = json.loads(cli(env, *args).stdout.strip().splitlines()[-1])
+    assert o2["calls"] == 0 and o2["cache_hits"] == 6 and o2["score"] == o1["score"]
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_each_optimizer_runs_on_embedded_model(env, tmp_path, name):
+    out = tmp_path / "out"
+    r = cli(env, "run", "--data", "sentiment", "--optimizer", name, "--max-train", "6", "--max-dev", "4",
+            "--max-test", "4", "--max-calls", "40", "--seed", "1", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "result.json").read_text())
+    assert res["optimizer"] == name and res["status"] in ("done", "budget")
+    assert res["optimization_usage"]["calls"] <= 40
+    assert res["scores"]["best"]["test"]["n"] == 4
+    exported = json.loads(cli(env, "export", res["run_id"]).stdout)
+    kinds = {e["kind"] for e in exported["events"]}
+    assert {"run_started", "candidate_proposed", "candidate_scored", "run_finished"} <= kinds
