@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .data import BUNDLED, DataError, Splits, build_examples, load_bundled, read_table, split_examples
+from .data import BUNDLED, DataError, build_examples, load_bundled, read_table, split_examples
 from .llm import Budget, LLMError
 
 MAX_LABELS = 50

@@ -11,9 +11,10 @@ import random
 import re
 import zipfile
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import BinaryIO
 
 import pandas as pd
 from charset_normalizer import from_bytes
@@ -111,6 +112,8 @@ def _read_delimited(text: str, name: str, sep: str | None, max_rows: int) -> pd.
         rows = [r for r in reader if any(c.strip() for c in r)]
     except csv.Error as e:
         raise DataError(f"{name}: malformed CSV ({e})") from None
+    if not rows:
+        raise DataError(f"{name}: no rows could be read (unbalanced quotes?)")
     header = [c.strip() for c in rows[0]]
     body = rows[1:]
     if not body:
@@ -253,7 +256,7 @@ def build_examples(df: pd.DataFrame, input_cols: list[str], label_col: str, *, m
         if v:
             spellings[re.sub(r"\s+", " ", v).lower()][v] += 1
     canon = {}
-    for key, cnt in spellings.items():
+    for cnt in spellings.values():
         best = cnt.most_common(1)[0][0]
         if len(cnt) > 1:
             warnings.append(f"labels {', '.join(map(repr, cnt))} differ only in case or spaces: merged as {best!r}")

@@ -3,9 +3,9 @@ the endpoint's limit, cached, with every raw output kept so a score can be expla
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 from . import metrics
 from .data import Example

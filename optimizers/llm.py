@@ -13,10 +13,10 @@ import json
 import logging
 import os
 import threading
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import diskcache
 import openai
@@ -63,7 +63,7 @@ class Counters:
     errors: int = 0
     cost: float = 0.0
 
-    def add(self, other: "Counters") -> None:
+    def add(self, other: Counters) -> None:
         for k, v in asdict(other).items():
             setattr(self, k, getattr(self, k) + v)
 

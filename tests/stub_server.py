@@ -10,9 +10,10 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass
@@ -84,7 +85,7 @@ class StubServer:
         return None
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
-    def start(self) -> "StubServer":
+    def start(self) -> StubServer:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -112,7 +113,7 @@ class StubServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "StubServer":
+    def __enter__(self) -> StubServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -3,7 +3,6 @@ and column, and splits are seeded and stratified."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 
@@ -12,8 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optimizers.data import (BUNDLED, DataError, Example, build_examples, load_bundled, read_table, render_template,
-                             split_examples, template_placeholders)
+from optimizers.data import (
+    BUNDLED,
+    DataError,
+    Example,
+    build_examples,
+    load_bundled,
+    read_table,
+    render_template,
+    split_examples,
+    template_placeholders,
+)
 
 CSV = "text,label\nI loved it,positive\nawful,negative\nfine film,positive\n"
 

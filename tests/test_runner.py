@@ -3,7 +3,7 @@ resume by replay without paying twice, the test split kept from the optimizer, a
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
