@@ -15,7 +15,7 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .data import Example
 from .evaluate import EvalResult, Evaluator
@@ -34,8 +34,8 @@ class Params(BaseModel):
     """Base for each optimizer's parameters: defaults from the paper or its official code, one-line help each."""
 
     model_config = ConfigDict(extra="forbid")
-    max_prompt_words: int = 300
-    optimizer_max_tokens: int = 512
+    max_prompt_words: int = Field(300, ge=1, description="Reject proposed prompts longer than this (small models ramble)")
+    optimizer_max_tokens: int = Field(512, ge=16, description="Max tokens of each optimizer-model reply")
 
 
 @dataclass
