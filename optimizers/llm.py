@@ -24,7 +24,11 @@ import tenacity
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = Path(os.environ.get("PROMPTOPT_CACHE_DIR", Path.home() / ".cache" / "promptopt")) / "llm"
+
+
+def default_cache_dir() -> Path:
+    """Read at use, not import, so a process (or test) that sets PROMPTOPT_CACHE_DIR later is honoured."""
+    return Path(os.environ.get("PROMPTOPT_CACHE_DIR") or Path.home() / ".cache" / "promptopt") / "llm"
 
 
 class LLMError(RuntimeError):
@@ -154,7 +158,7 @@ class ResponseCache:
     """Persistent answers keyed by everything that determines them. A hit costs no call."""
 
     def __init__(self, directory: str | os.PathLike | None = None):
-        self.directory = Path(directory) if directory else DEFAULT_CACHE_DIR
+        self.directory = Path(directory) if directory else default_cache_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._cache = diskcache.Cache(str(self.directory), size_limit=2**32)
 

@@ -21,7 +21,9 @@ from typing import Any
 from .data import Example, Splits
 from .events import CandidateProposed, CandidateScored, Event, parse_event
 
-DEFAULT_DB = Path(os.environ.get("PROMPTOPT_DB", Path.home() / ".local" / "share" / "promptopt" / "runs.sqlite"))
+
+def default_db() -> Path:
+    return Path(os.environ.get("PROMPTOPT_DB") or Path.home() / ".local" / "share" / "promptopt" / "runs.sqlite")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -107,7 +109,7 @@ def _dumps(obj: Any) -> str:
 
 class Store:
     def __init__(self, path: str | os.PathLike | None = None):
-        self.path = Path(path) if path else DEFAULT_DB
+        self.path = Path(path) if path else default_db()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._conn().executescript(SCHEMA)  # executescript manages its own transaction
