@@ -255,7 +255,9 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = _store(a)
-    Runner(store).execute(a.run_id)
+    # a dashboard run outlives its tab: when the endpoint goes down, wait for it and resume by itself
+    wait = float(os.environ.get("PROMPTOPT_AUTO_RESUME_S", "3600"))
+    Runner(store).execute_until_done(a.run_id, wait=wait)
     return 0
 
 

@@ -218,6 +218,16 @@ class Endpoint:
         except openai.APIError as e:
             raise LLMError(f"could not list models at {self.base_url}: {self.redact(str(e))}") from None
 
+    def is_up(self, timeout: float = 5.0) -> bool:
+        """One quick probe (GET /models, no retries): used to notice that a paused run's endpoint is back."""
+        try:
+            self.client.with_options(max_retries=0, timeout=timeout).models.list()
+            return True
+        except openai.APIStatusError as e:
+            return e.status_code < 500 and e.status_code != 429  # it answers: /models may just be unsupported
+        except openai.APIError:
+            return False
+
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run one request with the concurrency limit, retrying transient faults until `patience` runs out."""
 

@@ -197,6 +197,29 @@ class Runner:
         cache.close()
         return result
 
+    def execute_until_done(self, run_id: str, *, wait: float, probe_every: float = 5.0,
+                           on_event: Callable[[int, Event], None] | None = None,
+                           sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+        """Execute; when the endpoint goes down the run pauses (stored, with the reason), this waits up to `wait`
+        seconds probing the endpoint, and resumes by replay as soon as it answers: no stored step is lost and the
+        cache makes the replayed requests free."""
+        result = self.execute(run_id, on_event=on_event)
+        deadline = time.monotonic() + wait
+        while result["status"] == "paused" and time.monotonic() < deadline:
+            cfg = RunConfig(**self.store.get_run(run_id)["config"])
+            endpoint = self.backend(cfg).endpoint
+            self.store.set_status(run_id, "paused", f"{result['reason']} - waiting for it to return "
+                                                    f"(auto-resume for up to {wait:.0f} s)")
+            while time.monotonic() < deadline and not self.store.stop_requested(run_id):
+                if endpoint.is_up():
+                    break
+                sleep(probe_every)
+            else:
+                break
+            log.info("run %s: the endpoint is back, resuming", run_id)
+            result = self.execute(run_id, on_event=on_event)
+        return result
+
     def _report(self, run_id: str, cfg: RunConfig, ctx: Context, evaluator: Evaluator, splits: Splits, meter: Meter,
                 last_step: StepDone | None, status: str, reason: str, put: Callable[[Event, bool], None],
                 wall: float) -> dict[str, Any]:

@@ -183,3 +183,46 @@ def test_same_seed_same_trajectory_and_second_run_is_free(tmp_path):
         assert len(stub.requests) == calls  # all cached
         assert b["calls"] == 0 and b["cache_hits"] > 0
         assert a["best_prompt"] == b["best_prompt"]
+
+
+def test_endpoint_down_pauses_then_resumes_by_itself_without_paying_twice(tmp_path):
+    import threading
+
+    with StubServer(scripted(opt_reply)) as ref:  # the same run with no outage: the calls it needs
+        runner, _ = make_runner(ref, tmp_path / "ref")
+        runner.execute(runner.create(config(tmp_path / "ref"), splits()))
+        needed = len(ref.chat_requests())
+    with StubServer(scripted(opt_reply)) as stub:
+        runner, store = make_runner(stub, tmp_path)
+        rid = runner.create(config(tmp_path), splits())
+        statuses = []
+
+        def on_event(seq, ev):
+            if ev.kind == "step_done" and ev.step == 2 and not statuses:
+                stub.set_down(True)
+                statuses.append("down")
+
+        def sleep(s):
+            statuses.append(store.get_run(rid)["status"])
+            if len(statuses) == 3:  # back after two failed probes
+                stub.set_down(False)
+            threading.Event().wait(0.05)
+
+        res = runner.execute_until_done(rid, wait=30, probe_every=0.05, on_event=on_event, sleep=sleep)
+        assert res["status"] == "done"
+        assert statuses[1:] == ["paused", "paused"]
+        assert [e.step for _, e in store.events(rid, kinds=["step_done"])] == [0, 1, 2, 3, 4]
+        errs = store.events(rid, kinds=["error"])
+        assert len(errs) == 1 and errs[0][1].recoverable
+        # every request that succeeded was paid once: the replay after the outage came from the cache
+        assert len([r for r in stub.chat_requests()]) == needed
+
+
+def test_endpoint_that_stays_down_leaves_the_run_paused(tmp_path):
+    with StubServer(scripted(opt_reply)) as stub:
+        runner, store = make_runner(stub, tmp_path)
+        rid = runner.create(config(tmp_path), splits())
+        stub.set_down(True)
+        res = runner.execute_until_done(rid, wait=0.3, probe_every=0.05)
+        assert res["status"] == "paused"
+        assert "auto-resume" in store.get_run(rid)["reason"]
