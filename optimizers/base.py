@@ -99,6 +99,8 @@ class Context:
             reason = "unchanged"
         elif candidate_id(text) in self.candidates and not allow_existing:
             reason = "duplicate"
+        elif origin != "initial" and self._echoes_example(text):
+            reason = "echoes_example"
         if reason:
             yield CandidateRejected(step=step, text=text[:2000], reason=reason, parents=parents, origin=origin)
             return None
@@ -110,6 +112,15 @@ class Context:
         yield CandidateProposed(step=step, candidate_id=cid, text=text, parents=parents, origin=origin,
                                 info=info or {})
         return cand
+
+    def _echoes_example(self, text: str) -> bool:
+        """A proposal that copies a whole train/dev input (40+ characters) verbatim: small optimizer models often
+        return an example, or text injected into the data, instead of an instruction; it would leak into every call."""
+        if not hasattr(self, "_inputs"):
+            self._inputs = {" ".join(str(v).lower().split()) for ex in self.train + self.dev for v in ex.fields.values()
+                            if len(str(v).strip()) >= 40}
+        t = " ".join(text.lower().split())
+        return any(i in t for i in self._inputs)
 
     # --- scoring ------------------------------------------------------------------------------------------------
     def score(self, cand: Candidate, examples: Sequence[Example], split: str, *, step: int,

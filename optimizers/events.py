@@ -54,7 +54,7 @@ class CandidateRejected(_Event):
 
     kind: Literal["candidate_rejected"] = "candidate_rejected"
     text: str
-    reason: str  # empty | truncated | duplicate | unchanged | too_long | no_tags | over_budget | ...
+    reason: str  # empty | truncated | duplicate | unchanged | too_long | no_tags | over_budget | echoes_example | ...
     parents: list[str] = []
     origin: str = ""
 
