@@ -1,53 +1,116 @@
-"""PromptOpt home: which backend serves, a first score on a bundled set, and the stored runs.
+"""PromptOpt home: which backend serves, a one-click quick start to a live run, a first score on a bundled set, and the
+stored runs.
 
-The full dashboard (data upload, live optimization, inspectors, comparison) lands in pages/; this page already works
-on the embedded model with no key and no network.
+App start never waits on the embedded model: it starts on first need (a score, or a run), with a spinner.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import pandas as pd
 import streamlit as st
 
 from optimizers.data import BUNDLED, build_examples, load_bundled, split_examples
-from optimizers.store import Store
+from ui.common import (
+    api_key,
+    backend,
+    base_url,
+    bundled_po_data,
+    connection_sidebar,
+    create_and_launch,
+    embedded_running,
+    list_models,
+    page_link,
+    registered_optimizers,
+    store,
+)
 
 st.set_page_config(page_title="PromptOpt", layout="wide")
 
-
-@st.cache_resource(show_spinner="Starting the embedded model (first start assembles and checks it)...")
-def _backend(base_url: str | None):
-    from optimizers.backend import open_backend
-
-    return open_backend(base_url or None)
-
-
-@st.cache_resource
-def _store() -> Store:
-    return Store(os.environ.get("PROMPTOPT_DB") or None)
+QUICK_DATA = "sentiment"
+QUICK_CAPS = {"max_train": 24, "max_dev": 12, "max_test": 16}
+QUICK_BUDGET = 150  # calls
+QUICK_PARAMS = {  # small versions of the paper settings, so the first steps show within a minute
+    "protegi": {"rounds": 2, "beam_size": 2, "minibatch_size": 8, "n_gradients": 2, "errors_per_gradient": 3,
+                "mc_samples_per_step": 0, "max_expansion_factor": 3, "eval_rounds": 3, "eval_prompts_per_round": 3,
+                "samples_per_eval": 4},
+    "opro": {"steps": 4, "prompts_per_step": 2, "num_generated_instructions_in_each_step": 2},
+}
 
 
+def quick_start() -> None:
+    """Load the bundled sentiment set with small caps, start a small ProTeGi (or OPRO) run, open it on Optimize."""
+    opts = registered_optimizers()
+    name = next((n for n in ("protegi", "opro") if n in opts), None) or next(
+        (n for n in opts if n != "baseline"), None)
+    if name is None:
+        st.error("No optimizer is registered.")
+        return
+    from optimizers.llm import Budget
+    from optimizers.runner import RunConfig
+
+    po = bundled_po_data(QUICK_DATA, **QUICK_CAPS)
+    st.session_state["po_data"] = po
+    fields = opts[name].Params.model_fields
+    params = {k: v for k, v in QUICK_PARAMS.get(name, {}).items() if k in fields}
+    url = base_url()
+    try:
+        cfg = RunConfig(optimizer=name, params=params, initial_prompt=po["initial_prompt"], task=po["task"],
+                        data=po["data_config"], split=po["split_config"], base_url=url or None,
+                        task_model=(st.session_state.get("task_model") or "").strip() or None,
+                        optimizer_model=(st.session_state.get("optimizer_model") or "").strip() or None,
+                        budget=Budget(max_calls=QUICK_BUDGET))
+        rid = create_and_launch(cfg, po["splits"])
+    except Exception as e:
+        st.error(f"Could not start the quick-start run: {type(e).__name__}: {e}")
+        return
+    st.switch_page("pages/2_Optimize.py", query_params={"run": rid})
+
+
+connection_sidebar()
 st.title("PromptOpt")
 st.caption("Optimize a task prompt with an LLM: APE, ProTeGi, OPRO, PE2, GPO.")
 
-with st.sidebar:
-    st.subheader("Connection")
-    base_url = st.text_input("OpenAI-compatible base URL", value=os.environ.get("OPENAI_BASE_URL", ""),
-                             help="Empty: the embedded local model (offline).")
-    key = st.text_input("API key", type="password", help="Kept in this browser session only; never stored.")
-    if key:
-        st.session_state["api_key"] = key
-
+# --- backend ------------------------------------------------------------------------------------------------------
 st.subheader("Backend")
-if base_url:
-    st.write(f"Endpoint: `{base_url}`")
+url = base_url()
+if url:
+    st.write(f"Endpoint: `{url}`" + (" (API key set for this session)" if api_key() else ""))
+    models, err = list_models(url)
+    if err:
+        st.warning(f"Could not list the models: {err}")
+    elif models:
+        st.caption(f"Models found via /v1/models ({len(models)}): " + ", ".join(models[:30])
+                   + (" ..." if len(models) > 30 else ""))
+    else:
+        st.caption("The endpoint lists no models.")
 else:
     from optimizers.backend import embedded_model_alias
 
-    st.write(f"Embedded local model: `{embedded_model_alias()}` (llama.cpp, loopback only). It starts on first use.")
+    server = embedded_running()
+    alias = embedded_model_alias()
+    if server is not None:
+        load = f", loaded in {server.load_seconds:.1f} s" if server.load_seconds else ""
+        st.write(f"Embedded local model: `{alias}` (llama.cpp, loopback only): **running**{load}.")
+    else:
+        st.write(f"Embedded local model: `{alias}` (llama.cpp, loopback only): **not started**; it starts on first "
+                 "use (a score or a run).")
+speed = st.session_state.get("backend_speed")
+if speed:
+    st.caption(f"Measured speed on the last score: {speed['calls_per_s']:.2f} calls/s, "
+               f"{speed['tokens_per_s']:.0f} tokens/s ({speed['model']}).")
 
+# --- quick start --------------------------------------------------------------------------------------------------
+st.subheader("Quick start")
+st.write(f"Loads the bundled **{QUICK_DATA}** set (train {QUICK_CAPS['max_train']}, dev {QUICK_CAPS['max_dev']}, "
+         f"test {QUICK_CAPS['max_test']}), starts a small ProTeGi run (at most {QUICK_BUDGET} calls) and opens it "
+         "live on the Optimize page.")
+if st.button("Quick start", type="primary", key="home_quick"):
+    quick_start()
+
+# --- score a bundled set ------------------------------------------------------------------------------------------
 st.subheader("Try a bundled set")
 names = list(BUNDLED)
 name = st.selectbox("Data set", names, format_func=lambda n: f"{n}: {BUNDLED[n].title}")
@@ -55,7 +118,7 @@ b = BUNDLED[name]
 st.caption(f"Source: {b.source}. Licence: {b.licence}. {b.description}")
 prompt = st.text_area("Instruction", value=b.initial_prompt)
 n = st.slider("Test examples to score", 4, 40, 10)
-if st.button("Score on the test split", type="primary"):
+if st.button("Score on the test split", key="home_score"):
     from optimizers.evaluate import Evaluator
     from optimizers.llm import LLM, Meter, ResponseCache
     from optimizers.task import Task
@@ -64,14 +127,11 @@ if st.button("Score on the test split", type="primary"):
     exs, _ = build_examples(df, b.input_cols, b.label_col)
     test = split_examples(exs, seed=0).test[:n]
     try:
-        backend = _backend(base_url)
-        if st.session_state.get("api_key") and base_url:
-            from optimizers.backend import open_backend
-
-            backend = open_backend(base_url, st.session_state["api_key"])
+        be = backend()
         meter = Meter()
-        llm = LLM(backend.endpoint, os.environ.get("PROMPTOPT_TASK_MODEL") or backend.model, meter=meter,
-                  cache=ResponseCache())
+        model = (st.session_state.get("task_model") or "").strip() or os.environ.get("PROMPTOPT_TASK_MODEL") \
+            or be.model
+        llm = LLM(be.endpoint, model, meter=meter, cache=ResponseCache())
         task = Task(template=b.template, input_cols=b.input_cols, labels=b.labels)
         bar = st.progress(0.0, text="scoring...")
         done = [0]
@@ -80,22 +140,32 @@ if st.button("Score on the test split", type="primary"):
             done[0] += k
             bar.progress(done[0] / len(test), text=f"scored {done[0]}/{len(test)}")
 
+        t0 = time.monotonic()
         res = Evaluator(llm, task).evaluate(prompt, test, progress=tick)
+        wall = max(time.monotonic() - t0, 1e-6)
     except Exception as e:  # shown as a message, never a traceback
-        st.error(f"Could not score: {e}")
+        st.error(f"Could not score: {type(e).__name__}: {e}")
     else:
         c = meter.snapshot()
+        if c.calls:
+            st.session_state["backend_speed"] = {"calls_per_s": c.calls / wall, "model": model,
+                                                 "tokens_per_s": (c.prompt_tokens + c.completion_tokens) / wall}
         st.metric("Accuracy", f"{res.score:.2f}", help=f"95% CI {res.ci_low:.2f}-{res.ci_high:.2f}, n={res.n}")
         st.caption(f"calls {c.calls}, cache hits {c.cache_hits}, tokens {c.prompt_tokens}+{c.completion_tokens}")
         st.dataframe(pd.DataFrame([{"input": next(iter(e.fields.values()))[:200], "gold": p.gold,
                                     "output": p.raw, "extracted": p.pred, "correct": p.correct}
-                                   for e, p in zip(test, res.predictions)]), use_container_width=True)
+                                   for e, p in zip(test, res.predictions)]), width="stretch")
 
+# --- runs ---------------------------------------------------------------------------------------------------------
 st.subheader("Stored runs")
-runs = _store().list_runs()
+runs = store().list_runs()
 if runs:
     st.dataframe(pd.DataFrame([{"run": r["id"], "status": r["status"], "optimizer": r["optimizer"],
-                                "data": r["data_name"], "seed": r["seed"]} for r in runs]), use_container_width=True)
+                                "data": r["data_name"], "seed": r["seed"]} for r in runs]), width="stretch",
+                 hide_index=True)
+    for r in runs[:5]:
+        page_link("pages/2_Optimize.py", f"Open {r['id']} ({r['optimizer']}, {r['status']})",
+              {"run": r["id"]})
 else:
-    st.write("No runs yet. Start one from a terminal: `python -m optimizers run --data sentiment --optimizer protegi "
-             "--max-calls 300 --out out/`")
+    st.write("No runs yet. Press Quick start above, or start one from a terminal: `python -m optimizers run "
+             "--data sentiment --optimizer protegi --max-calls 300 --out out/`")

@@ -84,12 +84,12 @@ class Context:
     # --- candidates ---------------------------------------------------------------------------------------------
     def propose(self, text: str | None, *, step: int, parents: Sequence[str] = (), origin: str,
                 max_words: int | None = None, truncated: bool = False, info: dict[str, Any] | None = None,
-                allow_existing: bool = False) -> Generator[Event, None, Candidate | None]:
+                allow_existing: bool = False, allow_empty: bool = False) -> Generator[Event, None, Candidate | None]:
         """Validate a proposal and register it. Returns the candidate, or None with a CandidateRejected event."""
         text = (text or "").strip()
         parents = list(parents)
         reason = None
-        if not text:
+        if not text and not allow_empty:  # OPRO may start from an empty instruction
             reason = "empty"
         elif truncated:
             reason = "truncated"

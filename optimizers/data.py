@@ -50,90 +50,212 @@ class Splits:
 
 
 # --- reading ------------------------------------------------------------------------------------------------------
+# Limits for one uploaded file. Rows: every example costs model calls and runs cap their splits at a few thousand
+# examples, so 100,000 rows is already far more than a run can use; a bigger file is almost always a mistake (a log,
+# an export of the wrong table) and parsing a million rows into a per-session frame stalls the dashboard. Reading
+# stops at the first row past the limit, so an oversized file is rejected in about the time it takes to read the
+# limit. XLSX: a workbook is a zip whose members are checked (declared sizes and compression ratio) before anything
+# is unpacked.
+MAX_BYTES = 200 * 2**20
+MAX_ROWS = 100_000
+MAX_UNPACKED = 500 * 2**20  # all XLSX members together, uncompressed
+MAX_RATIO = 100  # an XLSX member larger than 1 MB may expand at most this much (real sheets: about 5-20x)
+_FORMATS = "a text table (CSV, TSV, JSON, JSONL), an XLSX workbook or a Parquet file"
+_SIGNATURES = [  # (magic bytes, what it is); zip (PK) and Parquet (PAR1) are handled by the readers
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old-style Excel .xls workbook (or a password-protected one): save it "
+                                          "as .xlsx or CSV"),
+    (b"%PDF", "a PDF document"), (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"), (b"\x1f\x8b", "a gzip archive: unpack it first"), (b"BZh", "a bzip2 archive"),
+    (b"7z\xbc\xaf", "a 7-Zip archive"), (b"Rar!", "a RAR archive"), (b"SQLite format 3\x00", "an SQLite database"),
+    (b"\x7fELF", "a program (ELF)"), (b"MZ", "a Windows program"),
+]
+
+
 def _rows_phrase(rows: list[int], limit: int = 5) -> str:
     shown = ", ".join(str(r) for r in rows[:limit])
     return shown + (f" (and {len(rows) - limit} more)" if len(rows) > limit else "")
 
 
+def _utf16_without_bom(data: bytes) -> str | None:
+    """'utf-16-le'/'utf-16-be' when mostly-ASCII text has a NUL in every other byte."""
+    sample = data[:4096]
+    if len(sample) < 4:
+        return None
+    even, odd = sample[0::2], sample[1::2]
+    z_even, z_odd = even.count(0) / len(even), odd.count(0) / len(odd)
+    if z_odd > 0.4 and z_even < 0.05:
+        return "utf-16-le"
+    if z_even > 0.4 and z_odd < 0.05:
+        return "utf-16-be"
+    return None
+
+
+def _control_fraction(sample: str | bytes) -> float:
+    chars = sample if isinstance(sample, str) else sample.decode("latin-1")
+    bad = sum(1 for ch in chars if ord(ch) < 32 and ch not in "\t\r\n\f")
+    return bad / max(len(chars), 1)
+
+
 def _decode(data: bytes, name: str) -> str:
-    if b"\x00" in data and not (data.startswith((b"\xff\xfe", b"\xfe\xff"))):
-        # UTF-16 without BOM shows NULs too; anything else with NUL bytes is binary or corrupt
-        best = from_bytes(data).best()
-        if best is None or not best.encoding.startswith("utf_16"):
-            raise DataError(f"{name}: the file contains NUL bytes: it looks binary, not a text table")
-    if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:].decode("utf-8", errors="strict")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    best = from_bytes(data).best()
-    if best is None:
-        raise DataError(f"{name}: could not detect the text encoding (is it a binary file?)")
-    text = str(best)
-    if best.encoding.startswith(("cp125", "iso8859", "latin")):
-        # short samples make single-byte guesses unreliable; Excel's Western default is the likeliest
+    for magic, what in _SIGNATURES:
+        if data.startswith(magic):
+            raise DataError(f"{name}: this is {what}, not {_FORMATS}")
+    bom = {b"\xef\xbb\xbf": "utf-8-sig", b"\xff\xfe\x00\x00": "utf-32", b"\x00\x00\xfe\xff": "utf-32",
+           b"\xff\xfe": "utf-16", b"\xfe\xff": "utf-16"}
+    enc = next((e for b, e in bom.items() if data.startswith(b)), None) or _utf16_without_bom(data)
+    if enc:
         try:
-            text = data.decode("cp1252")
+            text = data.decode(enc)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{name}: the file starts like {enc.upper()} text but byte {e.start} is not valid "
+                            f"{enc.upper()}: the file may be truncated or corrupt") from None
+    else:
+        if _control_fraction(data[:4096]) > 0.05:
+            raise DataError(f"{name}: the file looks binary, not a text table: upload {_FORMATS}")
+        try:
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
-            pass
+            text = _decode_legacy(data, name)
+    text = text.lstrip("\ufeff")
+    if _control_fraction(text[:4096]) > 0.05:
+        raise DataError(f"{name}: the file looks binary, not a text table: upload {_FORMATS}")
     if "\x00" in text:
-        raise DataError(f"{name}: the file contains NUL characters")
+        lines = [i for i, ln in enumerate(text.splitlines(), 1) if "\x00" in ln]
+        raise DataError(f"{name}: NUL bytes on line(s) {_rows_phrase(lines)}: the file is corrupt or not plain "
+                        "text; remove them and upload again")
     return text
 
 
-def _check_printable(text: str, name: str) -> None:
-    sample = text[:4096]
-    bad = sum(1 for ch in sample if ord(ch) < 32 and ch not in "\t\r\n")
-    if sample and bad / len(sample) > 0.05:
-        raise DataError(f"{name}: the file looks binary, not a text table")
+def _decode_legacy(data: bytes, name: str) -> str:
+    best = from_bytes(data.replace(b"\x00", b"")[: 2**20]).best()
+    if best is None:
+        raise DataError(f"{name}: could not detect the text encoding: it is not UTF-8 and looks binary")
+    enc = best.encoding
+    if enc in ("cp1250", "cp1252", "iso8859_1", "iso8859_2", "iso8859_15", "latin_1", "mac_roman"):
+        # short samples make Western single-byte guesses unreliable: Excel's Western default is the likeliest
+        enc = "cp1252"
+    for candidate in (enc, best.encoding, "latin-1"):
+        try:
+            return data.decode(candidate)
+        except UnicodeDecodeError:
+            continue
+    raise DataError(f"{name}: could not decode the text (it is not UTF-8, and not {best.encoding} either)")
 
 
-def _frame(records: list[dict], name: str) -> pd.DataFrame:
+def _cell(v: object) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, ensure_ascii=False)
+    return str(v)
+
+
+def _frame(records: list, name: str, what: str = "record", numbers: list[int] | None = None) -> pd.DataFrame:
     if not records:
         raise DataError(f"{name}: no rows")
-    if not all(isinstance(r, dict) for r in records):
-        raise DataError(f"{name}: expected a list of objects (one per example)")
-    df = pd.DataFrame.from_records(records)
-    return df.astype(object).where(df.notna(), "").astype(str)
+    bad = [(numbers[i] if numbers else i + 1) for i, r in enumerate(records) if not isinstance(r, dict)]
+    if bad:
+        kinds = sorted({type(r).__name__ for r in records if not isinstance(r, dict)})
+        raise DataError(f"{name}: expected a list of objects (one per example), but {what}(s) {_rows_phrase(bad)} "
+                        f"are {'/'.join(kinds)}, not objects")
+    cols = list(dict.fromkeys(k for r in records for k in r))
+    return pd.DataFrame([[_cell(r.get(c)) for c in cols] for r in records], columns=cols, dtype=object)
+
+
+def _pick_delimiter(text: str) -> str:
+    """The candidate that splits the header into most columns consistently across the first records (quote-aware)."""
+    head = text[:65536]
+    best, best_score = ",", (0, 0)
+    for d in (",", "\t", ";", "|"):
+        try:
+            recs = []
+            for r in csv.reader(io.StringIO(head, newline=""), delimiter=d):
+                if any(c.strip() for c in r):
+                    recs.append(len(r))
+                if len(recs) >= 50:
+                    break
+        except csv.Error:
+            continue
+        if not recs or recs[0] < 2:
+            continue
+        score = (sum(n == recs[0] for n in recs[1:]), recs[0])
+        if score > best_score:
+            best, best_score = d, score
+    return best
 
 
 def _read_delimited(text: str, name: str, sep: str | None, max_rows: int) -> pd.DataFrame:
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
+    if not text.strip():
         raise DataError(f"{name}: the file is empty")
-    if sep is None:
+    hint = re.match(r"[ \t]*sep=(.)[ \t]*\r?\n", text)  # Excel's "sep=;" first line
+    if hint:
+        sep, text = hint.group(1), "\n" + text[hint.end():]  # keep line numbers: the hint was line 1
+    sep = sep or _pick_delimiter(text)
+    rows: list[list[str]] = []
+    lines: list[int] = []  # file line where each row starts
+
+    def parse(strict: bool) -> None:
+        rows.clear()
+        lines.clear()
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=strict)
+        start = 1
         try:
-            sep = csv.Sniffer().sniff("\n".join(lines[:50]), delimiters=",;\t|").delimiter
-        except csv.Error:
-            sep = ","
-    reader = csv.reader(io.StringIO(text), delimiter=sep)
-    try:
-        rows = [r for r in reader if any(c.strip() for c in r)]
-    except csv.Error as e:
-        raise DataError(f"{name}: malformed CSV ({e})") from None
+            for r in reader:
+                if any(c.strip() for c in r):
+                    rows.append(r)
+                    lines.append(start)
+                    if len(rows) > max_rows + 1:
+                        raise DataError(f"{name}: more than the limit of {max_rows:,} rows (stopped reading at "
+                                        f"line {start}); split the file or sample it")
+                start = reader.line_num + 1
+        except csv.Error as e:
+            if strict and "unexpected end of data" not in str(e):
+                parse(strict=False)  # tolerate stray quotes inside cells, as spreadsheets do
+                return
+            if "unexpected end of data" in str(e):
+                raise DataError(f"{name}: a quoted cell starting on line {start} is never closed (missing \")") \
+                    from None
+            raise DataError(f"{name}: line {start} is malformed ({e})") from None
+
+    parse(strict=True)
     if not rows:
-        raise DataError(f"{name}: no rows could be read (unbalanced quotes?)")
+        raise DataError(f"{name}: the file is empty")
     header = [c.strip() for c in rows[0]]
-    body = rows[1:]
+    body, body_lines = rows[1:], lines[1:]
+    # trailing delimiters (a, b,) make an unnamed, empty last column: drop it
+    while len(header) > 1 and header[-1] == "" and all(len(r) < len(header) or not r[len(header) - 1].strip()
+                                                       for r in body):
+        header.pop()
+        body = [r[: len(header)] if len(r) == len(header) + 1 else r for r in body]
     if not body:
         raise DataError(f"{name}: only a header row, no examples")
+    ragged = [i for i, r in enumerate(body) if len(r) != len(header)]
+    if ragged:
+        first = body[ragged[0]]
+        hint = ""
+        other = [d for d in (",", ";", "\t", "|") if d != sep and d in "".join(first)]
+        if len(first) < len(header) and other:
+            hint = f"; line {body_lines[ragged[0]]} seems to use {other[0]!r} instead (mixed delimiters?)"
+        elif len(first) > len(header):
+            hint = f"; a cell that contains {sep!r} must be quoted"
+        raise DataError(f"{name}: rows {_rows_phrase([i + 1 for i in ragged])} (file lines "
+                        f"{_rows_phrase([body_lines[i] for i in ragged])}) have a different number of cells than "
+                        f"the header ({len(header)} columns, delimiter {sep!r}; line {body_lines[ragged[0]]} has "
+                        f"{len(first)}){hint}")
     if len(body) > max_rows:
         raise DataError(f"{name}: {len(body):,} rows is more than the limit of {max_rows:,}")
-    ragged = [i + 1 for i, r in enumerate(body) if len(r) != len(header)]
-    if ragged:
-        raise DataError(f"{name}: rows {_rows_phrase(ragged)} have a different number of cells than the header "
-                        f"({len(header)} columns, delimiter {sep!r})")
-    return pd.DataFrame(body, columns=header, dtype=str)
+    return pd.DataFrame(body, columns=header, dtype=object)
 
 
 def read_table(source: str | os.PathLike | bytes | BinaryIO, filename: str | None = None, *,
-               max_bytes: int = 200 * 2**20, max_rows: int = 1_000_000) -> pd.DataFrame:
-    """CSV/TSV/TXT, JSONL, JSON (records, or BIG-Bench Hard's {"examples": [...]}), XLSX, Parquet; all cells strings."""
+               max_bytes: int = MAX_BYTES, max_rows: int = MAX_ROWS) -> pd.DataFrame:
+    """CSV/TSV/TXT, JSONL, JSON (records, or BIG-Bench Hard's {"examples": [...]}), XLSX, Parquet; all cells strings.
+
+    Every problem is a DataError whose message names the file and, where it can, the line, row or column."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         name = filename or path.name
-        if not path.exists():
+        if not path.is_file():
             raise DataError(f"{name}: no such file")
         if path.stat().st_size > max_bytes:
             raise DataError(f"{name}: the file is larger than {max_bytes // 2**20} MB")
@@ -147,84 +269,160 @@ def read_table(source: str | os.PathLike | bytes | BinaryIO, filename: str | Non
     if not data.strip():
         raise DataError(f"{name}: the file is empty")
     ext = Path(str(name)).suffix.lower()
-    if ext in (".xlsx", ".xlsm") or (not ext and data[:2] == b"PK"):
+    if data[:2] == b"PK" and ext in ("", ".xlsx", ".xlsm"):
         df = _read_xlsx(data, name, max_rows)
-    elif ext == ".parquet" or data[:4] == b"PAR1":
-        try:
-            df = pd.read_parquet(io.BytesIO(data)).astype(str)
-        except Exception as e:
-            raise DataError(f"{name}: not a readable Parquet file ({type(e).__name__})") from None
+    elif ext in (".xlsx", ".xlsm"):
+        what = "an old-style .xls workbook" if data.startswith(b"\xd0\xcf\x11\xe0") else "a text file" if \
+            _control_fraction(data[:4096]) < 0.05 else "something else"
+        raise DataError(f"{name}: not a valid XLSX workbook (it is {what}); check the file and its extension")
+    elif data[:4] == b"PAR1" and ext in ("", ".parquet"):
+        df = _read_parquet(data, name, max_rows)
+    elif ext == ".parquet":
+        raise DataError(f"{name}: not a Parquet file (no PAR1 header); check the file and its extension")
     else:
         if data[:2] == b"PK" or data[:4] == b"PAR1":
-            raise DataError(f"{name}: this is a binary (zip/parquet) file, not {ext or 'text'}; check the extension")
+            kind = "a zip archive or XLSX workbook" if data[:2] == b"PK" else "a Parquet file"
+            raise DataError(f"{name}: this is {kind}, not {ext or 'text'}; check the extension")
         text = _decode(data, name)
-        _check_printable(text, name)
         stripped = text.lstrip()
+        if stripped[:15].lower().startswith(("<!doctype html", "<html")):
+            raise DataError(f"{name}: this is a web page (HTML), not a table: download the raw file instead")
         if ext == ".jsonl" or (ext not in (".csv", ".tsv", ".txt", ".json") and stripped.startswith("{")
                                and "\n{" in stripped):
-            df = _read_jsonl(text, name)
-        elif ext == ".json" or stripped.startswith(("[", "{")):
+            df = _read_jsonl(text, name, max_rows)
+        elif ext == ".json" or (ext not in (".csv", ".tsv", ".txt") and stripped.startswith(("[", "{"))):
             df = _read_json(text, name)
         else:
             df = _read_delimited(text, name, "\t" if ext == ".tsv" else None, max_rows)
     if len(df) > max_rows:
         raise DataError(f"{name}: {len(df):,} rows is more than the limit of {max_rows:,}")
-    cols = [str(c).strip() for c in df.columns]
-    dups = sorted({c for c in cols if cols.count(c) > 1})
+    cols = [str(c).strip().lstrip("\ufeff").strip() for c in df.columns]
+    dups = [c for c in dict.fromkeys(cols) if cols.count(c) > 1]
     if dups:
-        raise DataError(f"{name}: duplicated column names: {', '.join(map(repr, dups))}")
+        raise DataError([f"{name}: duplicated column name {c!r} (columns "
+                         f"{' and '.join(str(i + 1) for i, x in enumerate(cols) if x == c)}): rename one of them"
+                         for c in dups])
     if any(c == "" for c in cols):
         raise DataError(f"{name}: a column has no name (column {cols.index('') + 1})")
     df.columns = cols
     if len(df) == 0:
         raise DataError(f"{name}: only a header row, no examples")
-    return df.fillna("").astype(str)
+    return df.astype(object).where(df.notna(), "").astype(str).reset_index(drop=True)
 
 
-def _read_jsonl(text: str, name: str) -> pd.DataFrame:
-    recs = []
+def _no_duplicate_keys(where: str, name: str):
+    def hook(pairs: list[tuple[str, object]]) -> dict:
+        keys = [k for k, _ in pairs]
+        dups = sorted({k for k in keys if keys.count(k) > 1})
+        if dups:
+            raise DataError(f"{name}: {where} has the key {dups[0]!r} more than once (a duplicated column)")
+        return dict(pairs)
+    return hook
+
+
+def _read_jsonl(text: str, name: str, max_rows: int = MAX_ROWS) -> pd.DataFrame:
+    recs, numbers = [], []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            recs.append(json.loads(line))
+            recs.append(json.loads(line, object_pairs_hook=_no_duplicate_keys(f"line {i}", name)))
         except json.JSONDecodeError as e:
-            raise DataError(f"{name}: line {i} is not valid JSON ({e.msg})") from None
-    return _frame(recs, name)
+            raise DataError(f"{name}: line {i} is not valid JSON ({e.msg}, column {e.colno})") from None
+        except RecursionError:
+            raise DataError(f"{name}: line {i} is nested too deeply") from None
+        numbers.append(i)
+        if len(recs) > max_rows:
+            raise DataError(f"{name}: more than the limit of {max_rows:,} rows (stopped reading at line {i})")
+    return _frame(recs, name, "line", numbers)
 
 
 def _read_json(text: str, name: str) -> pd.DataFrame:
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys("a record", name))
     except json.JSONDecodeError as e:
-        raise DataError(f"{name}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        raise DataError(f"{name}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{name}: the JSON is nested too deeply") from None
     if isinstance(obj, dict):
         for key in ("examples", "data", "rows", "records"):
             if isinstance(obj.get(key), list):
                 obj = obj[key]
                 break
         else:
-            raise DataError(f"{name}: expected a list of records or an object with an 'examples' list")
+            raise DataError(f"{name}: expected a list of records or an object with an 'examples' list; the object "
+                            f"has keys {', '.join(map(repr, list(obj)[:10])) or '(none)'}")
     if not isinstance(obj, list):
-        raise DataError(f"{name}: expected a list of records")
+        raise DataError(f"{name}: expected a list of records, got a JSON {type(obj).__name__}")
     return _frame(obj, name)
+
+
+def _read_parquet(data: bytes, name: str, max_rows: int) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(io.BytesIO(data))
+        if pf.metadata.num_rows > max_rows:
+            raise DataError(f"{name}: {pf.metadata.num_rows:,} rows is more than the limit of {max_rows:,}")
+        df = pf.read().to_pandas()
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{name}: not a readable Parquet file ({type(e).__name__}): is it truncated?") from None
+    return df.astype(object).where(df.notna(), "").map(_cell)
 
 
 def _read_xlsx(data: bytes, name: str, max_rows: int) -> pd.DataFrame:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-        total = sum(i.file_size for i in zf.infolist())
-    except zipfile.BadZipFile:
-        raise DataError(f"{name}: not a valid XLSX workbook") from None
-    if total > 500 * 2**20 or total > 200 * max(len(data), 1):
-        raise DataError(f"{name}: the workbook unpacks to {total // 2**20} MB: refusing (zip bomb guard)")
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise DataError(f"{name}: not a valid XLSX workbook (a damaged or truncated zip)") from None
+    names = {i.filename for i in infos}
+    if "xl/workbook.xml" not in names:
+        raise DataError(f"{name}: a zip archive but not an XLSX workbook (no xl/workbook.xml)")
+    # declared sizes are what zipfile (and so openpyxl) will unpack at most, so checking them up front is enough
+    total = sum(i.file_size for i in infos)
+    if total > MAX_UNPACKED:
+        raise DataError(f"{name}: the workbook unpacks to {total // 2**20:,} MB (limit {MAX_UNPACKED // 2**20} MB): "
+                        "refusing to open it (zip bomb guard)")
+    for i in infos:
+        if i.file_size > 2**20 and i.file_size > MAX_RATIO * max(i.compress_size, 1):
+            raise DataError(f"{name}: {i.filename} expands {i.file_size // max(i.compress_size, 1):,}x "
+                            f"(to {i.file_size // 2**20:,} MB): refusing to open it (zip bomb guard)")
+    import openpyxl
+
     try:
-        df = pd.read_excel(io.BytesIO(data), sheet_name=0, dtype=str, engine="openpyxl")
+        wb = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as e:
-        raise DataError(f"{name}: could not read the workbook ({type(e).__name__})") from None
-    if df.empty:
-        raise DataError(f"{name}: the first sheet has no data rows")
-    return df.fillna("")
+        raise DataError(f"{name}: could not read the workbook ({type(e).__name__}: {str(e)[:100]})") from None
+    try:
+        if not wb.worksheets:
+            raise DataError(f"{name}: the workbook has no sheets")
+        rows: list[list[str]] = []
+        for n, r in enumerate(wb.worksheets[0].iter_rows(values_only=True), 1):
+            cells = [_cell(v) for v in r]
+            if any(c.strip() for c in cells):
+                rows.append(cells)
+                if len(rows) > max_rows + 1:
+                    raise DataError(f"{name}: more than the limit of {max_rows:,} rows (stopped reading at "
+                                    f"sheet row {n})")
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{name}: could not read the first sheet ({type(e).__name__}: {str(e)[:100]})") from None
+    finally:
+        wb.close()
+    if not rows:
+        raise DataError(f"{name}: the first sheet is empty")
+    width = max(len(r) for r in rows)
+    rows = [r + [""] * (width - len(r)) for r in rows]
+    while width > 1 and all(not r[width - 1].strip() for r in rows):  # unused trailing columns
+        width -= 1
+        rows = [r[:width] for r in rows]
+    if len(rows) == 1:
+        raise DataError(f"{name}: the first sheet has no data rows (only a header)")
+    return pd.DataFrame(rows[1:], columns=[c.strip() for c in rows[0]], dtype=object)
 
 
 # --- examples ---------------------------------------------------------------------------------------------------
@@ -247,7 +445,9 @@ def build_examples(df: pd.DataFrame, input_cols: list[str], label_col: str, *, m
     empty = [i + 1 for i, v in enumerate(labels) if not v]
     if empty:
         problems.append(f"label column {label_col!r} is empty in rows {_rows_phrase(empty)}")
-    no_input = [i + 1 for i in range(len(df)) if all(not str(df[c].iloc[i]).strip() for c in input_cols)]
+    rows = [tuple(str(v) for v in r) for r in df[list(input_cols)].itertuples(index=False, name=None)]
+    label_list = labels.tolist()
+    no_input = [i + 1 for i, r in enumerate(rows) if all(not v.strip() for v in r)]
     if no_input:
         problems.append(f"every input column is empty in rows {_rows_phrase(no_input)}")
     # labels differing only in case or spaces are one label: keep the most frequent spelling
@@ -269,9 +469,9 @@ def build_examples(df: pd.DataFrame, input_cols: list[str], label_col: str, *, m
     if problems:
         raise DataError(problems)
     examples, seen, dup_rows = [], {}, []
-    for i in range(len(df)):
-        fields = {c: str(df[c].iloc[i]) for c in input_cols}
-        lab = canon[labels.iloc[i]]
+    for i, (r, raw_label) in enumerate(zip(rows, label_list, strict=True)):
+        fields = dict(zip(input_cols, r, strict=True))
+        lab = canon[raw_label]
         key = (tuple(fields.values()), lab)
         if drop_duplicates and key in seen:
             dup_rows.append(i + 1)

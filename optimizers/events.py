@@ -45,7 +45,7 @@ class CandidateProposed(_Event):
     candidate_id: str
     text: str
     parents: list[str] = []
-    origin: str  # initial | induced | gradient_edit | paraphrase | generated | resample | manual
+    origin: str  # initial | induced | gradient_edit | paraphrase | generated | resample | pe2_edit | manual
     info: dict[str, Any] = {}
 
 
@@ -90,7 +90,7 @@ class Retrieval(_Event):
     kind: Literal["retrieval"] = "retrieval"
     current_id: str
     rule: str  # relevance | recency | importance
-    similarity: str  # embeddings backend used, or "lexical"
+    similarity: str  # "embeddings:<model>", "lexical", or "none" (recency / importance rules)
     retrieved: list[dict[str, Any]]  # {candidate_id, text, score, relevance}
 
 
@@ -116,6 +116,7 @@ class Reasoning(_Event):
     examples: list[dict[str, Any]]
     reasoning: str
     proposal_ref: str
+    info: dict[str, Any] = {}  # e.g. batch_source: errors | train_no_errors
 
 
 class StepDone(_Event):

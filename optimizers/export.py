@@ -13,11 +13,13 @@ from typing import Any
 
 from .store import Store
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")  # + full-width forms
 
 
 def safe_cell(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    """Spreadsheets also run a formula after leading blanks and its full-width spellings."""
+    if isinstance(value, str) and (value.startswith(_FORMULA_START)
+                                   or value.lstrip(" \t\r\n").startswith(_FORMULA_START)):
         return "'" + value
     return value
 

@@ -1,3 +1,3 @@
 """Imports every optimizer so each registers itself; the CLI and pages import this one module."""
 
-from . import baseline, protegi  # noqa: F401
+from . import ape, baseline, gpo, opro, pe2, protegi  # noqa: F401

@@ -90,6 +90,7 @@ class StubServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are separate writes: Nagle + delayed ACK add 40 ms
 
             def log_message(self, *a):  # quiet
                 pass

@@ -1,9 +1,11 @@
-"""The home page renders with an empty store and scores a bundled set through the scripted stub endpoint."""
+"""The home page renders with an empty store, scores a bundled set through the scripted stub endpoint, lists the
+endpoint's models, and Quick start creates a small run on the bundled sentiment set and opens it on Optimize."""
 
 from streamlit.testing.v1 import AppTest
 
 from optimizers.data import build_examples, load_bundled, split_examples
 from tests.stub_server import StubServer
+from tests.test_pages_optimize import env  # noqa: F401  (fixture)
 
 
 def test_home_renders_and_scores(monkeypatch, tmp_path):
@@ -15,11 +17,42 @@ def test_home_renders_and_scores(monkeypatch, tmp_path):
         at = AppTest.from_file("../app.py", default_timeout=60).run()
         assert not at.exception
         assert "No runs yet" in " ".join(m.value for m in at.markdown)
+        assert "stub-task" in " ".join(c.value for c in at.caption)  # models found via /v1/models
         at.slider[0].set_value(6)
-        at.button[0].click().run()
+        at.button(key="home_score").click().run()
         assert not at.exception
         df, b = load_bundled("sentiment")
         test = split_examples(build_examples(df, b.input_cols, b.label_col)[0], seed=0).test[:6]
         expected = sum(e.label == "positive" for e in test) / 6  # the stub always answers "positive"
         assert at.metric[0].value == f"{expected:.2f}"
         assert len(stub.chat_requests()) == 6
+
+
+def test_home_embedded_model_is_not_started_at_app_start(monkeypatch, tmp_path):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("PROMPTOPT_DB", str(tmp_path / "runs.sqlite"))
+
+    def boom():
+        raise AssertionError("the embedded model must start lazily")
+
+    monkeypatch.setattr("ui.common.embedded_server", boom)
+    at = AppTest.from_file("../app.py", default_timeout=30).run()
+    assert not at.exception
+    assert "not started" in " ".join(m.value for m in at.markdown)
+
+
+def test_quick_start_runs_and_opens_optimize(env):  # noqa: F811
+    at = AppTest.from_file("../app.py", default_timeout=60).run()
+    at.button(key="home_quick").click().run()
+    assert not at.exception, at.exception
+    runs = env["store"].list_runs()
+    assert len(runs) == 1
+    run = runs[0]
+    assert run["optimizer"] == "protegi" and run["data_name"] == "sentiment"
+    assert run["config"]["budget"]["max_calls"] == 150 and run["config"]["params"]["rounds"] == 2
+    sizes = env["store"].load_splits(run["id"]).sizes()
+    assert sizes == {"train": 24, "dev": 12, "test": 16}
+    assert at.session_state["po_data"]["name"] == "sentiment"
+    assert run["status"] in ("done", "budget")
+    # switched to the Optimize page with ?run=<id>
+    assert any(run["id"] in s.value for s in at.subheader)

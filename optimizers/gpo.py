@@ -1,0 +1,571 @@
+"""GPO: "Unleashing the Potential of Large Language Models as Prompt Optimizers: An Analogical Analysis with
+Gradient-based Model Optimizers" (Tang et al., arXiv 2402.17564).
+
+The optimizer model is driven like a gradient-based optimizer. The update direction is a few prompts retrieved from
+the optimization trajectory (by relevance to the current prompt, with their dev scores); the update is a freshly
+generated prompt (not an edit); the step size is a word budget ("change up to N words") that decays on a cosine
+schedule, like learning-rate decay. Each step the best new candidate becomes the current prompt, even when it scores
+below the current one (as in the official code).
+
+The paper's design space is exposed as knobs, GPO's choices as defaults (RUCAIBox/GPO `GPO.sh`), so its ablations can
+be rerun: gradient (none | feedback), momentum content (none | para | feedback), momentum selection (recency |
+relevance | importance, k), momentum update (k-list | real-time), learning rate (with | without), decay (cosine |
+linear | fixed, optional warm-up) and update method (edit | generate | edit_without | generate_without).
+Ours: the word-level edit distance of every candidate to the current prompt is measured and recorded against the
+budget (optionally rejecting over-budget candidates), and the best trajectory prompt by dev score is returned.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from rapidfuzz.distance import Levenshtein
+
+from . import parsing
+from .base import Candidate, Optimizer, Params, register
+from .data import Example
+from .evaluate import Prediction
+from .events import CandidateRejected, EditBudget, Event, Gradient, Retrieval, Selection
+from .protegi import fill
+from .similarity import Similarity
+
+# --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------
+
+SCORE_NOTE = "Scores range from 0 to 100; a higher score means a better prompt."
+
+HEADER_GENERATE = "Your task is to write a prompt that will replace <Prompt>."
+HEADER_EDIT = "Your task is to revise the current prompt, which replaces <Prompt>."
+
+TRAJECTORY_BLOCK = """Below are earlier prompts with their scores. {score_note}
+
+{entries}"""
+
+CURRENT_BLOCK = """Below is the current prompt with its score. {score_note}
+{entry}"""
+
+REALTIME_BLOCK = """Below is the previous prompt with its score. {score_note}
+{entry}"""
+
+ENTRY = """Prompt: {prompt}
+Score: {score}"""
+
+CURRENT_PROMPT = """The current prompt is:
+{prompt}"""
+
+CRITIQUE_BLOCK = """Below are the problems with this prompt.
+
+{critique}"""
+
+EXEMPLAR_NOTE = ("The examples below show how the prompt is used: <Prompt> in each input is replaced by your prompt, "
+                 "then the input is read and an output is given. An output is wrong if it differs from the given "
+                 "output, and correct if it is the same.")
+
+DEMO = """Input:
+{input}
+Output:
+{output}"""
+
+BUDGET_LINE = "You may change up to {n} words of the current prompt."
+
+WRAP_NEW = "Wrap the new prompt with <START> and <END>."
+WRAP_EDIT = "Wrap the revised prompt with <START> and <END>."
+
+FEEDBACK_PROMPT = """Your task is to find the problems with the current prompt from the examples it gets wrong.
+
+The current prompt is:
+{prompt}
+
+With this prompt, the model gets these examples wrong:
+
+{errors}
+
+Give one reason why the prompt could have led to these wrong answers.
+Wrap the reason with <START> and <END>."""
+
+FEEDBACK_ERROR = """Question:
+{input}
+Wrong prediction:
+{prediction}
+Ground truth answer:
+{gold}"""
+
+REALTIME_PARA_PROMPT = """Your task is to combine the previous prompt and the current prompt into one new prompt, guided by their scores.
+{score_note}
+
+Below is the previous prompt with its score.
+{previous}
+
+Below is the current prompt with its score.
+{current}
+
+Write one new prompt that builds on the previous and the current prompt and their scores.
+Wrap the new prompt with <START> and <END>."""
+
+REALTIME_FEEDBACK_PROMPT = """Your task is to merge the problems found with the previous prompts and the problems of the current prompt.
+
+Below are the problems found with the previous prompts.
+{previous}
+
+Below are the problems of the current prompt.
+{current}
+
+Merge the problems of the previous prompts and of the current prompt into one description.
+Wrap the merged problems with <START> and <END>."""
+
+
+# --- schedule -----------------------------------------------------------------------------------------------------
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """train // batch, +1 if the remainder is at least half a batch (official code). Ours: at least 1 step when
+    there is any training data (the code would run no step on fewer than batch/2 examples)."""
+    steps = n_train // batch_size + (1 if n_train % batch_size >= batch_size / 2 else 0)
+    return max(steps, 1 if n_train else 0)
+
+
+def total_steps(n_train: int, batch_size: int, epochs: int) -> int:
+    return epochs * steps_per_epoch(n_train, batch_size)
+
+
+def step_size(t: int, total: int, *, decay: str = "cosine", initial: int = 50, final: int = 10,
+              use_warmup: bool = False, warmup_steps: int = 5) -> int:
+    """The word budget N_t at step t (1-based; t = len(trajectory) in the code) of `total` steps.
+
+    cosine: int(final + (initial - final) * 0.5 * (1 + cos(pi * t / T))); linear: int(initial - (initial - final)
+    / T * t); fixed: initial. Warm-up: for t < warmup_steps, int(initial * t / warmup_steps), after which the decay
+    runs over (t - warmup) / (T - warmup). Ours: without warm-up the linear decay spans all T steps (the code
+    subtracts warmup_steps from T even when warm-up is off, a no-op with GPO.sh's warmup_steps 0)."""
+    w = warmup_steps if use_warmup and warmup_steps > 0 else 0
+    if w and t < w:
+        return int(initial * t / w)
+    if decay == "fixed":
+        return int(initial)
+    span = max(total - w, 1)
+    if decay == "linear":
+        return int(initial - (initial - final) / span * (t - w))
+    frac = (t - w) / span
+    return int(final + (initial - final) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def word_distance(a: str, b: str) -> int:
+    """Word-level Levenshtein distance: insertions, deletions and substitutions of whole words."""
+    return Levenshtein.distance(parsing.words(a), parsing.words(b))
+
+
+def polish(text: str) -> str:
+    """The official polish_sentence: strip, drop '**', capitalise the first letter."""
+    t = (text or "").replace("**", "").strip()
+    if len(t) > 1:
+        t = t[0].upper() + t[1:]
+    return t
+
+
+def render_score(score: float) -> str:
+    return str(round(score * 100))
+
+
+# --- the optimizer ------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Entry:
+    cand: Candidate
+    score: float
+    step: int
+    critique: str | None = None  # the feedback gradient computed while this prompt was current
+
+
+@register
+class GPO(Optimizer):
+    name = "gpo"
+    title = "GPO (trajectory retrieval + generation + decaying edit budget)"
+    paper = ("Tang et al., Unleashing the Potential of Large Language Models as Prompt Optimizers: An Analogical "
+             "Analysis with Gradient-based Model Optimizers, arXiv 2402.17564")
+
+    class Params(Params):
+        epochs: int = Field(3, ge=1, description="Passes over the train split; steps = epochs x steps per epoch")
+        batch_size: int = Field(8, ge=1, description="Train minibatch per step (steps per epoch = train // batch, "
+                                                     "+1 if the remainder is at least half a batch)")
+        num_candidates: int = Field(8, ge=1, description="Prompts generated per step (one request each)")
+        temperature: float = Field(1.0, ge=0.0, le=2.0, description="Optimizer-model temperature when generating")
+        format_data_num: int = Field(3, ge=0, description="Fixed train examples shown in the meta-prompt (drawn "
+                                                          "once per run)")
+        gradient: Literal["none", "feedback"] = Field(
+            "none", description="Textual gradient: none (GPO) or feedback, a critique of the current prompt's "
+                                "wrong minibatch examples (shown with update_method edit/generate)")
+        momentum_content: Literal["none", "para", "feedback"] = Field(
+            "para", description="Momentum: para (past prompts with scores, GPO), feedback (past critiques; needs "
+                                "gradient=feedback) or none")
+        momentum_selection: Literal["recency", "relevance", "importance"] = Field(
+            "relevance", description="Which past entries are shown: most similar to the current (GPO), latest, "
+                                     "or best scoring")
+        momentum_k: int = Field(3, ge=1, description="Entries shown, the current one included (k-list)")
+        momentum_update: Literal["k-list", "real-time"] = Field(
+            "k-list", description="k-list: show k past entries (GPO); real-time: the optimizer merges the previous "
+                                  "momentum and the current entry into one each step")
+        learning_rate: Literal["with", "without"] = Field(
+            "with", description="Add the 'change up to N words' line (GPO) or not")
+        decay: Literal["cosine", "linear", "fixed"] = Field(
+            "cosine", description="How the word budget decays from initial_step_size to final_step_size")
+        initial_step_size: int = Field(50, ge=0, description="Word budget at the start")
+        final_step_size: int = Field(10, ge=0, description="Word budget at the last step")
+        use_warmup: bool = Field(False, description="Grow the budget linearly during the first warmup_steps steps")
+        warmup_steps: int = Field(5, ge=0, description="Warm-up length in steps (used only with use_warmup)")
+        update_method: Literal["edit", "generate", "edit_without", "generate_without"] = Field(
+            "generate_without", description="Write a new prompt (generate) or revise the current one (edit); "
+                                            "'_without': no critique in the meta-prompt (GPO: generate_without)")
+        over_budget: Literal["flag", "reject"] = Field(
+            "flag", description="Candidates changing more words than the budget: flag them (paper) or reject them")
+        keep_if_worse: bool = Field(False, description="Ours: keep the current prompt when no new candidate beats "
+                                                       "it (the paper always moves to the best new one)")
+        similarity: Literal["auto", "embeddings", "lexical"] = Field(
+            "auto", description="Relevance backend: endpoint embeddings with lexical fallback (auto), embeddings "
+                                "only, or lexical (rapidfuzz) only")
+        embedding_model: str | None = Field(None, description="Embedding model name at the endpoint (empty: the "
+                                                              "optimizer model's name)")
+        aux_temperature: float = Field(0.0, ge=0.0, le=2.0, description="Temperature of the feedback and real-time "
+                                                                        "momentum requests (code: 0)")
+
+        @model_validator(mode="after")
+        def _feedback_momentum_needs_gradient(self) -> GPO.Params:
+            if self.momentum_content == "feedback" and self.gradient != "feedback":
+                raise ValueError("momentum_content='feedback' needs gradient='feedback' (critiques to remember)")
+            return self
+
+    p: GPO.Params
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+    def run(self) -> Iterator[Event]:
+        ctx, p = self.ctx, self.p
+        self.split = "dev" if ctx.dev else "train"
+        self.eval_set: list[Example] = list(ctx.dev or ctx.train)
+        self.scores: dict[str, float] = {}
+        self.similarity = Similarity(p.similarity, ctx.llm.endpoint, p.embedding_model or ctx.llm.model,
+                                     ctx.llm.cache)
+        self.rt_para: _Entry | None = None  # real-time momentum (para)
+        self.rt_feedback: str | None = None  # real-time momentum (feedback)
+        # drawn once per run: the fixed demo examples, then the order in which train is walked
+        self.demos = ctx.sample(ctx.train, p.format_data_num)
+        order = ctx.sample(ctx.train, len(ctx.train))
+        spe = steps_per_epoch(len(ctx.train), p.batch_size)
+        self.T = p.epochs * spe
+        batches = [order[i * p.batch_size:(i + 1) * p.batch_size] or order for i in range(spe)]
+
+        init = yield from ctx.propose(ctx.initial_prompt, step=0, origin="initial")
+        if init is None:
+            raise ValueError("the initial prompt is empty")
+        s0 = yield from self.evaluate(init, step=0, purpose="baseline")
+        self.trajectory = [_Entry(init, s0, 0)]
+        yield ctx.step_done(0, init, self.split, [init])
+        for t in range(1, self.T + 1):
+            batch = batches[(t - 1) % spe]
+            yield from self.step(t, batch)
+            best = max(self.trajectory, key=lambda e: e.score)  # first of equals: the earliest
+            yield ctx.step_done(t, best.cand, self.split, [self.trajectory[-1].cand])
+
+    def evaluate(self, cand: Candidate, *, step: int, purpose: str = "selection") -> Generator[Event, None, float]:
+        """The candidate's score on the selection split; an already-scored prompt reuses its score."""
+        if cand.id not in self.scores:
+            res = yield from self.ctx.score(cand, self.eval_set, self.split, step=step, purpose=purpose)
+            self.scores[cand.id] = res.score
+        return self.scores[cand.id]
+
+    def step(self, t: int, batch: Sequence[Example]) -> Generator[Event, None, None]:
+        ctx, p = self.ctx, self.p
+        cur = self.trajectory[-1]
+        # (1) the gradient: a critique of the current prompt's wrong minibatch examples (optional)
+        critique = None
+        if p.gradient == "feedback":
+            critique = yield from self.feedback(cur, batch, t)
+            cur.critique = critique
+        shown_critique = yield from self.critique_momentum(cur, critique, t)
+        # (2) the update direction: past prompts with scores
+        momentum = yield from self.para_momentum(cur, t)
+        # (3) the step size
+        budget = self.budget(t)
+        meta = self.meta_prompt(cur, momentum, shown_critique, budget)
+        # (4) generate
+        texts: list[tuple[str | None, str, bool]] = []
+        for i in range(p.num_candidates):
+            comp = yield from ctx.ask("gpo.generate", [{"role": "user", "content": meta}], step=t, ref=f"s{t}.{i}",
+                                      temperature=p.temperature, max_tokens=p.optimizer_max_tokens)
+            text, how = _parse(comp.text, p.max_prompt_words)
+            texts.append((text, how, comp.truncated))
+        # (5) measure the step against the budget; register the candidates
+        pool, measured = yield from self.admit(cur, texts, budget, t)
+        yield EditBudget(step=t, budget_words=budget, schedule=self.schedule_name(), measured=measured)
+        # (6) score and select
+        scored = []
+        for cand in pool:
+            s = yield from self.evaluate(cand, step=t)
+            scored.append((s, cand))
+        nxt = self.select(cur, scored, t)
+        estimates = [{"candidate_id": c.id, "mean": s, "n": c.n(self.split), "chosen_before": self._chosen(c),
+                      "reused": c.step < t} for s, c in scored]
+        yield Selection(step=t, method="gpo", estimates=estimates, survivors=[nxt.cand.id])
+        self.trajectory.append(nxt if nxt is not cur else _Entry(cur.cand, cur.score, t, cur.critique))
+
+    # --- gradient and momentum ------------------------------------------------------------------------------------
+    def feedback(self, cur: _Entry, batch: Sequence[Example], t: int) -> Generator[Event, None, str | None]:
+        """Score the current prompt on the minibatch and ask why it got the wrong ones wrong (temperature 0)."""
+        ctx = self.ctx
+        if not batch:
+            return None
+        res = yield from ctx.score(cur.cand, batch, "train", step=t, purpose="minibatch")
+        by_id = {ex.id: ex for ex in batch}
+        wrong = [(by_id[pr.example_id], pr) for pr in res.predictions if not pr.correct]
+        if not wrong:  # ours: nothing to criticise (the code still asks, with an empty list)
+            return None
+        errors = "\n\n".join(fill(FEEDBACK_ERROR, input=_input_text(ex), prediction=_pred_text(pr), gold=ex.label)
+                             for ex, pr in wrong)
+        msg = fill(FEEDBACK_PROMPT, prompt=cur.cand.text, errors=errors)
+        comp = yield from ctx.ask("gpo.feedback", [{"role": "user", "content": msg}], step=t, ref=f"g{t}",
+                                  temperature=self.p.aux_temperature, max_tokens=self.p.optimizer_max_tokens)
+        found = parsing.tagged(comp.text)
+        critique = polish(found[0] if found else parsing.clean(comp.text))
+        if not critique:
+            return None
+        yield Gradient(step=t, gradient_id=f"g{t}", parent_id=cur.cand.id, critique=critique,
+                       errors=[{"id": ex.id, "input": _input_text(ex), "gold": ex.label,
+                                "prediction": _pred_text(pr)} for ex, pr in wrong])
+        return critique
+
+    def critique_momentum(self, cur: _Entry, critique: str | None, t: int) -> Generator[Event, None, str | None]:
+        """The critique text the meta-prompt shows: this step's, or (momentum 'feedback') past critiques too."""
+        p = self.p
+        if p.momentum_content != "feedback" or critique is None:
+            return critique
+        if p.momentum_update == "real-time":
+            if self.rt_feedback is None:
+                self.rt_feedback = critique
+                return critique
+            msg = fill(REALTIME_FEEDBACK_PROMPT, previous=self.rt_feedback, current=critique)
+            comp = yield from self.ctx.ask("gpo.momentum", [{"role": "user", "content": msg}], step=t,
+                                           ref=f"m{t}", temperature=p.aux_temperature,
+                                           max_tokens=p.optimizer_max_tokens)
+            found = parsing.tagged(comp.text)
+            merged = polish(found[0] if found else parsing.clean(comp.text))
+            if merged and not comp.truncated:
+                self.rt_feedback = merged
+            return self.rt_feedback
+        entries = [e for e in self._unique() if e.critique]
+        picked, rel, backend = self.retrieve(cur, entries, key=lambda e: e.critique or "")
+        yield Retrieval(step=t, current_id=cur.cand.id, rule=p.momentum_selection, similarity=backend,
+                        retrieved=[{"candidate_id": e.cand.id, "text": e.critique, "score": e.score,
+                                    "relevance": r, "content": "feedback"} for e, r in zip(picked, rel, strict=True)])
+        return "\n\n".join(e.critique or "" for e in picked)
+
+    def para_momentum(self, cur: _Entry, t: int) -> Generator[Event, None, tuple[str, list[_Entry]]]:
+        """('list' | 'realtime' | 'current', entries): what the meta-prompt shows as the update direction."""
+        p = self.p
+        if p.momentum_content != "para":
+            return "current", [cur]
+        if p.momentum_update == "real-time":
+            entry = yield from self.realtime_para(cur, t)
+            yield Retrieval(step=t, current_id=cur.cand.id, rule="real-time", similarity="none",
+                            retrieved=[{"candidate_id": entry.cand.id, "text": entry.cand.text, "score": entry.score,
+                                        "relevance": None}])
+            return "realtime", [entry]
+        picked, rel, backend = self.retrieve(cur, self._unique(), key=lambda e: e.cand.text)
+        yield Retrieval(step=t, current_id=cur.cand.id, rule=p.momentum_selection, similarity=backend,
+                        retrieved=[{"candidate_id": e.cand.id, "text": e.cand.text, "score": e.score,
+                                    "relevance": r} for e, r in zip(picked, rel, strict=True)])
+        return "list", picked
+
+    def realtime_para(self, cur: _Entry, t: int) -> Generator[Event, None, _Entry]:
+        """Real-time momentum: the first step shows the current prompt; afterwards the optimizer merges the previous
+        momentum prompt and the current prompt into one (temperature 0), which is scored and shown. (The code scores
+        the current prompt instead of the merged one, a bug not copied.)"""
+        ctx, p = self.ctx, self.p
+        prev = self.rt_para
+        if prev is None:
+            self.rt_para = cur
+            return cur
+        msg = fill(REALTIME_PARA_PROMPT, score_note=SCORE_NOTE,
+                   previous=fill(ENTRY, prompt=prev.cand.text, score=render_score(prev.score)),
+                   current=fill(ENTRY, prompt=cur.cand.text, score=render_score(cur.score)))
+        comp = yield from ctx.ask("gpo.momentum", [{"role": "user", "content": msg}], step=t, ref=f"m{t}",
+                                  temperature=p.aux_temperature, max_tokens=p.optimizer_max_tokens)
+        text, how = _parse(comp.text, p.max_prompt_words)
+        if text is None:
+            yield CandidateRejected(step=t, text="", reason="no_tags", parents=[cur.cand.id], origin="momentum")
+            return prev
+        cand = yield from ctx.propose(text, step=t, parents=[cur.cand.id], origin="momentum", truncated=comp.truncated,
+                                      max_words=p.max_prompt_words, info={"parsed": how, "previous": prev.cand.id},
+                                      allow_existing=True)
+        if cand is None:
+            return prev
+        s = yield from self.evaluate(cand, step=t, purpose="momentum")
+        self.rt_para = _Entry(cand, s, t)
+        return self.rt_para
+
+    def _unique(self) -> list[_Entry]:
+        """The trajectory with each prompt once (its latest entry), oldest first."""
+        seen: dict[str, _Entry] = {}
+        for e in self.trajectory:
+            seen.pop(e.cand.id, None)
+            seen[e.cand.id] = e
+        return list(seen.values())
+
+    def retrieve(self, cur: _Entry, entries: list[_Entry],
+                 key: Any) -> tuple[list[_Entry], list[float | None], str]:
+        """The k entries shown (current first for relevance and recency), their relevance, the similarity backend."""
+        p, k = self.p, self.p.momentum_k
+        if p.momentum_selection == "recency":
+            picked = list(reversed(entries))[:k]  # newest first: the current one leads
+            return picked, [None] * len(picked), "none"
+        if p.momentum_selection == "importance":
+            ranked = sorted(enumerate(entries), key=lambda ie: (-ie[1].score, -ie[0]))  # ties: the newer first
+            picked = [e for _, e in ranked[:k]]
+            return picked, [None] * len(picked), "none"
+        others = [e for e in entries if e.cand.id != cur.cand.id]
+        current = next((e for e in entries if e.cand.id == cur.cand.id), cur)
+        if k <= 1 or not others:
+            return [current], [1.0], self.similarity.backend
+        sims, backend = self.similarity.similarities(key(current), [key(e) for e in others])
+        order = sorted(range(len(others)), key=lambda i: (-sims[i], -i))[:k - 1]  # ties: the newer first
+        return [current] + [others[i] for i in order], [1.0] + [sims[i] for i in order], backend
+
+    # --- the meta-prompt ------------------------------------------------------------------------------------------
+    def budget(self, t: int) -> int | None:
+        p = self.p
+        if p.learning_rate == "without":
+            return None
+        return step_size(t, self.T, decay=p.decay, initial=p.initial_step_size, final=p.final_step_size,
+                         use_warmup=p.use_warmup, warmup_steps=p.warmup_steps)
+
+    def schedule_name(self) -> str:
+        p = self.p
+        if p.learning_rate == "without":
+            return "none"
+        warm = f", warm-up {p.warmup_steps}" if p.use_warmup else ""
+        return f"{p.decay} {p.initial_step_size}->{p.final_step_size} over {self.T} steps{warm}"
+
+    def demo_block(self) -> str:
+        task = self.ctx.task
+        return "\n\n".join(fill(DEMO, input=task.render("<Prompt>", ex), output=ex.label) for ex in self.demos)
+
+    def meta_prompt(self, cur: _Entry, momentum: tuple[str, list[_Entry]], critique: str | None,
+                    budget: int | None) -> str:
+        p = self.p
+        edit = p.update_method.startswith("edit")
+        show_critique = p.update_method in ("edit", "generate") and bool(critique)
+        kind, entries = momentum
+        parts = [HEADER_EDIT if edit else HEADER_GENERATE]
+        if kind == "list":
+            body = "\n\n".join(fill(ENTRY, prompt=e.cand.text, score=render_score(e.score)) for e in entries)
+            parts.append(fill(TRAJECTORY_BLOCK, score_note=SCORE_NOTE, entries=body))
+            what = "the previous prompts and their scores"
+        elif kind == "realtime":
+            e = entries[0]
+            parts.append(fill(REALTIME_BLOCK, score_note=SCORE_NOTE,
+                              entry=fill(ENTRY, prompt=e.cand.text, score=render_score(e.score))))
+            what = "the previous prompt and its score"
+        else:
+            parts.append(fill(CURRENT_BLOCK, score_note=SCORE_NOTE,
+                              entry=fill(ENTRY, prompt=cur.cand.text, score=render_score(cur.score))))
+            what = ""
+        parts.append(fill(CURRENT_PROMPT, prompt=cur.cand.text))
+        if show_critique:
+            parts.append(fill(CRITIQUE_BLOCK, critique=critique))
+            what = f"{what} and the problems above" if what else "the problems above"
+        if self.demos:
+            parts.append(EXEMPLAR_NOTE)
+            parts.append(self.demo_block())
+        verb = ("revise the current prompt into a new improved prompt" if edit
+                else "write a new improved prompt")
+        ask = (f"Carefully analyse {what}, and {verb}" if what else verb[0].upper() + verb[1:])
+        ask += " to replace <Prompt> in the task examples."
+        if budget is not None:
+            ask += "\n" + fill(BUDGET_LINE, n=budget) + "\n"
+        parts.append(ask + "\n" + (WRAP_EDIT if edit else WRAP_NEW))
+        return "\n\n".join(parts)
+
+    # --- candidates -----------------------------------------------------------------------------------------------
+    def admit(self, cur: _Entry, texts: list[tuple[str | None, str, bool]], budget: int | None,
+              t: int) -> Generator[Event, None, tuple[list[Candidate], list[dict[str, Any]]]]:
+        """Parse failures and repeats within the step are rejected; each remaining text is measured against the
+        budget; over-budget ones are flagged or rejected; a prompt scored before comes back with its score."""
+        ctx, p = self.ctx, self.p
+        pool: list[Candidate] = []
+        measured: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for text, how, truncated in texts:
+            if text is None:
+                yield CandidateRejected(step=t, text="", reason="no_tags", parents=[cur.cand.id], origin="generated")
+                continue
+            if text and text in seen:
+                yield CandidateRejected(step=t, text=text[:2000], reason="duplicate", parents=[cur.cand.id],
+                                        origin="generated")
+                continue
+            if not text:  # rejected as empty, nothing to measure
+                yield from ctx.propose(text, step=t, parents=[cur.cand.id], origin="generated")
+                continue
+            seen.add(text)
+            dist = word_distance(text, cur.cand.text)
+            within = budget is None or dist <= budget
+            m: dict[str, Any] = {"candidate_id": None, "text": text, "distance_words": dist,
+                                 "within_budget": within, "accepted": False}
+            measured.append(m)
+            if not within and p.over_budget == "reject":
+                yield CandidateRejected(step=t, text=text[:2000], reason="over_budget", parents=[cur.cand.id],
+                                        origin="generated")
+                continue
+            info = {"parsed": how, "budget_words": budget, "distance_words": dist, "within_budget": within}
+            cand = yield from ctx.propose(text, step=t, parents=[cur.cand.id], origin="generated", truncated=truncated,
+                                          max_words=p.max_prompt_words, info=info, allow_existing=True)
+            if cand is None:
+                continue
+            m["candidate_id"], m["accepted"] = cand.id, True
+            m["reused"] = cand.id in self.scores
+            pool.append(cand)
+        return pool, measured
+
+    def _chosen(self, cand: Candidate) -> bool:
+        return any(e.cand.id == cand.id for e in self.trajectory)
+
+    def select(self, cur: _Entry, scored: list[tuple[float, Candidate]], t: int) -> _Entry:
+        """The best-scoring candidate not chosen at an earlier step (the top one if all were); with keep_if_worse,
+        the current prompt stays unless that candidate beats it; with no candidate at all, it stays too."""
+        if not scored:
+            return cur
+        ranked = sorted(scored, key=lambda sc: -sc[0])  # stable: generation order breaks ties
+        fresh = [sc for sc in ranked if not self._chosen(sc[1])]
+        s, cand = (fresh or ranked)[0]
+        if self.p.keep_if_worse and s <= cur.score:
+            return cur
+        return _Entry(cand, s, t)
+
+
+# --- helpers ------------------------------------------------------------------------------------------------------
+
+def _parse(reply: str, max_words: int) -> tuple[str | None, str]:
+    """<START>...<END> (a missing end tag tolerated); else one short untagged paragraph; else nothing."""
+    found = parsing.tagged(reply)
+    if found:
+        return polish(found[0]), "tagged"
+    if re.search(r"<START>", reply or "", re.I):
+        return "", "tagged"  # tags around nothing: rejected as empty
+    t = parsing.clean(re.sub(r"</?(?:START|END)>", "", reply or "", flags=re.I))
+    if not t:
+        return "", "untagged"  # rejected as empty
+    if "\n\n" in t or len(t.split()) > max_words:
+        return None, "no_tags"
+    return polish(t), "untagged"
+
+
+def _input_text(ex: Example) -> str:
+    f = ex.fields
+    if len(f) == 1:
+        return str(next(iter(f.values()))).strip()
+    return "\n".join(f"{k}: {v}" for k, v in f.items()).strip()
+
+
+def _pred_text(pr: Prediction) -> str:
+    if pr.pred is not None:
+        return pr.pred
+    raw = " ".join((pr.raw or "").split())
+    return (raw[:200] + "...") if len(raw) > 200 else (raw or "(no answer)")

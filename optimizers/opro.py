@@ -1,0 +1,309 @@
+"""OPRO: "Large Language Models as Optimizers" (Yang et al., ICLR 2024).
+
+The optimizer model sees a trajectory of past instructions with their scores, sorted ascending so the best sit
+last (next to where it writes), plus a few train problems showing where the instruction goes (<INS>), and is asked
+for a new instruction that scores higher. No critique, no gradient: the scored history is the only signal.
+
+Loop (official code google-deepmind/opro, `opt_utils.run_evolution`): step 0 scores the initial instruction (it may
+be empty) on the whole train split. Each search step builds one meta-prompt (the top `max_num_instructions` of the
+history at or above `old_instruction_score_threshold`, scores as integers 0-100; `num_few_shot_questions` train
+exemplars), samples `num_generated_instructions` replies from it at `optimizer_temperature` (one request each, each
+with its own seed), parses the first <INS>...</INS>, cleans it, skips what was seen before / is over 500 characters /
+still contains "INS", and scores every new instruction on the whole train split. Every `eval_interval` steps the
+current top instruction(s) are scored on dev for the chart (never used to pick, except to break ties).
+
+Where we differ from the code (each also noted where it happens):
+- The final prompt is the best by train score, ties broken by dev (the code pickles everything and names none).
+- Every `eval_interval` steps we score the current top `eval_top_k` on dev (the code scores that step's new
+  instructions on its eval split, which is empty for GSM8K and BBH); the count starts at step 0, the baseline.
+- `num_search_steps` keeps the paper's 200: in practice the run's budget stops it first, at a step boundary.
+- The instruction slot: scoring always uses the task template, so the default `before_Q` shows <INS> exactly where
+  the template's {prompt} is. Q_begin / Q_end / A_begin move <INS> to the start / end of the input fields or to the
+  end of the rendered template in the exemplars only; pick them when the template puts {prompt} there.
+- `most_frequent_wrong` takes the train questions most often answered wrong so far (ties at random); the code ranks
+  them by that count but then samples uniformly from every question ever answered wrong. Fewer than needed: the rest
+  are random train questions.
+- The initial instruction counts as already scored (the code leaves it out of its hash set and may re-score it).
+- A reply that repeats <INS> instead of closing it ends the instruction at the second tag (small models do this);
+  a reply cut by the token limit with no closing tag is rejected as truncated.
+- The A_begin variant keeps the <INS> wording (the code switches to a "starting sentence" in <Start> tags).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any, Literal
+
+from pydantic import Field
+
+from . import parsing
+from .base import Candidate, Optimizer, Params, register
+from .data import Example, render_template
+from .events import CandidateRejected, Event, Selection
+from .task import Task
+
+# --- meta-prompt (our wording, the official structure and placeholders) -------------------------------------------
+
+HEADER = ("Your task is to write the instruction <INS>. Here are instructions tried so far, each with its score. "
+          "Scores go from 0 to 100.\n")
+PAIR = "\ntext:\n{instruction}\nscore:\n{score}\n"
+EXEMPLARS_INTRO = "Here are some example problems.\n"
+EXEMPLAR = "\nProblem:\n{problem}\nGround truth answer:\n{answer}\n"
+REQUEST = ("\n\nWrite a new instruction <INS> that differs from every instruction above and would score higher than "
+           "all of them. Start it with <INS> and end it with </INS>. Make it concise, effective and general enough "
+           "to apply to all the problems above.")
+
+INS, INS_END = "<INS>", "</INS>"
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_BRACKETS = re.compile(r"\[([^\[\]\n]+)\]")
+
+
+def fill(template: str, **values: Any) -> str:
+    """One-pass placeholder filling: braces inside prompts and data (even '{score}') are left alone."""
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
+
+
+def bucketize(score: float, buckets: int) -> int:
+    """A 0-1 score shown as an integer 0-100 in `buckets` steps (100 buckets: round(score * 100), as the code)."""
+    return int(round(round(score * buckets) * 100 / buckets))
+
+
+def render_exemplar(task: Task, ex: Example, pos: str) -> str:
+    """The exemplar as the task model would see it, with <INS> where the instruction goes.
+
+    before_Q: the template's own {prompt} slot. Q_begin / Q_end: the slot is emptied and <INS> goes on its own line
+    before the first / after the last input field. A_begin: after the rendered template (where the answer starts)."""
+    if pos == "before_Q":
+        return task.render(INS, ex).strip()
+    marks = {c: f"\x00F{i}\x00" for i, c in enumerate(task.input_cols)}
+    text = render_template(task.template, {**ex.fields, **marks}, "")
+    found = [(text.find(m), m) for m in marks.values() if m in text]
+    if pos == "A_begin" or not found:
+        text = text.rstrip() + " " + INS
+    elif pos == "Q_begin":
+        at = min(found)[0]
+        text = text[:at] + INS + "\n" + text[at:]
+    else:  # Q_end
+        at, m = max(found)
+        at += len(m)
+        text = text[:at] + "\n" + INS + text[at:]
+    for c, m in marks.items():
+        text = text.replace(m, str(ex.fields.get(c, "")))
+    text = re.sub(r"\n[ \t]*\n(?:[ \t]*\n)+", "\n\n", text)
+    return text.strip()
+
+
+def parse_instruction(reply: str) -> tuple[str, str, bool]:
+    """(instruction, how, closed): the first <INS>...</INS> (a missing close tag runs to the end or to a repeated
+    <INS>; a missing open tag starts at 0, as the code), else the first [...] (the text-bison format), else the
+    cleaned reply. `closed` says whether the instruction ended at a tag (so a token limit did not cut it)."""
+    text = reply or ""
+    low = text.lower()
+    start_tag, end_tag = INS.lower(), INS_END.lower()
+    if start_tag in low:
+        s = low.index(start_tag) + len(start_tag)
+        ends = [i for i in (low.find(end_tag, s), low.find(start_tag, s)) if i >= 0]
+        e = min(ends) if ends else len(text)
+        return parsing.clean(text[s:e]), "tagged", bool(ends)
+    if end_tag in low:
+        return parsing.clean(text[:low.index(end_tag)]), "tagged", True
+    m = _BRACKETS.search(text)
+    if m:
+        return parsing.clean(m.group(1)), "brackets", True
+    return parsing.clean(text), "untagged", False
+
+
+def polish(text: str) -> str:
+    """As the code's polish_sentence: strip, drop '**', capitalise the first character (when longer than 1)."""
+    t = (text or "").strip().replace("**", "").strip()
+    if len(t) > 1:
+        t = t[0].upper() + t[1:]
+    return t
+
+
+@register
+class OPRO(Optimizer):
+    name = "opro"
+    title = "OPRO (optimization by prompting)"
+    paper = "Yang et al., Large Language Models as Optimizers, ICLR 2024"
+
+    class Params(Params):
+        num_search_steps: int = Field(200, ge=0, description="Search steps after step 0 (paper 200; the budget "
+                                                             "usually stops the run first)")
+        num_generated_instructions: int = Field(8, ge=1, description="Instructions sampled from each step's "
+                                                                     "meta-prompt, one request each")
+        optimizer_temperature: float = Field(1.0, ge=0.0, le=2.0, description="Sampling temperature of the "
+                                                                              "optimizer model")
+        max_num_instructions: int = Field(20, ge=1, description="Most past instructions shown in the meta-prompt "
+                                                                "(the best ones, sorted ascending)")
+        num_score_buckets: int = Field(100, ge=1, description="Scores are shown as integers 0-100 rounded to this "
+                                                              "many buckets")
+        old_instruction_score_threshold: float = Field(
+            0.0, ge=0.0, le=1.0, description="Only instructions scoring at least this (0-1) are shown; 0 shows all "
+                                             "(code: 0.0 for PaLM scorers, 0.3 for GPT scorers)")
+        num_few_shot_questions: int = Field(3, ge=0, description="Train problems shown as exemplars with the <INS> "
+                                                                 "placeholder")
+        few_shot_selection: Literal["random", "most_frequent_wrong"] = Field(
+            "random", description="Exemplars: random each step, or the train problems answered wrong most often "
+                                  "so far")
+        instruction_pos: Literal["before_Q", "Q_begin", "Q_end", "A_begin"] = Field(
+            "before_Q", description="Where <INS> is shown in the exemplars: the template's slot (before_Q), start "
+                                    "or end of the input, or start of the answer")
+        eval_interval: int = Field(3, ge=1, description="Every this many steps the current top instruction is "
+                                                        "scored on dev for the chart")
+        eval_top_k: int = Field(1, ge=0, description="How many top instructions are scored on dev at each "
+                                                     "eval_interval step (ours)")
+        max_instruction_chars: int = Field(500, ge=1, description="Reject generated instructions longer than this "
+                                                                  "many characters")
+
+    p: OPRO.Params
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+    def run(self) -> Iterator[Event]:
+        ctx, p = self.ctx, self.p
+        self.history: list[Candidate] = []  # every scored instruction, in the order scored
+        self.seen: set[str] = set()  # every text met so far, kept or not (the code's md5 set)
+        self.wrong: Counter[str] = Counter()  # train example id -> times answered wrong (most_frequent_wrong)
+        init = yield from self.propose_initial()
+        yield from self.score_train(init, step=0, purpose="baseline")
+        yield from self.eval_dev(0)
+        yield ctx.step_done(0, init, "train", self.ranked()[:p.max_num_instructions])
+        for step in range(1, p.num_search_steps + 1):
+            shown = self.shown()
+            exemplars = self.exemplars()
+            msg = self.meta_prompt(shown, exemplars)
+            new: list[Candidate] = []
+            for i in range(p.num_generated_instructions):
+                ref = f"s{step}.{i}"
+                comp = yield from ctx.ask("opro.generate", [{"role": "user", "content": msg}], step=step, ref=ref,
+                                          temperature=p.optimizer_temperature)
+                text, how, closed = parse_instruction(comp.text)
+                info = {"meta_prompt_rank": i, "ref": ref, "parsed": how, "exemplars": [ex.id for ex in exemplars],
+                        "shown": len(shown)}
+                cand = yield from self.admit(polish(text), step, shown, info, truncated=comp.truncated and not closed)
+                if cand is not None:
+                    new.append(cand)
+            for cand in new:  # every new instruction on the whole train split
+                yield from self.score_train(cand, step=step, purpose="selection")
+            yield from self.eval_dev(step)
+            ranked = self.ranked()
+            top = ranked[:p.max_num_instructions]
+            nxt = self.shown()
+            yield Selection(step=step, method="top_k_history", estimates=self.estimates(top, new, nxt),
+                            survivors=[c.id for c in reversed(nxt)])
+            yield ctx.step_done(step, ranked[0], "train", top)
+
+    # --- candidates -----------------------------------------------------------------------------------------------
+    def propose_initial(self) -> Generator[Event, None, Candidate]:
+        """The initial instruction; OPRO allows an empty one ("" is one of the paper's starting points)."""
+        ctx = self.ctx
+        text = (ctx.initial_prompt or "").strip()
+        self.seen.add(text)
+        cand = yield from ctx.propose(text, step=0, origin="initial", allow_empty=True,
+                                      info={"empty": True} if not text else None)
+        if cand is None:
+            raise ValueError("the initial prompt was rejected")
+        return cand
+
+    def admit(self, text: str, step: int, shown: Sequence[Candidate], info: dict[str, Any],
+              truncated: bool) -> Generator[Event, None, Candidate | None]:
+        """The code's hygiene: skip a text seen before (kept or not), over max_instruction_chars, or containing
+        'INS'; then the shared checks (empty, truncated, too many words)."""
+        ctx, p = self.ctx, self.p
+        parents = [c.id for c in reversed(shown)]  # the meta-prompt's history, best first
+        reason = None
+        if text and text in self.seen:
+            reason = "duplicate"
+        elif len(text) > p.max_instruction_chars:
+            reason = "too_long"
+        elif "INS" in text:
+            reason = "contains_tag"
+        if text:
+            self.seen.add(text)
+        if reason:
+            yield CandidateRejected(step=step, text=text[:2000], reason=reason, parents=parents, origin="generated")
+            return None
+        return (yield from ctx.propose(text, step=step, parents=parents, origin="generated", truncated=truncated,
+                                       max_words=p.max_prompt_words, info=info))
+
+    # --- scoring --------------------------------------------------------------------------------------------------
+    def score_train(self, cand: Candidate, *, step: int, purpose: str) -> Generator[Event, None, None]:
+        res = yield from self.ctx.score(cand, self.ctx.train, "train", step=step, purpose=purpose)
+        for pr in res.predictions:
+            if not pr.correct:
+                self.wrong[pr.example_id] += 1
+        self.history.append(cand)
+
+    def eval_dev(self, step: int) -> Generator[Event, None, None]:
+        """Every eval_interval steps: the current top eval_top_k on dev, once each (for the chart and ties)."""
+        ctx, p = self.ctx, self.p
+        if step % p.eval_interval or not ctx.dev:
+            return
+        for cand in self.ranked()[:p.eval_top_k]:
+            if "dev" not in cand.last:
+                yield from ctx.score(cand, ctx.dev, "dev", step=step, purpose="eval_interval")
+
+    @staticmethod
+    def train_score(c: Candidate) -> float:
+        s = c.last.get("train", c.mean("train"))
+        return s if s is not None else 0.0
+
+    def ranked(self) -> list[Candidate]:
+        """The history best first: by train score, ties by dev score (scored ones first), then the older."""
+        order = {c.id: i for i, c in enumerate(self.history)}
+        return sorted(self.history, key=lambda c: (-self.train_score(c), -c.last.get("dev", -1.0), order[c.id]))
+
+    def shown(self) -> list[Candidate]:
+        """The meta-prompt's history, ascending (best last): the top max_num_instructions, then the threshold."""
+        p = self.p
+        top = self.ranked()[:p.max_num_instructions]
+        th = p.old_instruction_score_threshold
+        return [c for c in reversed(top) if not th or self.train_score(c) >= th]
+
+    # --- the meta-prompt ------------------------------------------------------------------------------------------
+    def exemplars(self) -> list[Example]:
+        """num_few_shot_questions train problems, in train order: random each step (seeded by the run), or the
+        most often answered wrong so far (ties at random; random ones fill up when too few were ever wrong)."""
+        ctx, p = self.ctx, self.p
+        k = min(p.num_few_shot_questions, len(ctx.train))
+        if k == 0:
+            return []
+        index = {ex.id: i for i, ex in enumerate(ctx.train)}
+        if p.few_shot_selection == "random":
+            picked = ctx.sample(range(len(ctx.train)), k)
+        else:
+            tie = {i: ctx.rng.random() for i in self.wrong}
+            ids = sorted((i for i in self.wrong if i in index), key=lambda i: (-self.wrong[i], tie[i]))[:k]
+            picked = [index[i] for i in ids]
+            if len(picked) < k:
+                rest = [i for i in range(len(ctx.train)) if i not in picked]
+                picked += ctx.sample(rest, k - len(picked))
+        return [ctx.train[i] for i in sorted(picked)]
+
+    def meta_prompt(self, shown: Sequence[Candidate], exemplars: Sequence[Example]) -> str:
+        p = self.p
+        msg = HEADER + "".join(fill(PAIR, instruction=c.text, score=bucketize(self.train_score(c),
+                                                                              p.num_score_buckets))
+                               for c in shown)
+        if exemplars:
+            msg += "\n\n" + EXEMPLARS_INTRO + "".join(
+                fill(EXEMPLAR, problem=render_exemplar(self.ctx.task, ex, p.instruction_pos), answer=ex.label)
+                for ex in exemplars)
+        return msg + REQUEST
+
+    def estimates(self, top: Sequence[Candidate], new: Sequence[Candidate],
+                  nxt: Sequence[Candidate]) -> list[dict[str, Any]]:
+        """The top of the history and this step's new instructions, with what the next meta-prompt shows."""
+        shown_ids, new_ids = {c.id for c in nxt}, {c.id for c in new}
+        out, done = [], set()
+        for c in list(top) + list(new):
+            if c.id in done:
+                continue
+            done.add(c.id)
+            s = self.train_score(c)
+            out.append({"candidate_id": c.id, "mean": s, "n": c.n("train"), "dev": c.last.get("dev"),
+                        "score_shown": bucketize(s, self.p.num_score_buckets), "step": c.step,
+                        "in_meta_prompt": c.id in shown_ids, "new": c.id in new_ids})
+        return out

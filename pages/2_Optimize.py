@@ -1,0 +1,319 @@
+"""Optimize: configure a run (optimizer and its paper defaults, models, budget), start it in a worker process, and
+watch it live from the store: scores by step, best so far, the beam, candidates with word diffs, spend, status.
+
+The page never runs the optimization: Runner.create + spawn_worker start it, store.request_stop stops it, and a
+stopped / paused / failed run resumes by spawning a worker again (the replay is free: cached answers).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import streamlit as st
+
+from optimizers.store import Store
+from ui import charts
+from ui.common import (
+    _store_at,
+    base_url,
+    bundled_po_data,
+    connection_sidebar,
+    create_and_launch,
+    db_path,
+    estimate_calls,
+    launch,
+    page_link,
+    params_form,
+    registered_optimizers,
+    report_calls,
+    run_link,
+    selected_run,
+    store,
+    validation_messages,
+    worker_alive,
+)
+from ui.diff import diff_stats, render_markers
+
+st.set_page_config(page_title="PromptOpt: Optimize", layout="wide")
+connection_sidebar()
+st.title("Optimize")
+
+PREFERRED = ["protegi", "opro", "ape", "pe2", "gpo", "baseline"]
+RESUMABLE = ("stopped", "paused", "failed")
+LIVE = ("created", "running")
+STATUS_TEXT = {"created": "waiting for the worker", "running": "running", "done": "finished",
+               "budget": "budget reached", "stopped": "stopped by the user", "paused": "paused (endpoint down)",
+               "failed": "failed"}
+
+S: Store = store()
+optimizers = registered_optimizers()
+
+
+def _order(names: list[str]) -> list[str]:
+    return sorted(names, key=lambda n: (PREFERRED.index(n) if n in PREFERRED else len(PREFERRED), n))
+
+
+# --- new run ------------------------------------------------------------------------------------------------------
+
+
+def new_run_form() -> None:
+    po = st.session_state.get("po_data")
+    if not po:
+        st.info("No data chosen yet: pick or upload a set on the Data page, or load the bundled sentiment set.")
+        c1, c2 = st.columns(2)
+        page_link("pages/1_Data.py", label="Go to Data")
+        if c2.button("Load the bundled sentiment set (train 40, dev 20, test 40)", key="opt_load_sample"):
+            st.session_state["po_data"] = bundled_po_data("sentiment", max_train=40, max_dev=20, max_test=40)
+            st.rerun()
+        return
+    sz = po["splits"].sizes()
+    st.write(f"Data: **{po['name']}**: train {sz['train']}, dev {sz['dev']}, test {sz['test']} "
+             f"(seed {po['split_config'].seed}).")
+    if not optimizers:
+        st.error("No optimizer is registered (optimizers.optimizers_all imported none).")
+        return
+    names = _order(list(optimizers))
+    name = st.selectbox("Optimizer", names, key="opt_name",
+                        format_func=lambda n: f"{getattr(optimizers[n], 'title', n)}")
+    cls = optimizers[name]
+    st.caption(f"Paper: {getattr(cls, 'paper', '-')}")
+    prefix = f"opt_params.{name}"
+    with st.expander("Parameters (defaults from the paper and its official code)", expanded=False):
+        if st.button("Reset to the defaults", key=f"{prefix}.reset"):
+            for k in [k for k in st.session_state if str(k).startswith(prefix + ".")]:
+                del st.session_state[k]
+            st.rerun()
+        raw = params_form(cls.Params, prefix)
+    try:
+        params = cls.Params(**raw)
+    except Exception as e:
+        for m in validation_messages(e):
+            st.error(f"Parameter {m}")
+        return
+    changed = {k: v for k, v in params.model_dump().items() if v != cls.Params().model_dump().get(k)}
+    if changed:
+        st.caption("Changed from the defaults: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
+
+    prompt = st.text_area("Initial prompt", value=po.get("initial_prompt", ""), key=f"opt_prompt.{po['name']}")
+    url = base_url()
+    task_model = (st.session_state.get("task_model") or "").strip() or None
+    opt_model = (st.session_state.get("optimizer_model") or "").strip() or None
+    st.caption(f"Backend: {'endpoint ' + url if url else 'the embedded local model'}; task model: "
+               f"{task_model or 'the backend default'}; optimizer model: {opt_model or 'the task model'} "
+               "(change them in the sidebar).")
+    c1, c2, c3, c4 = st.columns(4)
+    max_calls = int(c1.number_input("Budget: max calls (0 = none)", 0, 10_000_000, 300, 50, key="opt_calls"))
+    max_tokens = int(c2.number_input("Budget: max tokens (0 = none)", 0, 10**10, 0, 10_000, key="opt_tokens"))
+    max_cost = float(c3.number_input("Budget: max cost in $ (0 = none)", 0.0, 1e6, 0.0, 0.5, key="opt_cost",
+                                     help="Counted from the prices you set; the embedded model is free."))
+    seed = int(c4.number_input("Seed", 0, 2**31 - 1, 0, 1, key="opt_seed"))
+
+    est = estimate_calls(name, params.model_dump(), sz["train"], sz["dev"])
+    rep = report_calls(po["splits"])
+    if est is None:
+        msg = (f"Estimate: no formula for {name}: the run makes **at most {max_calls:,} calls** (the budget)"
+               if max_calls else f"Estimate: no formula for {name} and no call budget: the run is unbounded")
+    else:
+        bound = min(est, max_calls) if max_calls else est
+        msg = (f"Estimate (rough upper bound from the parameters, before cache hits): about **{est:,} calls**"
+               + (f", stopped at the budget of {max_calls:,}" if max_calls and est > max_calls else "")
+               + f"; so at most **{bound:,}**")
+    st.markdown(msg + f". After the run, the report scores the initial and the best prompt on every split: up to "
+                f"{rep:,} more calls, outside the budget.")
+    if not max_calls and not max_tokens and not max_cost:
+        st.warning("No budget set: the run stops only when the optimizer finishes or you stop it.")
+
+    if st.button("Start the run", type="primary", key="opt_start"):
+        from optimizers.llm import Budget
+        from optimizers.runner import RunConfig
+
+        try:
+            cfg = RunConfig(optimizer=name, params=params.model_dump(), initial_prompt=prompt.strip(),
+                            task=po["task"], data=po["data_config"], split=po["split_config"], seed=seed,
+                            base_url=url or None, task_model=task_model, optimizer_model=opt_model,
+                            budget=Budget(max_calls or None, max_tokens or None, max_cost or None))
+            if not cfg.initial_prompt:
+                st.error("The initial prompt is empty.")
+                return
+            rid = create_and_launch(cfg, po["splits"])
+        except Exception as e:
+            st.error(f"Could not start the run: {type(e).__name__}: {e}")
+            return
+        st.query_params["run"] = rid
+        st.rerun()
+
+
+# --- a run, live --------------------------------------------------------------------------------------------------
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _frames(db: str, run_id: str, n_events: int) -> dict:
+    """All projections of a run, recomputed only when its event count changes."""
+    s = _store_at(db)
+    points = charts.score_points(s, run_id)
+    best = charts.best_so_far(s, run_id)
+    table = charts.candidate_table(s, run_id, points)
+    texts = {c["candidate_id"]: c["text"] for c in s.candidates(run_id)}
+    init_id = charts.initial_candidate(s, run_id)
+    split = best.iloc[-1].split if not best.empty else None
+    return {"points": points, "best": best, "table": table, "texts": texts, "init_id": init_id,
+            "init_score": charts.initial_reference(points, init_id, split), "beam": charts.current_beam(s, run_id),
+            "spend": charts.spend(s, run_id)}
+
+
+def _controls(run: dict) -> None:
+    rid, status = run["id"], run["status"]
+    c1, c2, c3 = st.columns([1, 1, 3])
+    if status in LIVE:
+        if run["stop_requested"]:
+            c1.button("Stopping...", disabled=True, key="opt_stopping")
+        elif c1.button("Stop", key="opt_stop", help="The run stops after the current step; resume it later."):
+            S.request_stop(rid)
+            st.rerun(scope="fragment")
+        if status == "running" and not worker_alive(run):
+            c3.warning("The worker process is gone (crashed or killed): resume the run.")
+            if c2.button("Resume", key="opt_resume_dead"):
+                _resume(rid)
+    elif status in RESUMABLE:
+        if c1.button("Resume", type="primary", key="opt_resume",
+                     help="Replays the stored steps from the cache (free) and continues."):
+            _resume(rid)
+
+
+def _resume(rid: str) -> None:
+    try:
+        S.set_status(rid, "created", "resume requested")
+        launch(rid)
+    except Exception as e:
+        st.error(f"Could not resume: {type(e).__name__}: {e}")
+        return
+    st.rerun()
+
+
+def _spend_view(sp: dict) -> None:
+    used, lim = sp["used"], sp["limits"]
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("calls", f"{used['calls']:,}" + (f" / {lim['calls']:,}" if lim["calls"] else ""))
+    c2.metric("cache hits", f"{used['cache_hits']:,}")
+    c3.metric("tokens", f"{used['tokens']:,}" + (f" / {lim['tokens']:,}" if lim["tokens"] else ""))
+    c4.metric("cost", f"${used['cost']:.4f}" + (f" / ${lim['cost']:.2f}" if lim["cost"] else ""))
+    if sp["fraction"] is not None:
+        st.progress(sp["fraction"], text=f"{sp['fraction']:.0%} of the budget (tightest limit), as of step "
+                                         f"{sp['at_step'] if sp['at_step'] is not None else '-'}")
+
+
+def _report_view(run: dict) -> None:
+    res = run.get("result") or {}
+    scores = res.get("scores") or {}
+    rows = []
+    for which in ("initial", "best"):
+        row = {"prompt": which}
+        for split in ("train", "dev", "test"):
+            s = (scores.get(which) or {}).get(split)
+            row[split] = (f"{s['score']:.3f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] n={s['n']}" if s else "")
+        rows.append(row)
+    if any(r["test"] or r["train"] for r in rows):
+        st.subheader("Report (initial vs best, scored once after the run; test is held out)")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    if res.get("report_error"):
+        st.warning(f"The report is incomplete: {res['report_error']}")
+    if res.get("best_prompt"):
+        st.caption("Best prompt:")
+        st.text(res["best_prompt"])
+
+
+def _candidates_view(f: dict) -> None:
+    table: pd.DataFrame = f["table"]
+    if table.empty:
+        return
+    st.subheader(f"Candidates ({len(table)})")
+    st.dataframe(table, hide_index=True, width="stretch", height=min(420, 40 + 35 * len(table)),
+                 column_config={"prompt": st.column_config.TextColumn(width="large"),
+                                "train": st.column_config.NumberColumn(format="%.3f"),
+                                "dev": st.column_config.NumberColumn(format="%.3f")})
+    order = table.sort_values(["dev", "train"], ascending=False, na_position="last")
+    ids = list(order.candidate)
+    texts = f["texts"]
+    pick = st.selectbox("Diff a candidate against its parent", ids, key="opt_diff_pick",
+                        format_func=lambda c: f"{c} (step {int(table.set_index('candidate').at[c, 'step'])}, "
+                                              f"{table.set_index('candidate').at[c, 'origin']})")
+    if pick:
+        row = table.set_index("candidate").loc[pick]
+        parent = row["parent"]
+        if parent and parent in texts:
+            stats = diff_stats(texts[parent], texts[pick])
+            st.caption(f"Against parent {parent}: {stats['removed']} word(s) removed [-...-], {stats['added']} "
+                       f"added {{+...+}}")
+            st.code(render_markers(texts[parent], texts[pick]), language=None, wrap_lines=True)
+        else:
+            st.caption("No parent (an initial or generated prompt). Full text:")
+            st.code(texts.get(pick, ""), language=None, wrap_lines=True)
+
+
+def run_view(rid: str) -> None:
+    run = S.get_run(rid) or S.find_run(rid)
+    if run is None:
+        st.error(f"No run {rid!r} in the store ({db_path()}).")
+        return
+    rid = run["id"]
+    cfg = run["config"]
+    st.subheader(f"Run {rid}: {run['optimizer']} on {run['data_name']}")
+    st.caption(f"created {dt.datetime.fromtimestamp(run['created']):%Y-%m-%d %H:%M:%S}, seed {run['seed']}, backend "
+               f"{cfg.get('base_url') or 'embedded model'}, task model {cfg.get('task_model') or 'default'}")
+    run_link(rid, label="Link to this run (share or bookmark)")
+    interval = 2 if run["status"] in LIVE else None
+
+    @st.fragment(run_every=interval)
+    def live() -> None:
+        r = S.get_run(rid)
+        if r is None:
+            st.error("The run was deleted.")
+            return
+        status = r["status"]
+        if interval and status not in LIVE:
+            st.rerun(scope="app")  # finished: draw the final view once, and stop polling
+        text = STATUS_TEXT.get(status, status)
+        reason = r.get("reason") or ""
+        msg = f"Status: **{text}**" + (f": {reason}" if reason and reason != text else "")
+        {"failed": st.error, "paused": st.warning, "budget": st.info, "stopped": st.info,
+         "done": st.success}.get(status, st.info)(msg)
+        _controls(r)
+        f = _frames(db_path(), rid, S.event_count(rid))
+        _spend_view(f["spend"])
+        if f["points"].empty and f["best"].empty:
+            st.caption("No scores yet." + (" The worker is starting..." if status in LIVE else ""))
+        else:
+            st.plotly_chart(charts.score_figure(f["points"], f["best"], beam=f["beam"],
+                                                initial_score=f["init_score"], texts=f["texts"]), width="stretch",
+                            key=f"opt_chart_{rid}")
+            if f["beam"]:
+                st.caption("Current beam: " + ", ".join(f["beam"]))
+        if status not in LIVE:
+            _report_view(r)
+        _candidates_view(f)
+
+    live()
+
+
+# --- page ---------------------------------------------------------------------------------------------------------
+
+rid = selected_run()
+with st.expander("New run", expanded=rid is None):
+    new_run_form()
+
+runs = S.list_runs()
+if runs:
+    ids = [r["id"] for r in runs]
+    labels = {r["id"]: f"{r['id']} · {r['optimizer']} · {r['data_name']} · "
+                       f"{dt.datetime.fromtimestamp(r['created']):%Y-%m-%d %H:%M}" for r in runs}
+    cur = ids.index(rid) if rid in ids else None
+    pick = st.selectbox("Open a run", ids, index=cur, format_func=labels.get, placeholder="choose a run",
+                        key=f"opt_open_{rid}")
+    if pick and pick != rid:
+        st.query_params["run"] = pick
+        st.rerun()
+if rid:
+    run_view(rid)
+elif not runs:
+    st.caption("No runs yet.")

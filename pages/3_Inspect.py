@@ -1,0 +1,119 @@
+"""Inspect: one run, one step at a time: what the optimizer showed the model, what came back, what it kept.
+
+Open a run with the selectbox or a shareable link `?run=<id>` (and optionally `&step=<n>`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import streamlit as st
+
+from optimizers.store import Store
+from ui.inspectors import render_step, steps_of
+
+st.set_page_config(page_title="PromptOpt: Inspect", layout="wide")
+
+try:
+    from ui.common import connection_sidebar
+    from ui.common import store as _store
+except ImportError:
+    def connection_sidebar() -> None:
+        pass
+
+    @st.cache_resource
+    def _store_at(path: str) -> Store:
+        return Store(path or None)
+
+    def _store() -> Store:
+        return _store_at(os.environ.get("PROMPTOPT_DB") or "")
+
+
+connection_sidebar()
+
+
+_RUN_ID = re.compile(r"^[0-9a-f]{4,32}$")
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _events(db: str, run_id: str, count: int):
+    """All stored events of a run; the event count in the key invalidates the cache as a live run grows."""
+    return _store().events(run_id)
+
+
+st.title("Inspect a run")
+try:
+    S = _store()
+    runs = S.list_runs()
+except Exception as e:
+    st.error(f"Could not open the run store: {e}")
+    st.stop()
+if not runs:
+    st.info("No runs yet. Start one on the Optimize page (or `python -m optimizers run ...` in a terminal).")
+    st.stop()
+
+ids = [r["id"] for r in runs]
+by_id = {r["id"]: r for r in runs}
+wanted = st.query_params.get("run")
+if wanted and wanted not in by_id:
+    if _RUN_ID.match(wanted) and (found := S.find_run(wanted)):
+        wanted = found["id"]
+    else:
+        st.error("The link names a run that is not in this store; showing the newest run instead.")
+        wanted = None
+rid = st.selectbox("Run", ids, index=ids.index(wanted) if wanted else 0,
+                   format_func=lambda i: f"{i} · {by_id[i]['optimizer']} · {by_id[i].get('data_name') or '?'} · "
+                                         f"{by_id[i]['status']}")
+if st.query_params.get("run") != rid:
+    st.query_params["run"] = rid
+run = by_id[rid]
+optimizer = run["optimizer"]
+
+
+def _header() -> None:
+    r = S.get_run(rid) or run
+    cfg = r["config"]
+    c = st.columns(4)
+    c[0].metric("Optimizer", optimizer)
+    c[1].metric("Status", r["status"])
+    c[2].metric("Data", r.get("data_name") or "?")
+    best = ((r.get("result") or {}).get("scores") or {}).get("best", {}).get("test")
+    c[3].metric("Best test score", "—" if not best else f"{best['score']:.3f}")
+    if r.get("reason"):
+        st.caption("Status reason:")
+        st.text(r["reason"])
+    with st.expander("Initial prompt and parameters"):
+        st.code(cfg.get("initial_prompt", ""), language=None, wrap_lines=True)
+        st.json(cfg.get("params") or {})
+
+
+def _view() -> None:
+    events = _events(str(S.path), rid, S.event_count(rid))
+    steps = steps_of(events)
+    if not steps:
+        st.info("This run has no optimizer steps stored yet.")
+        return
+    q_step = st.query_params.get("step")
+    default = steps[-1]
+    if q_step is not None and q_step.lstrip("-").isdigit() and int(q_step) in steps:
+        default = int(q_step)
+    key = f"step_{rid}"
+    if st.session_state.get(key) not in steps:
+        st.session_state[key] = default
+    if len(steps) > 1:
+        step = st.select_slider("Step", options=steps, key=key)
+    else:
+        step = steps[0]
+        st.caption(f"Step {step} (the only step stored)")
+    render_step(optimizer, events, step)
+
+
+_header()
+live = run["status"] == "running" and run.get("heartbeat") and time.time() - run["heartbeat"] < 60
+if live:
+    st.caption("The run is live: this view refreshes every 2 s.")
+    st.fragment(run_every=2)(_view)()
+else:
+    _view()

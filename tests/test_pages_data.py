@@ -1,0 +1,122 @@
+"""Data page: a bundled set loads and saves po_data; an uploaded CSV is mapped into a template with a live preview; a
+bad file or a bad mapping shows every problem as st.error naming the row and column, never an exception."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from optimizers.data import DataError
+from ui.common import default_template, guess_label_col, make_po_data
+
+PAGE = "../pages/1_Data.py"
+
+GOOD_CSV = ("review,stars,sentiment\n"
+            + "".join(f"\"Great film number {i}, loved it\",5,pos\n" for i in range(12))
+            + "".join(f"\"Dull film number {i}, hated it\",1,neg\n" for i in range(12))).encode()
+
+
+@pytest.fixture(autouse=True)
+def _db(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMPTOPT_DB", str(tmp_path / "runs.sqlite"))
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.radio(key="data_source").set_value("Upload a file").run()
+    at.file_uploader(key="data_upload").upload(name, data, "text/csv").run()
+    return at
+
+
+def test_bundled_set_loads_and_saves_po_data():
+    at = AppTest.from_file(PAGE, default_timeout=30).run()
+    assert not at.exception
+    assert at.selectbox(key="data_bundled").value == "sentiment"
+    assert "Review:" in at.code[0].value and "Classify the sentiment" in at.code[0].value  # rendered example
+    assert at.get("plotly_chart")  # label distribution
+    caps = [n for n in at.number_input if n.key and n.key.startswith("cap_train")]
+    caps[0].set_value(20).run()
+    at.button(key="data_use").click().run()
+    assert not at.exception and errors(at) == []
+    po = at.session_state["po_data"]
+    assert po["name"] == "sentiment" and len(po["splits"].train) == 20
+    assert po["task"].labels == ["negative", "positive"]
+    assert po["data_config"].label_col == "label" and po["split_config"].max_train == 20
+
+
+def test_upload_good_csv_maps_columns_and_previews_template():
+    at = upload(AppTest.from_file(PAGE, default_timeout=30).run(), "reviews.csv", GOOD_CSV)
+    assert not at.exception and errors(at) == []
+    assert "24 rows, 3 columns" in " ".join(s.value for s in at.subheader)
+    label = [s for s in at.selectbox if s.key and s.key.startswith("data_label_")][0]
+    inputs = [m for m in at.multiselect if m.key and m.key.startswith("data_inputs_")][0]
+    assert label.value == "sentiment"  # no column is named like a label: the last column
+    assert inputs.value == ["review", "stars"]
+    inputs.set_value(["review"]).run()
+    tmpl = [t for t in at.text_area if t.key and t.key.startswith("data_template_")][0]
+    tmpl.set_value("{prompt}\n\nReview: {review}\nSentiment:").run()
+    assert not at.exception
+    assert "Review: Great film number 0, loved it\nSentiment:" in at.code[0].value  # live preview of row 1
+    at.button(key="data_use").click().run()
+    po = at.session_state["po_data"]
+    assert po["name"] == "reviews" and po["task"].labels == ["neg", "pos"]
+    assert sum(po["splits"].sizes().values()) == 24
+
+
+def test_bad_file_shows_problems_not_a_traceback():
+    bad = b"text,label\n\"fine\",pos\n\"two\",neg,extra\n\"three\",pos\n"
+    at = upload(AppTest.from_file(PAGE, default_timeout=30).run(), "bad.csv", bad)
+    assert not at.exception
+    msgs = " ".join(errors(at))
+    assert "bad.csv" in msgs and "rows 2" in msgs
+    assert "po_data" not in at.session_state
+
+
+def test_bad_mapping_names_rows_and_columns():
+    data = b"text,label\nhello,pos\n,neg\nworld,\nagain,neg\nmore,pos\n"
+    at = upload(AppTest.from_file(PAGE, default_timeout=30).run(), "gaps.csv", data)
+    assert not at.exception
+    msgs = errors(at)
+    assert any("'label' is empty in rows 3" in m for m in msgs), msgs
+    assert any("every input column is empty in rows 2" in m for m in msgs), msgs
+    assert not [b for b in at.button if b.key == "data_use"]  # nothing to save until it is fixed
+
+
+def test_template_without_an_input_column_is_an_error():
+    at = upload(AppTest.from_file(PAGE, default_timeout=30).run(), "reviews.csv", GOOD_CSV)
+    [s for s in at.selectbox if s.key and s.key.startswith("data_label_")][0].set_value("sentiment").run()
+    tmpl = [t for t in at.text_area if t.key and t.key.startswith("data_template_")][0]
+    tmpl.set_value("{prompt}\n\nReview:").run()
+    assert not at.exception
+    assert any("does not use the input column" in w.value for w in at.warning)
+    assert any("template" in m for m in errors(at))
+
+
+def test_binary_upload_is_a_message():
+    at = upload(AppTest.from_file(PAGE, default_timeout=30).run(), "data.csv", b"PK\x03\x04garbage\x00\x01")
+    assert not at.exception
+    assert any("data.csv" in m for m in errors(at))
+
+
+# --- pure helpers -------------------------------------------------------------------------------------------------
+
+
+def test_make_po_data_collects_every_problem():
+    df = pd.read_csv(io.BytesIO(GOOD_CSV), dtype=str)
+    with pytest.raises(DataError) as e:
+        make_po_data(df, name="x", input_cols=["review"], label_col="sentiment", template="no placeholders",
+                     initial_prompt=" ")
+    assert len(e.value.problems) == 2
+    assert any("{prompt}" in p for p in e.value.problems) and any("initial prompt" in p for p in e.value.problems)
+    po, warnings = make_po_data(df, name="x", input_cols=["review", "stars"], label_col="sentiment",
+                                template=default_template(["review", "stars"]), initial_prompt="Judge.",
+                                split={"seed": 3, "max_test": 4})
+    assert len(po["splits"].test) == 4 and po["split_config"].seed == 3 and warnings == []
+    assert guess_label_col(["text", "Label"]) == "Label" and guess_label_col(["a", "b"]) == "b"
