@@ -25,6 +25,7 @@ def tagged(text: str, start: str = "<START>", end: str = "<END>") -> list[str]:
 def clean(text: str) -> str:
     """Strip quotes, markdown emphasis, code fences and 'Here is the new prompt:' chatter around a prompt."""
     t = (text or "").strip()
+    t = re.sub(r"</?(?:START|END)>", "", t, flags=re.I).strip()  # stray tags left by small models
     t = re.sub(r"^```[a-zA-Z]*\n?|```$", "", t).strip()
     t = _PREAMBLE.sub("", t)
     t = _LABEL.sub("", t)
