@@ -200,7 +200,11 @@ class APE(Optimizer):
             finalists, step = yield from self.multistage_filter(pool)
 
         step += 1
-        best = yield from self.final(finalists, sel_exs, sel_split, step, purpose="final", method="final")
+        # ours: the initial prompt (already scored on the selection split, so free) joins the final and keeps its
+        # ties, so a run never returns a prompt that is merely as good as where it started
+        finalists = list(finalists) + ([init] if init not in finalists else [])
+        best = yield from self.final(finalists, sel_exs, sel_split, step, purpose="final", method="final",
+                                     incumbent=init)
         for r in range(1, p.mc_rounds + 1):
             step += 1
             best = yield from self.resample(best, r, sel_exs, sel_split, step)
