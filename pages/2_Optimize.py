@@ -63,7 +63,7 @@ def new_run_form() -> None:
         st.info("No data chosen yet: pick or upload a set on the Data page, or load the bundled sentiment set.")
         c1, c2 = st.columns(2)
         page_link("pages/1_Data.py", label="Go to Data")
-        if c2.button("Load the bundled sentiment set (train 40, dev 20, test 40)", key="opt_load_sample"):
+        if c2.button("Load the bundled sentiment set (60 reviews: train 28, dev 16, test 16)", key="opt_load_sample"):
             st.session_state["po_data"] = bundled_po_data("sentiment", max_train=40, max_dev=20, max_test=40)
             st.rerun()
         return

@@ -124,6 +124,14 @@ def _persisted_input(label: str, name: str, default: str, **kw: Any) -> str:
     return val
 
 
+def _take_key() -> None:
+    """Move a typed key out of the widget at once, so the browser never holds it in the input's value."""
+    k = st.session_state.get("_w_api_key")
+    if k:
+        st.session_state["api_key"] = k
+    st.session_state["_w_api_key"] = ""
+
+
 def connection_sidebar() -> None:
     """Base URL, task / optimizer model and the API key (password field, session only) in the sidebar."""
     base_url()  # initialise from the environment
@@ -135,10 +143,8 @@ def connection_sidebar() -> None:
                          help="Model that answers the task. Empty: the backend's default.")
         _persisted_input("Optimizer model", "optimizer_model", os.environ.get("PROMPTOPT_OPTIMIZER_MODEL", ""),
                          help="Model that writes new prompts. Empty: the task model.")
-        key = st.text_input("API key", type="password", key="_w_api_key",
-                            help="Kept in this browser session only: never stored, logged or put in a link.")
-        if key:
-            st.session_state["api_key"] = key
+        st.text_input("API key", type="password", key="_w_api_key", on_change=_take_key,
+                      help="Kept in this browser session only: never stored, logged or put in a link.")
         if st.session_state.get("api_key"):
             st.caption("A key is set for this session.")
             if st.button("Forget the key", key="_forget_key"):
