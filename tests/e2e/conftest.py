@@ -6,6 +6,7 @@ The module is skipped (with the reason) when the browser or the Playwright packa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -177,17 +178,25 @@ def e2e_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("e2e")
 
 
-@pytest.fixture(scope="session")
-def app(stub, e2e_dir) -> Any:
-    """`streamlit run app.py` on a free port, against the stub; yields an object with url, db, log."""
+# points drawn: Plotly's processed traces (_fullData) hold decoded arrays (el.data may keep plotly.py's binary
+# {dtype, bdata} specs); _length is the trace's point count
+COUNT_POINTS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(el =>
+    (el._fullData || el.data || []).reduce((n, t) => n + (typeof t._length === 'number' ? t._length
+        : ((t.x && t.x.length) || 0)), 0)).reduce((a, b) => a + b, 0)"""
+
+
+@contextlib.contextmanager
+def start_app(stub: StubServer, workdir: Path):
+    """`streamlit run app.py` on a free port, against the stub; yields an object with url, db, log, dir.
+    Shared by the e2e fixture and bench/bench_ui.py."""
     port = _free_port()
-    db = e2e_dir / "runs.sqlite"
-    log = e2e_dir / "streamlit.log"
+    db = workdir / "runs.sqlite"
+    log = workdir / "streamlit.log"
     env = dict(os.environ)
     for k in ("PROMPTOPT_EMBEDDED_URL", "PROMPTOPT_EMBEDDED_ALIAS"):
         env.pop(k, None)
     env.update(OPENAI_BASE_URL=stub.base_url, OPENAI_API_KEY=API_KEY, PROMPTOPT_DB=str(db),
-               PROMPTOPT_CACHE_DIR=str(e2e_dir / "cache"), PROMPTOPT_TASK_MODEL=TASK_MODEL,
+               PROMPTOPT_CACHE_DIR=str(workdir / "cache"), PROMPTOPT_TASK_MODEL=TASK_MODEL,
                PROMPTOPT_OPTIMIZER_MODEL=OPT_MODEL, PROMPTOPT_PATIENCE="10", PYTHONUNBUFFERED="1",
                PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
@@ -200,7 +209,7 @@ def app(stub, e2e_dir) -> Any:
     class App:
         url = f"http://127.0.0.1:{port}"
 
-    App.db, App.log, App.proc, App.dir = db, log, proc, e2e_dir
+    App.db, App.log, App.proc, App.dir = db, log, proc, workdir
     try:
         _wait_health(App.url, proc, log)
         yield App
@@ -215,8 +224,14 @@ def app(stub, e2e_dir) -> Any:
         out.close()
         for pid in _worker_pids(db):
             _kill_group(pid)
-        if ARTIFACTS.exists():  # keep the server log next to the screenshots
-            shutil.copy(log, ARTIFACTS / "streamlit.log")
+
+
+@pytest.fixture(scope="session")
+def app(stub, e2e_dir) -> Any:
+    with start_app(stub, e2e_dir) as a:
+        yield a
+    if ARTIFACTS.exists():  # keep the server log next to the screenshots
+        shutil.copy(a.log, ARTIFACTS / "streamlit.log")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import API_KEY, TASK_MODEL, shot
+from tests.e2e.conftest import API_KEY, COUNT_POINTS_JS, TASK_MODEL, shot
 
 pytestmark = pytest.mark.e2e
 
@@ -199,11 +199,7 @@ def test_data_bad_file_shows_an_error_not_a_traceback(page, app, tmp_path):
 # --- optimize -----------------------------------------------------------------------------------------------------
 
 RUNS: dict[str, str] = {}  # optimizer -> run id, made by the Optimize tests and reused by Inspect / Runs
-# points drawn: Plotly's processed traces (_fullData) hold decoded arrays (el.data may keep plotly.py's binary
-# {dtype, bdata} specs); _length is the trace's point count
-COUNT_POINTS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(el =>
-    (el._fullData || el.data || []).reduce((n, t) => n + (typeof t._length === 'number' ? t._length
-        : ((t.x && t.x.length) || 0)), 0)).reduce((a, b) => a + b, 0)"""
+COUNT_POINTS = COUNT_POINTS_JS
 
 
 def db(app, sql: str, *args):
