@@ -243,6 +243,10 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
     store = _store(a)
     run = _find(store, a.run_id)
+    new_budget = {k: v for k, v in (("max_calls", a.max_calls), ("max_tokens", a.max_tokens),
+                                    ("max_cost", a.max_cost)) if v is not None}
+    if new_budget:
+        store.set_budget(run["id"], new_budget)
     result = _execute(Runner(store), run["id"], a.json)
     _write_result(result, a.out)
     _print_result(result, a.json)
@@ -384,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run_id")
         p.add_argument("--db", help=db_help)
         if name == "resume":
+            p.add_argument("--max-calls", type=int, help="new budget: LLM calls (to continue a run that reached it)")
+            p.add_argument("--max-tokens", type=int, help="new budget: tokens")
+            p.add_argument("--max-cost", type=float, help="new budget: money")
             p.add_argument("--out", help="folder for result.json")
             p.add_argument("--json", action="store_true")
         p.set_defaults(fn=fn)

@@ -191,6 +191,16 @@ class Store:
         with self._tx() as c:
             c.execute("UPDATE runs SET result=?, updated=? WHERE id=?", (_dumps(result), time.time(), run_id))
 
+    def set_budget(self, run_id: str, budget: dict[str, Any]) -> None:
+        """Change a stored run's budget (e.g. raise it to resume a run that reached it); the rest stays as run."""
+        with self._tx() as c:
+            row = c.execute("SELECT config FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no run {run_id!r}")
+            cfg = json.loads(row[0])
+            cfg["budget"] = {**cfg.get("budget", {}), **budget}
+            c.execute("UPDATE runs SET config=?, updated=? WHERE id=?", (_dumps(cfg), time.time(), run_id))
+
     def request_stop(self, run_id: str, stop: bool = True) -> None:
         with self._tx() as c:
             c.execute("UPDATE runs SET stop_requested=? WHERE id=?", (int(stop), run_id))

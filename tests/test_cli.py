@@ -126,3 +126,24 @@ def test_unknown_optimizer(toy_csv, env):
     r = cli("run", "--data", str(toy_csv), "--input-col", "text", "--label-col", "label", "--optimizer", "sgd",
             "--initial-prompt", "x", env=env)
     assert r.returncode == 2 and "unknown" in r.stderr
+
+
+def test_resume_with_a_larger_budget_continues_a_run_that_reached_it(toy_csv, env, tmp_path):
+    def opt(req):
+        n = req["messages"][-1]["content"].count("x")
+        return f"<START>Classify the sentiment of the review{' x' * (n + 1)}.<END>"
+
+    with StubServer(scripted(opt)) as stub:
+        base = ["--data", str(toy_csv), "--input-col", "text", "--label-col", "label", "--template",
+                "{prompt}\n\nText: {text}\nAnswer:", "--initial-prompt", "Classify the text.", "--base-url",
+                stub.base_url, "--model", "stub-task", "--optimizer-model", "stub-opt"]
+        r = cli("run", *base, "--optimizer", "gpo", "--param", "epochs=1", "--max-calls", "25", "--json", env=env)
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["status"] == "budget" and res["optimization_usage"]["calls"] <= 25
+        r2 = cli("resume", res["run_id"], "--max-calls", "2000", "--json", env=env)
+        res2 = json.loads(r2.stdout.strip().splitlines()[-1])
+        assert r2.returncode == 0 and res2["status"] == "done", r2.stderr
+        from optimizers.store import Store
+
+        assert Store(env["PROMPTOPT_DB"]).get_run(res["run_id"])["config"]["budget"]["max_calls"] == 2000
+        assert res2["optimization_usage"]["calls"] > res["optimization_usage"]["calls"]

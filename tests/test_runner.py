@@ -112,12 +112,8 @@ def test_budget_stops_at_last_step_and_resume_continues_without_paying_twice(tmp
         assert steps_before == [0, 1]
         n_opt_requests = len(stub.chat_requests())
         # raise the budget and resume: the stored part replays from the cache, new work continues
-        run = store.get_run(rid)
-        cfg = run["config"]
-        cfg["budget"]["max_calls"] = 200
-        with store._tx() as c:
-            import json
-            c.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(cfg), rid))
+        store.set_budget(rid, {"max_calls": 200})
+        assert store.get_run(rid)["config"]["budget"] == {"max_calls": 200, "max_tokens": None, "max_cost": None}
         res2 = runner.execute(rid)
         assert res2["status"] == "done"
         steps_after = [e.step for _, e in store.events(rid, kinds=["step_done"])]
