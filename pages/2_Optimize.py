@@ -175,6 +175,14 @@ def _controls(run: dict) -> None:
             c3.warning("The worker process is gone (crashed or killed): resume the run.")
             if c2.button("Resume", key="opt_resume_dead"):
                 _resume(rid)
+    elif status == "budget":
+        old = (run["config"].get("budget") or {}).get("max_calls") or 0
+        more = c3.number_input("New call budget", min_value=int(old) + 1, value=int(old) * 2 or 100, step=50,
+                               key="opt_more_calls", help="Raise the budget and continue from the stored steps.")
+        if c1.button("Continue", type="primary", key="opt_continue",
+                     help="Replays the stored steps from the cache (free) and continues with the new budget."):
+            S.set_budget(rid, {"max_calls": int(more)})
+            _resume(rid)
     elif status in RESUMABLE:
         if c1.button("Resume", type="primary", key="opt_resume",
                      help="Replays the stored steps from the cache (free) and continues."):

@@ -280,3 +280,25 @@ def test_field_kinds_and_parsing():
     assert parse_field_text("12", "int") == 12
     assert parse_field_text("0.5", "float") == 0.5
     assert parse_field_text('["a"]', "json") == ["a"]
+
+
+def test_a_run_that_reached_its_budget_continues_with_a_larger_one(env, tmp_path):
+    po = small_data()
+    store = env["store"]
+    cfg = RunConfig(optimizer="protegi", params=SMALL_PROTEGI, initial_prompt=po["initial_prompt"], task=po["task"],
+                    data=po["data_config"], split=po["split_config"], optimizer_model="stub-opt",
+                    budget=Budget(max_calls=20))
+    rid = Runner(store).create(cfg, po["splits"])
+    Runner(store).execute(rid)
+    assert store.get_run(rid)["status"] == "budget"
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["run"] = rid
+    at.run()
+    assert not at.exception
+    assert at.number_input(key="opt_more_calls").value == 40
+    at.number_input(key="opt_more_calls").set_value(5000)
+    at.button(key="opt_continue").click().run()
+    assert not at.exception
+    assert store.get_run(rid)["config"]["budget"]["max_calls"] == 5000
+    assert env["calls"][-1]["run_id"] == rid
+    assert store.get_run(rid)["status"] == "done"
