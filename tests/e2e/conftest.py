@@ -186,7 +186,7 @@ COUNT_POINTS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map
 
 
 @contextlib.contextmanager
-def start_app(stub: StubServer, workdir: Path):
+def start_app(stub: StubServer | None, workdir: Path):
     """`streamlit run app.py` on a free port, against the stub; yields an object with url, db, log, dir.
     Shared by the e2e fixture and bench/bench_ui.py."""
     port = _free_port()
@@ -195,10 +195,20 @@ def start_app(stub: StubServer, workdir: Path):
     env = dict(os.environ)
     for k in ("PROMPTOPT_EMBEDDED_URL", "PROMPTOPT_EMBEDDED_ALIAS"):
         env.pop(k, None)
-    env.update(OPENAI_BASE_URL=stub.base_url, OPENAI_API_KEY=API_KEY, PROMPTOPT_DB=str(db),
-               PROMPTOPT_CACHE_DIR=str(workdir / "cache"), PROMPTOPT_TASK_MODEL=TASK_MODEL,
-               PROMPTOPT_OPTIMIZER_MODEL=OPT_MODEL, PROMPTOPT_PATIENCE="10", PYTHONUNBUFFERED="1",
+    env.update(PROMPTOPT_DB=str(db), PROMPTOPT_PATIENCE="10", PYTHONUNBUFFERED="1",
                PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+    if stub is not None:
+        env.update(OPENAI_BASE_URL=stub.base_url, OPENAI_API_KEY=API_KEY, PROMPTOPT_CACHE_DIR=str(workdir / "cache"),
+                   PROMPTOPT_TASK_MODEL=TASK_MODEL, PROMPTOPT_OPTIMIZER_MODEL=OPT_MODEL)
+    else:  # the embedded default model (bench only): a fresh response cache, the assembled models reused
+        for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "PROMPTOPT_TASK_MODEL", "PROMPTOPT_OPTIMIZER_MODEL"):
+            env.pop(k, None)
+        cache = workdir / "cache"
+        cache.mkdir(exist_ok=True)
+        models = Path.home() / ".cache" / "promptopt" / "models"
+        if models.exists() and not (cache / "models").exists():
+            os.symlink(models, cache / "models")
+        env["PROMPTOPT_CACHE_DIR"] = str(cache)
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none", "--server.runOnSave", "false"]
