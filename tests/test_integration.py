@@ -53,7 +53,8 @@ def test_eval_on_embedded_model_then_zero_calls(env):
 def test_each_optimizer_runs_on_embedded_model(env, tmp_path, name):
     out = tmp_path / "out"
     r = cli(env, "run", "--data", "sentiment", "--optimizer", name, "--max-train", "6", "--max-dev", "4",
-            "--max-test", "4", "--max-calls", "40", "--seed", "1", "--out", str(out), "--json")
+            "--max-test", "4", "--max-calls", "40", "--seed", "1", "--param", "optimizer_max_tokens=160",
+            "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "result.json").read_text())
     assert res["optimizer"] == name and res["status"] in ("done", "budget")
