@@ -118,3 +118,32 @@ def test_two_runs_at_once_do_not_mix(tmp_path):
                 assert ev.kind != "candidate_scored" or ev.candidate_id in cands
             assert store.get_run(rid)["result"]["run_id"] == rid and store.get_run(other)["result"]["run_id"] == other
             assert store.get_run(rid)["result"]["seed"] == (1 if rid == a else 2)
+
+
+def test_killing_the_app_does_not_stop_its_run(tmp_path):
+    """The dashboard starts workers with spawn_worker (own session): SIGKILL of the app process leaves the run going."""
+    with StubServer(scripted(opt_reply), latency=0.01) as stub:
+        db = tmp_path / "runs.sqlite"
+        store = Store(db)
+        rid = Runner(store).create(cfg(stub, tmp_path), splits())
+        app = subprocess.Popen([sys.executable, "-c", (
+            "import sys, time\n"
+            "from optimizers.runner import spawn_worker\n"
+            "p = spawn_worker(sys.argv[1], sys.argv[2], api_key='k')\n"
+            "print(p.pid, flush=True)\n"
+            "time.sleep(600)\n"), str(db), rid], stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PROMPTOPT_AUTO_RESUME_S": "0"})
+        worker_pid = int(app.stdout.readline())
+        while store.event_count(rid) < 5:
+            time.sleep(0.01)
+        os.kill(app.pid, signal.SIGKILL)  # the app dies mid-run
+        app.wait()
+        deadline = time.time() + 120
+        while store.get_run(rid)["status"] not in ("done", "failed", "paused") and time.time() < deadline:
+            time.sleep(0.1)
+        assert store.get_run(rid)["status"] == "done"
+        try:
+            os.waitpid(worker_pid, 0)
+        except ChildProcessError:
+            pass
+        consistent(db)
