@@ -196,6 +196,26 @@ def test_data_bad_file_shows_an_error_not_a_traceback(page, app, tmp_path):
     shot(page, "data_bad_file")
 
 
+def test_two_browser_sessions_do_not_share_data(browser, app, tmp_path):
+    """Each tab is its own Streamlit session: data loaded in one is not seen by the other."""
+    a = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    b = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    try:
+        load_reviews(a, app, tmp_path)
+        goto(b, app, "Optimize")
+        assert "Load the bundled sentiment set" in main_text(b)  # b has no data of its own
+        b.get_by_role("button", name=re.compile("Load the bundled sentiment set")).click()
+        settle(b)
+        assert "Data: sentiment" in main_text(b)
+        a.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Optimize", exact=True).click()
+        a.get_by_text(re.compile("Data: reviews")).first.wait_for()
+        settle(a)
+        assert "Data: sentiment" not in main_text(a)
+    finally:
+        a.context.close()
+        b.context.close()
+
+
 # --- optimize -----------------------------------------------------------------------------------------------------
 
 RUNS: dict[str, str] = {}  # optimizer -> run id, made by the Optimize tests and reused by Inspect / Runs
