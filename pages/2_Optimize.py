@@ -21,7 +21,7 @@ from ui.common import (
     connection_sidebar,
     create_and_launch,
     db_path,
-    estimate_calls,
+    estimate_run,
     launch,
     page_link,
     params_form,
@@ -109,16 +109,21 @@ def new_run_form() -> None:
                                      help="Counted from the prices you set; the embedded model is free."))
     seed = int(c4.number_input("Seed", 0, 2**31 - 1, 0, 1, key="opt_seed"))
 
-    est = estimate_calls(name, params.model_dump(), sz["train"], sz["dev"])
+    from optimizers.llm import Budget
+
+    est = estimate_run(name, params.model_dump(), po, prompt.strip(), seed,
+                       Budget(max_calls or None, max_tokens or None, max_cost or None))
     rep = report_calls(po["splits"])
     if est is None:
-        msg = (f"Estimate: no formula for {name}: the run makes **at most {max_calls:,} calls** (the budget)"
-               if max_calls else f"Estimate: no formula for {name} and no call budget: the run is unbounded")
+        msg = (f"No estimate for {name} with these settings: the run makes **at most {max_calls:,} calls** (the budget)"
+               if max_calls else f"No estimate for {name} with these settings and no call budget")
     else:
-        bound = min(est, max_calls) if max_calls else est
-        msg = (f"Estimate (rough upper bound from the parameters, before cache hits): about **{est:,} calls**"
-               + (f", stopped at the budget of {max_calls:,}" if max_calls and est > max_calls else "")
-               + f"; so at most **{bound:,}**")
+        lead = "at least " if est.capped else ""
+        msg = (f"Estimate (a dry run of {name} against an instant scripted model): **{lead}{est.calls:,} calls** "
+               f"({est.task_calls:,} task, {est.optimizer_calls:,} optimizer), about {est.prompt_tokens:,} prompt "
+               f"tokens and at most {est.max_completion_tokens:,} completion tokens"
+               + (" (the budget stops it there)" if est.stopped_by_budget else "")
+               + ". A real model's rejected or repeated proposals and cache hits make it fewer")
     st.markdown(msg + f". After the run, the report scores the initial and the best prompt on every split: up to "
                 f"{rep:,} more calls, outside the budget.")
     if not max_calls and not max_tokens and not max_cost:

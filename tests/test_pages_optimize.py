@@ -16,7 +16,7 @@ from optimizers.runner import RunConfig, Runner
 from optimizers.store import Store
 from tests.stub_server import StubServer
 from ui import charts
-from ui.common import bundled_po_data, estimate_calls, field_kind, parse_field_text
+from ui.common import bundled_po_data, field_kind, parse_field_text
 from ui.diff import diff_stats, render_markers, word_diff
 
 PAGE = "../pages/2_Optimize.py"
@@ -242,16 +242,24 @@ def test_running_means_accumulate_distinct_examples(env, tmp_path):
         next(s["score"] for s in store.scores(rid) if s["candidate_id"] == init and s["purpose"] == "baseline"))
 
 
-def test_estimate_is_a_bound_for_protegi(env, tmp_path):
+def test_dry_run_estimate_bounds_a_real_run_and_follows_the_budget(env, tmp_path):
+    from optimizers.estimate import dry_run
+    from optimizers.llm import Budget
+
     store = env["store"]
     rid = run_protegi(store, env["stub"], tmp_path)
-    from optimizers.protegi import ProTeGi
-
-    params = ProTeGi.Params(**SMALL_PROTEGI).model_dump()
-    est = estimate_calls("protegi", params, 16, 8)
+    po = small_data()
+    est = dry_run("protegi", SMALL_PROTEGI, po["task"], po["splits"], po["initial_prompt"])
     usage = store.get_run(rid)["result"]["optimization_usage"]
-    assert usage["calls"] + usage["cache_hits"] <= est
-    assert estimate_calls("unknown", {}, 10, 10) is None
+    assert usage["calls"] + usage["cache_hits"] <= est.calls == est.task_calls + est.optimizer_calls
+    assert not est.stopped_by_budget and not est.capped and est.prompt_tokens > 0
+    cut = dry_run("protegi", SMALL_PROTEGI, po["task"], po["splits"], po["initial_prompt"], budget=Budget(max_calls=50))
+    assert cut.calls == 50 and cut.stopped_by_budget
+    # the page shows it
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["po_data"] = po
+    at.run()
+    assert any("dry run" in m.value and "calls" in m.value for m in at.markdown)
 
 
 # --- diff and form helpers ----------------------------------------------------------------------------------------

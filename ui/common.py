@@ -298,25 +298,25 @@ def registered_optimizers() -> dict[str, type]:
 # --- estimates ----------------------------------------------------------------------------------------------------
 
 
-def estimate_calls(name: str, params: dict[str, Any], n_train: int, n_dev: int) -> int | None:
-    """A rough upper bound of the optimization's model calls (task + optimizer), before cache hits; None when there is
-    no formula for this optimizer (the budget is then the only bound)."""
-    p = params
-    try:
-        if name == "baseline":
-            return n_dev or n_train
-        if name == "protegi":
-            per_parent_opt = p["n_gradients"] * (1 + p["gradients_per_error"] * p["steps_per_gradient"]
-                                                 * (1 + p["mc_samples_per_step"])) + p["mc_samples_per_step"]
-            children = min(p["max_expansion_factor"], per_parent_opt)
-            pool = p["beam_size"] * (1 + children)
-            select = min(p["eval_rounds"] * p["eval_prompts_per_round"] * min(p["samples_per_eval"], n_train),
-                         pool * n_train)
-            per_round = p["beam_size"] * (min(p["minibatch_size"], n_train) + per_parent_opt) + select
-            return n_train + p["rounds"] * per_round
-    except (KeyError, TypeError):
-        return None
-    return None
+def estimate_run(name: str, params: dict[str, Any], po: dict[str, Any], prompt: str, seed: int,
+                 budget: Any) -> Any:
+    """The dry-run estimate (optimizers.estimate): the optimizer's own loop against an instant scripted model, so
+    the count follows the code, not a formula. Cached per settings in the session; None if the dry run fails."""
+    import hashlib
+    import json
+
+    from optimizers.estimate import dry_run
+
+    key = "est:" + hashlib.sha256(json.dumps(
+        [name, params, po["name"], po["splits"].sizes(), prompt, seed, str(budget)], sort_keys=True,
+        default=str).encode()).hexdigest()
+    if key not in st.session_state:
+        try:
+            st.session_state[key] = dry_run(name, params, po["task"], po["splits"], prompt or "Answer.", seed=seed,
+                                            budget=budget)
+        except Exception:  # an estimate must never break the form
+            st.session_state[key] = None
+    return st.session_state[key]
 
 
 def report_calls(splits: Any) -> int:
