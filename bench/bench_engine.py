@@ -101,7 +101,9 @@ cfg = RunConfig(optimizer="baseline", initial_prompt="Classify the review.", tas
                 task_model="stub-task", data=DataConfig(name="bench", input_cols=["text"], label_col="label"),
                 max_concurrency=8, cache_dir=tmp + "/mem-cache", report_splits=["dev"])
 t = time.perf_counter()
-res = Runner(store, api_key="bench").execute(Runner(store).create(cfg, Splits(exs[:10], exs, [])))
+from optimizers.data import Example
+train = [Example("t" + e.id, e.fields, e.label) for e in exs[:10]]
+res = Runner(store, api_key="bench").execute(Runner(store).create(cfg, Splits(train, exs, [])))
 print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "wall": time.perf_counter() - t, "status": res["status"]}))
 """
@@ -126,8 +128,6 @@ def main() -> None:
           f"stub latency L={L * 1000:.0f} ms, concurrency C={C}, limit C/L = {limit:.0f} calls/s\n")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        srv0, url0 = start_server(0.0, C)
-        rss, mwall = run_memory(10000, url0, tmp)
         srv, url = start_server(L, C)
         srv0, url0 = start_server(0.0, C)
         try:
