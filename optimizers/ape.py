@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from . import likelihood, parsing
-from .base import Candidate, Optimizer, Params, register
+from .base import Candidate, Optimizer, Params, input_text, register
 from .data import Example
 from .events import CandidateRejected, CandidateScored, Event, Selection, StepDone
 from .protegi import fill
@@ -61,7 +61,7 @@ _VARIATION = re.compile(
 
 
 def demo_block(examples: Sequence[Example]) -> str:
-    return "\n\n".join(fill(DEMO, input=_input_text(ex), output=ex.label) for ex in examples)
+    return "\n\n".join(fill(DEMO, input=input_text(ex), output=ex.label) for ex in examples)
 
 
 def _squash(text: str) -> str:
@@ -110,7 +110,7 @@ def is_echo(text: str, demos: Sequence[Example]) -> bool:
     s = _squash(text)
     if not s:
         return False
-    return any(s == _squash(_input_text(ex)) or s == _squash(ex.label) for ex in demos)
+    return any(s == _squash(input_text(ex)) or s == _squash(ex.label) for ex in demos)
 
 
 # --- UCB (the official bandit: keirp/automatic_prompt_engineer evaluation/bandits.py) ----------------------------
@@ -400,10 +400,3 @@ class APE(Optimizer):
                 new.append(cand)
         return (yield from self.final([best] + new, exs, split, step, purpose=f"resample{r}", method="resample",
                                       incumbent=best))
-
-
-def _input_text(ex: Example) -> str:
-    f = ex.fields
-    if len(f) == 1:
-        return str(next(iter(f.values()))).strip()
-    return "\n".join(f"{k}: {v}" for k, v in f.items()).strip()

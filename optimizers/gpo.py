@@ -27,9 +27,8 @@ from pydantic import Field, model_validator
 from rapidfuzz.distance import Levenshtein
 
 from . import parsing
-from .base import Candidate, Optimizer, Params, register
+from .base import Candidate, Optimizer, Params, input_text, pred_text, register
 from .data import Example
-from .evaluate import Prediction
 from .events import CandidateRejected, EditBudget, Event, Gradient, Retrieval, Selection
 from .protegi import fill
 from .similarity import Similarity
@@ -319,7 +318,7 @@ class GPO(Optimizer):
         wrong = [(by_id[pr.example_id], pr) for pr in res.predictions if not pr.correct]
         if not wrong:  # ours: nothing to criticise (the code still asks, with an empty list)
             return None
-        errors = "\n\n".join(fill(FEEDBACK_ERROR, input=_input_text(ex), prediction=_pred_text(pr), gold=ex.label)
+        errors = "\n\n".join(fill(FEEDBACK_ERROR, input=input_text(ex), prediction=pred_text(pr), gold=ex.label)
                              for ex, pr in wrong)
         msg = fill(FEEDBACK_PROMPT, prompt=cur.cand.text, errors=errors)
         comp = yield from ctx.ask("gpo.feedback", [{"role": "user", "content": msg}], step=t, ref=f"g{t}",
@@ -329,8 +328,8 @@ class GPO(Optimizer):
         if not critique:
             return None
         yield Gradient(step=t, gradient_id=f"g{t}", parent_id=cur.cand.id, critique=critique,
-                       errors=[{"id": ex.id, "input": _input_text(ex), "gold": ex.label,
-                                "prediction": _pred_text(pr)} for ex, pr in wrong])
+                       errors=[{"id": ex.id, "input": input_text(ex), "gold": ex.label,
+                                "prediction": pred_text(pr)} for ex, pr in wrong])
         return critique
 
     def critique_momentum(self, cur: _Entry, critique: str | None, t: int) -> Generator[Event, None, str | None]:
@@ -555,17 +554,3 @@ def _parse(reply: str, max_words: int) -> tuple[str | None, str]:
     if "\n\n" in t or len(t.split()) > max_words:
         return None, "no_tags"
     return polish(t), "untagged"
-
-
-def _input_text(ex: Example) -> str:
-    f = ex.fields
-    if len(f) == 1:
-        return str(next(iter(f.values()))).strip()
-    return "\n".join(f"{k}: {v}" for k, v in f.items()).strip()
-
-
-def _pred_text(pr: Prediction) -> str:
-    if pr.pred is not None:
-        return pr.pred
-    raw = " ".join((pr.raw or "").split())
-    return (raw[:200] + "...") if len(raw) > 200 else (raw or "(no answer)")

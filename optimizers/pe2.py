@@ -23,7 +23,7 @@ from pydantic import Field
 from rapidfuzz.distance import Levenshtein
 
 from . import parsing
-from .base import Candidate, Gen, Optimizer, Params, register
+from .base import Candidate, Gen, Optimizer, Params, input_text, register
 from .data import Example, render_template
 from .evaluate import Prediction
 from .events import EditBudget, Event, Reasoning, Selection
@@ -147,13 +147,6 @@ def full_template(template: str, input_cols: Sequence[str], prompt: str, system:
         fields = {c: f"<{c}>" for c in input_cols}
     out = render_template(template, fields, prompt)
     return f"[system message] {system}\n{out}" if system else out
-
-
-def input_text(ex: Example) -> str:
-    f = ex.fields
-    if len(f) == 1:
-        return str(next(iter(f.values()))).strip()
-    return "\n".join(f"{k}: {v}" for k, v in f.items()).strip()
 
 
 def _short(text: str, limit: int = 1500) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from . import parsing
-from .base import Candidate, Gen, Optimizer, Params, candidate_id, register
+from .base import Candidate, Gen, Optimizer, Params, candidate_id, input_text, pred_text, register
 from .data import Example
 from .evaluate import Prediction
 from .events import CandidateRejected, Event, Gradient, Selection
@@ -346,7 +346,7 @@ class ProTeGi(Optimizer):
         """One gradient prompt on these errors; returns (gradient_id, reason, error_string) per reason."""
         p = self.p
         error_string = "\n\n".join(
-            fill(ERROR_BLOCK, i=i, input=_input_text(ex), gold=ex.label, prediction=_pred_text(pr))
+            fill(ERROR_BLOCK, i=i, input=input_text(ex), gold=ex.label, prediction=pred_text(pr))
             for i, (ex, pr) in enumerate(shown, start=1))
         msg = fill(GRADIENT_PROMPT, prompt=parent.text, error_string=error_string, num_feedbacks=p.gradients_per_error)
         ref = f"g{step}.{self._grad_no}"
@@ -356,7 +356,7 @@ class ProTeGi(Optimizer):
         reasons = parsing.tagged(comp.text)
         if not reasons and comp.text.strip() and not comp.truncated:
             reasons = [parsing.clean(comp.text)]  # small models often give one untagged reason
-        errors = [{"id": ex.id, "input": _input_text(ex), "gold": ex.label, "prediction": _pred_text(pr)}
+        errors = [{"id": ex.id, "input": input_text(ex), "gold": ex.label, "prediction": pred_text(pr)}
                   for ex, pr in shown]
         out = []
         for j, reason in enumerate(reasons[:p.gradients_per_error]):  # ours: as many as asked (the code keeps all)
@@ -497,20 +497,6 @@ class ProTeGi(Optimizer):
             estimates.append(e)
         yield Selection(step=step, method=p.evaluator, estimates=estimates, survivors=[c.id for c in beam])
         return beam
-
-
-def _input_text(ex: Example) -> str:
-    f = ex.fields
-    if len(f) == 1:
-        return str(next(iter(f.values()))).strip()
-    return "\n".join(f"{k}: {v}" for k, v in f.items()).strip()
-
-
-def _pred_text(pr: Prediction) -> str:
-    if pr.pred is not None:
-        return pr.pred
-    raw = " ".join((pr.raw or "").split())
-    return (raw[:200] + "...") if len(raw) > 200 else (raw or "(no answer)")
 
 
 def _untagged(reply: str, max_words: int) -> str | None:

@@ -5,30 +5,16 @@ Open a run with the selectbox or a shareable link `?run=<id>` (and optionally `&
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
 import streamlit as st
 
-from optimizers.store import Store
+from ui.common import connection_sidebar
+from ui.common import store as _store
 from ui.inspectors import render_step, steps_of
 
 st.set_page_config(page_title="PromptOpt: Inspect", layout="wide")
-
-try:
-    from ui.common import connection_sidebar
-    from ui.common import store as _store
-except ImportError:
-    def connection_sidebar() -> None:
-        pass
-
-    @st.cache_resource
-    def _store_at(path: str) -> Store:
-        return Store(path or None)
-
-    def _store() -> Store:
-        return _store_at(os.environ.get("PROMPTOPT_DB") or "")
 
 
 connection_sidebar()

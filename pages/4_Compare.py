@@ -8,24 +8,11 @@ import os
 import pandas as pd
 import streamlit as st
 
-from optimizers.store import Store
 from ui import compare as C
+from ui.common import connection_sidebar
+from ui.common import store as _store
 
 st.set_page_config(page_title="PromptOpt: Compare", layout="wide")
-
-try:
-    from ui.common import connection_sidebar
-    from ui.common import store as _store
-except ImportError:
-    def connection_sidebar() -> None:
-        pass
-
-    @st.cache_resource
-    def _store_at(path: str) -> Store:
-        return Store(path or None)
-
-    def _store() -> Store:
-        return _store_at(os.environ.get("PROMPTOPT_DB") or "")
 
 
 connection_sidebar()

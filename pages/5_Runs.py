@@ -12,24 +12,11 @@ import pandas as pd
 import streamlit as st
 
 from optimizers.export import candidate_rows, run_json, to_csv, to_json
-from optimizers.store import Store
+from ui.common import connection_sidebar
+from ui.common import store as _store
 from ui.replay import render_replay
 
 st.set_page_config(page_title="PromptOpt: Runs", layout="wide")
-
-try:
-    from ui.common import connection_sidebar
-    from ui.common import store as _store
-except ImportError:
-    def connection_sidebar() -> None:
-        pass
-
-    @st.cache_resource
-    def _store_at(path: str) -> Store:
-        return Store(path or None)
-
-    def _store() -> Store:
-        return _store_at(os.environ.get("PROMPTOPT_DB") or "")
 
 
 connection_sidebar()
