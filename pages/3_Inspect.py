@@ -10,8 +10,7 @@ import time
 
 import streamlit as st
 
-from ui.common import connection_sidebar
-from ui.common import store as _store
+from ui.common import cached_events, connection_sidebar, runs_or_stop
 from ui.inspectors import render_step, steps_of
 
 st.set_page_config(page_title="PromptOpt: Inspect", layout="wide")
@@ -23,19 +22,11 @@ connection_sidebar()
 _RUN_ID = re.compile(r"^[0-9a-f]{4,32}$")
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def _events(db: str, run_id: str, count: int):
-    """All stored events of a run; the event count in the key invalidates the cache as a live run grows."""
-    return _store().events(run_id)
+_events = cached_events
 
 
 st.title("Inspect a run")
-try:
-    S = _store()
-    runs = S.list_runs()
-except Exception as e:
-    st.error(f"Could not open the run store: {e}")
-    st.stop()
+S, runs = runs_or_stop()
 if not runs:
     st.info("No runs yet. Start one on the Optimize page (or `python -m optimizers run ...` in a terminal).")
     st.stop()

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from optimizers.export import candidate_rows, run_json, to_csv, to_json
-from ui.common import connection_sidebar
+from ui.common import cached_events, connection_sidebar, runs_or_stop
 from ui.common import store as _store
 from ui.replay import render_replay
 
@@ -101,18 +101,11 @@ def _exports(db: str, run_id: str, count: int) -> tuple[str, str]:
     return to_json(run_json(s, run_id)), to_csv(candidate_rows(s, run_id))
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def _events(db: str, run_id: str, count: int):
-    return _store().events(run_id)
+_events = cached_events
 
 
 st.title("Runs")
-try:
-    S = _store()
-    runs = S.list_runs()
-except Exception as e:
-    st.error(f"Could not open the run store: {e}")
-    st.stop()
+S, runs = runs_or_stop()
 flash = st.session_state.pop("runs_flash", None)
 if flash:
     st.success(flash)

@@ -443,3 +443,19 @@ def bundled_po_data(name: str, **split: Any) -> dict[str, Any]:
     po, _ = make_po_data(df, name=b.name, input_cols=b.input_cols, label_col=b.label_col, template=b.template,
                          initial_prompt=b.initial_prompt, labels=b.labels, split=split, source=f"bundled:{b.name}")
     return po
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def cached_events(db: str, run_id: str, count: int):
+    """All stored events of a run; the event count in the key invalidates the cache as a live run grows."""
+    return store().events(run_id)
+
+
+def runs_or_stop() -> tuple[Any, list[dict[str, Any]]]:
+    """The store and its runs, or a message and the end of the page when the store cannot be opened."""
+    try:
+        s = store()
+        return s, s.list_runs()
+    except Exception as e:
+        st.error(f"Could not open the run store: {e}")
+        st.stop()
