@@ -52,6 +52,8 @@ from optimizers.evaluate import Evaluator  # noqa: E402
 from optimizers.llm import LLM, Meter, ResponseCache  # noqa: E402
 from optimizers.task import Task  # noqa: E402
 
+from bench_optimizers import SPLIT_CAPS  # noqa: E402  (same split caps as PromptOpt's runs)
+
 log = logging.getLogger("bench_dspy")
 
 # DSPy knobs sized so a run stays near a 300-call budget on a ~28/16/16 split (see the estimates printed per run);
@@ -272,6 +274,9 @@ def main() -> None:
     ap.add_argument("--max-calls", type=int, default=300, help="call budget of each optimization (hard cap)")
     ap.add_argument("--seed", type=int, default=0, help="DSPy optimizer seed (MIPROv2) and our split seed is 0")
     ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--max-train", type=int, default=SPLIT_CAPS["max_train"])
+    ap.add_argument("--max-dev", type=int, default=SPLIT_CAPS["max_dev"])
+    ap.add_argument("--max-test", type=int, default=SPLIT_CAPS["max_test"])
     ap.add_argument("--adapter", choices=["template", "chat"], default="template")
     ap.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else the embedded model)")
     ap.add_argument("--model", help="model name at the endpoint (default: the backend's)")
@@ -287,7 +292,8 @@ def main() -> None:
 
     df, bundled = load_bundled(a.task)
     examples, _ = build_examples(df, bundled.input_cols, bundled.label_col)
-    splits = split_examples(examples, train=0.5, dev=0.25, test=0.25, seed=a.split_seed)
+    splits = split_examples(examples, train=0.5, dev=0.25, test=0.25, seed=a.split_seed, max_train=a.max_train,
+                            max_dev=a.max_dev, max_test=a.max_test)
     task = Task(template=bundled.template, input_cols=bundled.input_cols, labels=bundled.labels)
     out_name = output_field_name(task.template, task.input_cols)
 
@@ -418,6 +424,7 @@ def main() -> None:
         Path(a.json_out).write_text(json.dumps([{
             **{k: v for k, v in r.items() if k not in ("initial", "best")},
             "initial": {"score": r["initial"].score, "ci": [r["initial"].ci_low, r["initial"].ci_high]},
+            "n_test": r["initial"].n,
             "best": ({"score": r["best"].score, "ci": [r["best"].ci_low, r["best"].ci_high]} if r["best"] else None),
         } for r in rows], indent=2, default=str))
 

@@ -38,6 +38,9 @@ BUDGET_KNOBS: dict[str, dict[str, object]] = {
 }
 
 
+SPLIT_CAPS = {"max_train": 126, "max_dev": 63, "max_test": 126}
+
+
 def calls_to_90(db: Path, run_id: str) -> tuple[int | None, float | None, float | None]:
     """(calls when the best selection score first reached 90% of its final gain, first score, final score)."""
     con = sqlite3.connect(db)
@@ -72,16 +75,26 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--optimizer-model")
     ap.add_argument("--paper-defaults", action="store_true")
+    # Split caps: a no-op on sentiment and the BBH sets (their 0.5/0.25/0.25 splits are smaller); ETHOS (998 rows) and
+    # LIAR (600) are subsampled (stratified) to the BBH sizes so a 300-call budget buys the same number of steps.
+    ap.add_argument("--max-train", type=int, default=SPLIT_CAPS["max_train"])
+    ap.add_argument("--max-dev", type=int, default=SPLIT_CAPS["max_dev"])
+    ap.add_argument("--max-test", type=int, default=SPLIT_CAPS["max_test"])
     ap.add_argument("--out", default=None, help="folder for each run's result.json (default: a temp folder)")
     a = ap.parse_args()
     out = Path(a.out or tempfile.mkdtemp(prefix="promptopt-bench-opt-"))
     db = out / "runs.sqlite"
-    rows = []
+    rows, records = [], []
     for task in a.tasks.split(","):
         for name in a.optimizers.split(","):
             args = [sys.executable, "-m", "optimizers", "run", "--data", task, "--optimizer", name,
                     "--max-calls", str(a.max_calls), "--seed", str(a.seed), "--db", str(db),
-                    "--out", str(out / f"{task}-{name}"), "--json"]
+                    "--max-train", str(a.max_train), "--max-dev", str(a.max_dev), "--max-test", str(a.max_test),
+                    "--out", str(out / f"{task}-{name}"), "--json",
+                    # A fresh response cache per run: every optimizer pays for its own calls (with a shared cache the
+                    # second optimizer would get the initial prompt's scoring for free, outside its budget). Repeats
+                    # inside one run are still answered by the cache, as in the product.
+                    "--cache-dir", str(out / "cache" / f"{task}-{name}")]
             for flag, v in (("--base-url", a.base_url), ("--model", a.model), ("--optimizer-model", a.optimizer_model)):
                 if v:
                     args += [flag, v]
@@ -92,6 +105,8 @@ def main() -> None:
             r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
             wall = time.perf_counter() - t0
             if r.returncode and not (out / f"{task}-{name}" / "result.json").exists():
+                records.append({"task": task, "optimizer": name, "status": "error",
+                                "reason": r.stderr.strip().splitlines()[-1][:300] if r.stderr.strip() else ""})
                 rows.append(f"| {task} | {name} | error: {r.stderr.strip().splitlines()[-1][:150]} |||||||")
                 print(rows[-1], file=sys.stderr, flush=True)
                 continue
@@ -104,6 +119,12 @@ def main() -> None:
                 return f"{s['score']:.3f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]" if s else "-"
 
             sel = f"{first:.3f} -> {final:.3f}" if first is not None else "-"
+            records.append({"task": task, "optimizer": name, "initial": i, "best": b, "selection": [first, final],
+                            "selection_split": res.get("selection_split"), "calls": opt["calls"],
+                            "tokens": opt["prompt_tokens"] + opt["completion_tokens"],
+                            "cache_hits": opt.get("cache_hits", 0), "calls_to_90": c90, "wall": wall,
+                            "status": res["status"], "best_prompt": res.get("best_prompt"),
+                            "knobs": knobs})
             rows.append(f"| {task} | {name} | {fmt(i)} | {fmt(b)} | {i['n'] if i else '-'} | {sel} "
                         f"({res.get('selection_split')}) | {opt['calls']} | "
                         f"{opt['prompt_tokens'] + opt['completion_tokens']:,} | {c90 if c90 is not None else '-'} "
@@ -111,6 +132,7 @@ def main() -> None:
             print(rows[-1], file=sys.stderr, flush=True)
     print(f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
           f"{time.strftime('%Y-%m-%d')}; budget {a.max_calls} calls, seed {a.seed}, "
+          f"split caps train {a.max_train} / dev {a.max_dev} / test {a.max_test}, "
           f"{'paper defaults' if a.paper_defaults else 'budget-sized knobs (bench/bench_optimizers.py)'}; "
           f"endpoint: {a.base_url or os.environ.get('OPENAI_BASE_URL') or 'embedded default'}")
     print()
@@ -118,6 +140,7 @@ def main() -> None:
           "opt. calls | opt. tokens | calls to 90% of gain | wall s | status |")
     print("|---|---|---|---|---:|---|---:|---:|---:|---:|---|")
     print("\n".join(rows))
+    (out / "summary.json").write_text(json.dumps(records, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+"""The benchmark scripts keep working: bench_optimizers over real HTTP to the scripted stub (each run pays for its own
+calls), and run_all's report merges PromptOpt's and DSPy's rows into one table and a plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import last_user
+from tests.stub_server import StubServer
+
+ROOT = Path(__file__).resolve().parent.parent
+INITIAL = "Classify the sentiment of the review."  # the bundled sentiment set's initial prompt
+
+
+def _respond(req: dict) -> str:
+    if req.get("model") == "stub-task":
+        return "positive" if "loved" in last_user(req) or "great" in last_user(req) else "negative"
+    return "<START>Decide whether the review is positive or negative.<END> <INS>Say if the review is positive.</INS>"
+
+
+def test_bench_optimizers_table_and_each_run_pays_for_its_own_calls(tmp_path: Path):
+    out = tmp_path / "bench"
+    env = {**os.environ, "PROMPTOPT_CACHE_DIR": str(tmp_path / "shared-cache"), "OPENAI_API_KEY": "sk-bench-secret"}
+    with StubServer(_respond) as stub:
+        r = subprocess.run([sys.executable, "bench/bench_optimizers.py", "--tasks", "sentiment", "--optimizers",
+                            "opro,protegi", "--max-calls", "60", "--base-url", stub.base_url, "--model", "stub-task",
+                            "--optimizer-model", "stub-opt", "--out", str(out)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        task_reqs = [json.dumps(q["messages"]) for q in stub.chat_requests() if q.get("model") == "stub-task"]
+    rows = json.loads((out / "summary.json").read_text())
+    assert [x["optimizer"] for x in rows] == ["opro", "protegi"]
+    for x in rows:
+        assert x["status"] in ("done", "budget") and 0 < x["calls"] <= 60
+        assert x["initial"]["n"] == 16 and x["best"]["n"] == 16  # sentiment's test split, scored for both prompts
+    table = [ln for ln in r.stdout.splitlines() if ln.startswith("| sentiment |")]
+    assert len(table) == 2 and "split caps train 126 / dev 63 / test 126" in r.stdout
+    # Both runs scored the initial prompt on training examples themselves: with one shared response cache the
+    # second run would have got those answers for free, outside its budget.
+    initial_reqs = Counter(m for m in task_reqs if INITIAL in m)
+    assert initial_reqs and max(initial_reqs.values()) >= 2
+    assert {p.name for p in (out / "cache").iterdir()} == {"sentiment-opro", "sentiment-protegi"}
+    assert not (tmp_path / "shared-cache").exists()
+    assert "sk-bench-secret" not in r.stdout + r.stderr + (out / "summary.json").read_text()
+
+
+def test_run_all_report_merges_promptopt_and_dspy_rows(tmp_path: Path):
+    out = tmp_path / "results"
+    (out / "sentiment" / "promptopt").mkdir(parents=True)
+    s = {"score": 0.75, "ci": [0.5, 0.9], "n": 16}
+    b = {"score": 0.875, "ci": [0.64, 0.97], "n": 16}
+    (out / "sentiment" / "promptopt" / "summary.json").write_text(json.dumps([
+        {"task": "sentiment", "optimizer": "opro", "initial": s, "best": b, "selection": [0.7, 0.8],
+         "selection_split": "train", "calls": 300, "tokens": 12345, "cache_hits": 3, "calls_to_90": 120, "wall": 99.0,
+         "status": "budget", "best_prompt": "Say whether | the review is positive.", "knobs": {}},
+        {"task": "sentiment", "optimizer": "gpo", "status": "error", "reason": "endpoint down"}]))
+    (out / "sentiment" / "dspy.json").write_text(json.dumps([
+        {"task": "sentiment", "optimizer": "DSPy COPRO", "knobs": {"breadth": 2}, "selection": [0.7, "train"],
+         "usage": {"calls": 280, "prompt_tokens": 9000, "completion_tokens": 1000, "refused": 4, "repeats": 10},
+         "wall": 200.0, "status": "budget", "reason": "", "final": "Classify it.", "n_test": 16,
+         "initial": {"score": 0.75, "ci": [0.5, 0.9]}, "best": {"score": 0.75, "ci": [0.5, 0.9]}}]))
+    (out / "engine.md").write_text("| examples | calls/s |\n|---:|---:|\n| 100 | 91 |\n")
+    r = subprocess.run([sys.executable, "bench/run_all.py", "--out", str(out), "--tasks", "sentiment",
+                        "--report-only", "--dspy-python", sys.executable], cwd=ROOT, capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0, r.stderr
+    rep = (out / "REPORT.md").read_text()
+    lines = [ln for ln in rep.splitlines() if ln.startswith("| sentiment |")]
+    assert len(lines) == 3
+    assert lines[0].startswith("| sentiment | PromptOpt | OPRO | 0.750 [0.50, 0.90] | 0.875 [0.64, 0.97] | 16 | "
+                               "0.700 -> 0.800 (train) | 300 | 12,345 | 120 | 99 | budget | Say whether \\| the")
+    assert "| GPO | error: endpoint down |" in lines[1]
+    assert lines[2].startswith("| sentiment | DSPy | COPRO | 0.750 [0.50, 0.90] | 0.750 [0.50, 0.90] | 16 | "
+                               "0.700 (train) | 280 | 10,000 | - | 200 | budget (4 refused) | Classify it. |")
+    assert "## Engine overhead and throughput (`engine.md`)" in rep and "| 100 | 91 |" in rep
+    assert (out / "effectiveness.html").stat().st_size > 100_000  # plotly.js inlined: opens offline
+    if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
+        png = (out / "effectiveness.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000 and "![test accuracy](effectiveness.png)" in rep
+    else:
+        pytest.skip("no chromium: the PNG is not rendered (the HTML plot is checked above)")
