@@ -119,7 +119,8 @@ def main() -> None:
                 return f"{s['score']:.3f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]" if s else "-"
 
             sel = f"{first:.3f} -> {final:.3f}" if first is not None else "-"
-            records.append({"task": task, "optimizer": name, "initial": i, "best": b, "selection": [first, final],
+            records.append({"task": task, "optimizer": name, "run_id": res["run_id"], "initial": i, "best": b,
+                            "selection": [first, final],
                             "selection_split": res.get("selection_split"), "calls": opt["calls"],
                             "tokens": opt["prompt_tokens"] + opt["completion_tokens"],
                             "cache_hits": opt.get("cache_hits", 0), "calls_to_90": c90, "wall": wall,

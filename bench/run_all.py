@@ -67,6 +67,8 @@ def effectiveness_rows(out: Path, task: str) -> list[dict]:
     """PromptOpt's and DSPy's rows for one task, in one shape."""
     rows = []
     po = out / task / "promptopt" / "summary.json"
+    tj = out / task / "promptopt" / "trajectory.json"
+    c90_test = {r["optimizer"]: r["calls_to_90_test"] for r in json.loads(tj.read_text())} if tj.exists() else {}
     if po.exists():
         for r in json.loads(po.read_text()):
             if r.get("status") == "error":
@@ -77,7 +79,8 @@ def effectiveness_rows(out: Path, task: str) -> list[dict]:
                          "n": (r["initial"] or {}).get("n"),
                          "selection": (f"{first:.3f} -> {final:.3f} ({r['selection_split']})"
                                        if first is not None else "-"),
-                         "calls": r["calls"], "tokens": r["tokens"], "c90": r["calls_to_90"], "wall": r["wall"],
+                         "calls": r["calls"], "tokens": r["tokens"], "c90": r["calls_to_90"],
+                         "c90_test": c90_test.get(r["optimizer"], "?"), "wall": r["wall"],
                          "status": r["status"], "final": r.get("best_prompt")})
     ds = out / task / "dspy.json"
     if ds.exists():
@@ -87,7 +90,7 @@ def effectiveness_rows(out: Path, task: str) -> list[dict]:
                          "best": r["best"], "n": r.get("n_test"),
                          "selection": f"{sel[0]:.3f} ({sel[1]})" if sel and sel[0] is not None else "-",
                          "calls": u["calls"], "tokens": u["prompt_tokens"] + u["completion_tokens"], "c90": None,
-                         "wall": r["wall"], "status": r["status"] + (f" ({u['refused']} refused)" if u["refused"] else ""),
+                         "c90_test": None, "wall": r["wall"], "status": r["status"] + (f" ({u['refused']} refused)" if u["refused"] else ""),
                          "final": r.get("final")})
     return rows
 
@@ -101,7 +104,7 @@ def _short(s: str | None, n: int = 90) -> str:
 
 def effectiveness_table(out: Path, tasks: list[str]) -> tuple[str, list[tuple[str, dict]]]:
     lines = ["| task | tool | optimizer | test initial [95% CI] | test best [95% CI] | n test | selection score | "
-             "opt. calls | opt. tokens | calls to 90% of gain | wall s | status | best prompt |",
+             "opt. calls | opt. tokens | calls to 90% of gain: selection / test | wall s | status | best prompt |",
              "|---|---|---|---|---|---:|---|---:|---:|---:|---:|---|---|"]
     flat = []
     for t in tasks:
@@ -112,7 +115,7 @@ def effectiveness_table(out: Path, tasks: list[str]) -> tuple[str, list[tuple[st
                 continue
             lines.append(f"| {t} | {r['tool']} | {r['optimizer']} | {_ci(r['initial'])} | {_ci(r['best'])} | "
                          f"{r['n'] or '-'} | {r['selection']} | {r['calls']} | {r['tokens']:,} | "
-                         f"{r['c90'] if r['c90'] is not None else '-'} | {r['wall']:.0f} | {r['status']} | "
+                         f"{'-' if r['c90'] is None else r['c90']} / {'-' if r['c90_test'] is None else r['c90_test']} | {r['wall']:.0f} | {r['status']} | "
                          f"{_short(r['final'])} |")
     return "\n".join(lines), flat
 
@@ -218,6 +221,8 @@ def main() -> None:
                 run_step(out / t, "promptopt", [py, str(BENCH / "bench_optimizers.py"), "--tasks", t, "--max-calls",
                                                  str(a.max_calls), "--seed", str(a.seed), "--out",
                                                  str(out / t / "promptopt"), *endpoint, *opt_model], a.force)
+                run_step(out / t, "trajectory", [py, str(BENCH / "bench_trajectory.py"), str(out / t / "promptopt"),
+                                                  *endpoint], a.force)
             if dpy:
                 run_step(out / t, "dspy", [dpy, str(BENCH / "bench_dspy.py"), "--task", t, "--max-calls",
                                            str(a.max_calls), "--seed", str(a.seed), "--json-out",

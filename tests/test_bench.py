@@ -36,6 +36,9 @@ def test_bench_optimizers_table_and_each_run_pays_for_its_own_calls(tmp_path: Pa
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         task_reqs = [json.dumps(q["messages"]) for q in stub.chat_requests() if q.get("model") == "stub-task"]
+        t = subprocess.run([sys.executable, "bench/bench_trajectory.py", str(out), "--base-url", stub.base_url,
+                            "--model", "stub-task"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert t.returncode == 0, t.stderr
     rows = json.loads((out / "summary.json").read_text())
     assert [x["optimizer"] for x in rows] == ["opro", "protegi"]
     for x in rows:
@@ -49,6 +52,15 @@ def test_bench_optimizers_table_and_each_run_pays_for_its_own_calls(tmp_path: Pa
     assert initial_reqs and max(initial_reqs.values()) >= 2
     assert {p.name for p in (out / "cache").iterdir()} == {"sentiment-opro", "sentiment-protegi"}
     assert not (tmp_path / "shared-cache").exists()
+    # the test-split trajectory starts at the initial prompt's and ends at the best prompt's test score, and re-scoring
+    # those two costs nothing (each run's own cache holds them)
+    traj = {x["optimizer"]: x for x in json.loads((out / "trajectory.json").read_text())}
+    for x in rows:
+        pts = traj[x["optimizer"]]["points"]
+        assert pts[0][0] <= pts[-1][0] <= x["calls"]
+        assert pts[0][1] == x["initial"]["score"] and pts[-1][1] == x["best"]["score"]
+        assert traj[x["optimizer"]]["scoring_calls"] <= 16 * max(len(pts) - 2, 0)
+    assert "sk-bench-secret" not in t.stdout + t.stderr
     assert "sk-bench-secret" not in r.stdout + r.stderr + (out / "summary.json").read_text()
 
 
@@ -76,10 +88,10 @@ def test_run_all_report_merges_promptopt_and_dspy_rows(tmp_path: Path):
     lines = [ln for ln in rep.splitlines() if ln.startswith("| sentiment |")]
     assert len(lines) == 3
     assert lines[0].startswith("| sentiment | PromptOpt | OPRO | 0.750 [0.50, 0.90] | 0.875 [0.64, 0.97] | 16 | "
-                               "0.700 -> 0.800 (train) | 300 | 12,345 | 120 | 99 | budget | Say whether \\| the")
+                               "0.700 -> 0.800 (train) | 300 | 12,345 | 120 / ? | 99 | budget | Say whether \\| the")
     assert "| GPO | error: endpoint down |" in lines[1]
     assert lines[2].startswith("| sentiment | DSPy | COPRO | 0.750 [0.50, 0.90] | 0.750 [0.50, 0.90] | 16 | "
-                               "0.700 (train) | 280 | 10,000 | - | 200 | budget (4 refused) | Classify it. |")
+                               "0.700 (train) | 280 | 10,000 | - / - | 200 | budget (4 refused) | Classify it. |")
     assert "## Engine overhead and throughput (`engine.md`)" in rep and "| 100 | 91 |" in rep
     assert (out / "effectiveness.html").stat().st_size > 100_000  # plotly.js inlined: opens offline
     if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
