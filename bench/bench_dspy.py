@@ -46,13 +46,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_optimizers import SPLIT_CAPS  # noqa: E402  (same split caps as PromptOpt's runs)
+
 from optimizers.backend import open_backend  # noqa: E402
 from optimizers.data import Example, build_examples, load_bundled, split_examples  # noqa: E402
 from optimizers.evaluate import Evaluator  # noqa: E402
 from optimizers.llm import LLM, Meter, ResponseCache  # noqa: E402
 from optimizers.task import Task  # noqa: E402
-
-from bench_optimizers import SPLIT_CAPS  # noqa: E402  (same split caps as PromptOpt's runs)
 
 log = logging.getLogger("bench_dspy")
 
