@@ -116,6 +116,20 @@ class CallCounter:
                     "repeats": self.repeats, "paths": dict(self.paths)}
 
 
+def output_cap_as_max_tokens(body: bytes) -> bytes:
+    """DSPy 3.4 sends the output cap as `max_completion_tokens`, which llama.cpp's server (and other OpenAI-compatible
+    servers) ignore: its task calls then generate until end of text instead of stopping at 32 tokens as PromptOpt's do.
+    Renaming it to `max_tokens` gives both tools the same caps."""
+    try:
+        req = json.loads(body or b"{}")
+    except ValueError:
+        return body
+    if not isinstance(req, dict) or "max_completion_tokens" not in req or "max_tokens" in req:
+        return body
+    req["max_tokens"] = req.pop("max_completion_tokens")
+    return json.dumps(req).encode()
+
+
 def start_forwarder(upstream: str, counter: CallCounter) -> tuple[ThreadingHTTPServer, str]:
     """A loopback HTTP forwarder to `upstream` (an OpenAI-compatible base URL); returns (server, its base URL)."""
     up = urllib.parse.urlsplit(upstream)
@@ -132,6 +146,8 @@ def start_forwarder(upstream: str, counter: CallCounter) -> tuple[ThreadingHTTPS
             body = self.rfile.read(n) if n else b""
             path = self.path
             counted = method == "POST" and (path.endswith("/chat/completions") or path.endswith("/completions"))
+            if counted:
+                body = output_cap_as_max_tokens(body)
             if counted and not counter.reserve(path, body):
                 msg = json.dumps({"error": {"message": f"call budget reached ({counter.cap} calls): refused by the "
                                             f"benchmark's counting forwarder", "type": "budget", "code": 429}})

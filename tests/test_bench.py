@@ -99,3 +99,38 @@ def test_run_all_report_merges_promptopt_and_dspy_rows(tmp_path: Path):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000 and "![test accuracy](effectiveness.png)" in rep
     else:
         pytest.skip("no chromium: the PNG is not rendered (the HTML plot is checked above)")
+
+
+def test_dspy_forwarder_counts_caps_and_passes_the_output_cap_as_max_tokens():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from bench_dspy import CallCounter, start_forwarder
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    import urllib.error
+    import urllib.request
+
+    counter = CallCounter()
+    with StubServer(lambda req: "True") as stub:
+        fwd, url = start_forwarder(stub.base_url, counter)
+        try:
+            counter.reset(2)
+            body = {"model": "m", "messages": [{"role": "user", "content": "Q"}], "max_completion_tokens": 32,
+                    "temperature": 0}
+
+            def post():
+                req = urllib.request.Request(url + "/chat/completions", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+                return urllib.request.urlopen(req, timeout=30)
+
+            assert json.loads(post().read())["choices"][0]["message"]["content"] == "True"
+            post()
+            with pytest.raises(urllib.error.HTTPError) as e:
+                post()  # the third call is past the cap of 2
+            assert e.value.code == 429
+        finally:
+            fwd.shutdown()
+        sent = stub.chat_requests()
+    assert len(sent) == 2 and all(q["max_tokens"] == 32 and "max_completion_tokens" not in q for q in sent)
+    snap = counter.snapshot()
+    assert snap["calls"] == 2 and snap["refused"] == 1 and snap["repeats"] == 1
