@@ -58,11 +58,16 @@ def calls_to_90(db: Path, run_id: str) -> tuple[int | None, float | None, float 
             points.append((d["calls"], best))
     if not points:
         return None, None, None
+    return first_reaching_90(points), points[0][1], points[-1][1]
+
+
+def first_reaching_90(points: list[tuple[int, float]]) -> int | None:
+    """First call count whose score reached 90% of the gain from the first to the last point (None: no gain)."""
     first, final = points[0][1], points[-1][1]
     if final <= first:
-        return None, first, final
+        return None
     target = first + 0.9 * (final - first)
-    return next(c for c, s in points if s >= target - 1e-12), first, final
+    return next(c for c, s in points if s >= target - 1e-12)
 
 
 def main() -> None:

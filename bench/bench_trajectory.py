@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_optimizers import first_reaching_90  # noqa: E402  (same definition on both splits)
+
 from optimizers.backend import open_backend  # noqa: E402
 from optimizers.evaluate import Evaluator  # noqa: E402
 from optimizers.llm import LLM, Meter, ResponseCache  # noqa: E402
@@ -41,15 +43,6 @@ def best_prompts(store: Store, run_id: str) -> list[tuple[int, str, str]]:
     if pending:
         out.append((calls, pending, prompts[pending]))
     return out
-
-
-def calls_to_90(points: list[tuple[int, float]]) -> int | None:
-    """First call count at which the test score of the best-so-far prompt reached 90% of the final test gain."""
-    first, final = points[0][1], points[-1][1]
-    if final <= first:
-        return None
-    target = first + 0.9 * (final - first)
-    return next(c for c, s in points if s >= target - 1e-12)
 
 
 def main() -> None:
@@ -77,7 +70,7 @@ def main() -> None:
         ev = Evaluator(LLM(backend.endpoint, model, role="task", meter=meter, cache=cache), task)
         traj = best_prompts(store, rid)
         points = [(c, ev.evaluate(p, test).score) for c, _, p in traj]
-        c90 = calls_to_90(points) if points else None
+        c90 = first_reaching_90(points) if points else None
         spent = meter.snapshot()
         records.append({"task": rec["task"], "optimizer": rec["optimizer"], "points": points, "calls_to_90_test": c90,
                         "scoring_calls": spent.calls, "scoring_cache_hits": spent.cache_hits})
