@@ -35,6 +35,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -300,6 +301,7 @@ def main() -> None:
     ap.add_argument("--copro", help="COPRO knobs as JSON, e.g. '{\"breadth\": 3, \"depth\": 3}'")
     ap.add_argument("--mipro", help="MIPROv2 knobs as JSON, e.g. '{\"num_candidates\": 6, \"num_trials\": 12}'")
     ap.add_argument("--json-out", help="also write the rows (with full instructions) to this JSON file")
+    ap.add_argument("--test-cache", help="response cache folder for the test-split scoring (emptied first, then kept)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -343,8 +345,11 @@ def main() -> None:
         return 1.0 if task.is_correct(got, getattr(example, out_name)) else 0.0
 
     # Our evaluator on the test split: straight to the server (not through the forwarder: outside the budget, as
-    # PromptOpt's report scores are), with a fresh response cache so every scored example is a real call.
-    cache = ResponseCache(tempfile.mkdtemp(prefix="promptopt-bench-dspy-cache-"))
+    # PromptOpt's report scores are). The cache starts empty so every scored example is a real call; a --test-cache
+    # folder is kept so bench_paired.py re-reads the same answers for its paired test.
+    if a.test_cache and Path(a.test_cache).exists():
+        shutil.rmtree(a.test_cache)
+    cache = ResponseCache(a.test_cache or tempfile.mkdtemp(prefix="promptopt-bench-dspy-cache-"))
     ev_meter = Meter()
     evaluator = Evaluator(LLM(backend.endpoint, model, role="task", meter=ev_meter, cache=cache), task)
     initial = bundled.initial_prompt

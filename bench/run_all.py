@@ -7,7 +7,8 @@ interrupted regeneration resumes where it stopped (--force re-runs everything).
                             [--report-only] [--force]
 
 Effectiveness and the DSPy peers run task by task (PromptOpt's five optimizers, then COPRO and MIPROv2 on the same
-model, split, metric and call cap), so each task's rows are measured side by side in one run on one machine. On 2
+model, split, metric and call cap, then a paired test of every run's best prompt against the initial one on the same
+test examples), so each task's rows are measured side by side in one run on one machine. On 2
 cores with the embedded model a task takes 20-40 minutes; the whole set several hours. DSPy needs its own venv
 (bench/requirements-dspy.txt); without one that step is reported as skipped, not silently dropped.
 """
@@ -83,6 +84,8 @@ def effectiveness_rows(out: Path, task: str) -> list[dict]:
                          "c90_test": c90_test.get(r["optimizer"], "?"), "wall": r["wall"],
                          "status": r["status"], "final": r.get("best_prompt")})
     ds = out / task / "dspy.json"
+    pj = out / task / "paired.json"
+    pair = {(r["tool"], r["optimizer"]): r for r in json.loads(pj.read_text())} if pj.exists() else {}
     if ds.exists():
         for r in json.loads(ds.read_text()):
             u, sel = r["usage"], r.get("selection")
@@ -92,7 +95,14 @@ def effectiveness_rows(out: Path, task: str) -> list[dict]:
                          "calls": u["calls"], "tokens": u["prompt_tokens"] + u["completion_tokens"], "c90": None,
                          "c90_test": None, "wall": r["wall"], "status": r["status"] + (f" ({u['refused']} refused)" if u["refused"] else ""),
                          "final": r.get("final")})
+    for r in rows:
+        r["paired"] = pair.get((r["tool"], r["optimizer"]))
     return rows
+
+
+def _paired(p: dict | None) -> str:
+    return f"+{p['gained']} / -{p['lost']} (p={p['p_value']:.2f})" if p else "-"
+
 
 
 def _short(s: str | None, n: int = 90) -> str:
@@ -103,18 +113,19 @@ def _short(s: str | None, n: int = 90) -> str:
 
 
 def effectiveness_table(out: Path, tasks: list[str]) -> tuple[str, list[tuple[str, dict]]]:
-    lines = ["| task | tool | optimizer | test initial [95% CI] | test best [95% CI] | n test | selection score | "
-             "opt. calls | opt. tokens | calls to 90% of gain: selection / test | wall s | status | best prompt |",
-             "|---|---|---|---|---|---:|---|---:|---:|---:|---:|---|---|"]
+    lines = ["| task | tool | optimizer | test initial [95% CI] | test best [95% CI] | n test | paired vs initial: "
+             "gained / lost (McNemar p) | selection score | opt. calls | opt. tokens | calls to 90% of gain: "
+             "selection / test | wall s | status | best prompt |",
+             "|---|---|---|---|---|---:|---|---|---:|---:|---:|---:|---|---|"]
     flat = []
     for t in tasks:
         for r in effectiveness_rows(out, t):
             flat.append((t, r))
             if "initial" not in r:
-                lines.append(f"| {t} | {r['tool']} | {r['optimizer']} | {r['status']} ||||||||||")
+                lines.append(f"| {t} | {r['tool']} | {r['optimizer']} | {r['status']} |||||||||||")
                 continue
             lines.append(f"| {t} | {r['tool']} | {r['optimizer']} | {_ci(r['initial'])} | {_ci(r['best'])} | "
-                         f"{r['n'] or '-'} | {r['selection']} | {r['calls']} | {r['tokens']:,} | "
+                         f"{r['n'] or '-'} | {_paired(r['paired'])} | {r['selection']} | {r['calls']} | {r['tokens']:,} | "
                          f"{'-' if r['c90'] is None else r['c90']} / {'-' if r['c90_test'] is None else r['c90_test']} | {r['wall']:.0f} | {r['status']} | "
                          f"{_short(r['final'])} |")
     return "\n".join(lines), flat
@@ -170,7 +181,9 @@ def report(out: Path, tasks: list[str], a: argparse.Namespace) -> Path:
     parts = [f"# Benchmark report\n\nWritten by `python bench/run_all.py` on {time.strftime('%Y-%m-%d %H:%M')}; "
              f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}. Each section names the "
              f"file it comes from under `{out}`.\n"]
-    parts.append(f"## Effectiveness and DSPy peers ({a.max_calls} LLM calls, seed {a.seed})\n\n" + eff + "\n")
+    parts.append(f"## Effectiveness and DSPy peers ({a.max_calls} LLM calls, seed {a.seed})\n\n" + eff + "\n\n"
+                 "Paired vs initial: on the same test examples, how many only the best prompt gets right (gained) and "
+                 "only the initial prompt gets right (lost), with the exact McNemar p-value (`paired.md` per task).\n")
     if pic:
         parts.append(f"![test accuracy]({pic})\n")
     for name, title in [("models", "Embedded models"), ("plain", "Plain starting instruction"),
@@ -226,7 +239,12 @@ def main() -> None:
             if dpy:
                 run_step(out / t, "dspy", [dpy, str(BENCH / "bench_dspy.py"), "--task", t, "--max-calls",
                                            str(a.max_calls), "--seed", str(a.seed), "--json-out",
-                                           str(out / t / "dspy.json"), *endpoint], a.force)
+                                           str(out / t / "dspy.json"), "--test-cache",
+                                           str(out / t / "cache" / "dspy-test"), *endpoint], a.force)
+            if "effectiveness" in a.steps or dpy:
+                # after both tools: one paired test per run, initial vs best on the same test examples
+                # (always re-run: it reads the runs' caches, so it costs calls only for results older than them)
+                run_step(out / t, "paired", [py, str(BENCH / "bench_paired.py"), str(out / t), *endpoint], True)
         if "engine" in a.steps:
             run_step(out, "engine", [py, str(BENCH / "bench_engine.py")], a.force)
         if "ui" in a.steps:

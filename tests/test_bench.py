@@ -22,12 +22,14 @@ INITIAL = "Classify the sentiment of the review."  # the bundled sentiment set's
 
 def _respond(req: dict) -> str:
     if req.get("model") == "stub-task":
+        if "ALWAYS POSITIVE" in last_user(req):  # an instruction that changes answers: the paired test sees it
+            return "positive"
         return "positive" if "loved" in last_user(req) or "great" in last_user(req) else "negative"
     return "<START>Decide whether the review is positive or negative.<END> <INS>Say if the review is positive.</INS>"
 
 
 def test_bench_optimizers_table_and_each_run_pays_for_its_own_calls(tmp_path: Path):
-    out = tmp_path / "bench"
+    out = tmp_path / "sentiment" / "promptopt"  # run_all's layout: <out>/<task>/promptopt
     env = {**os.environ, "PROMPTOPT_CACHE_DIR": str(tmp_path / "shared-cache"), "OPENAI_API_KEY": "sk-bench-secret"}
     with StubServer(_respond) as stub:
         r = subprocess.run([sys.executable, "bench/bench_optimizers.py", "--tasks", "sentiment", "--optimizers",
@@ -39,6 +41,17 @@ def test_bench_optimizers_table_and_each_run_pays_for_its_own_calls(tmp_path: Pa
         t = subprocess.run([sys.executable, "bench/bench_trajectory.py", str(out), "--base-url", stub.base_url,
                             "--model", "stub-task"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert t.returncode == 0, t.stderr
+        (tmp_path / "sentiment" / "dspy.json").write_text(json.dumps([{"task": "sentiment", "optimizer": "DSPy COPRO",
+                                                                       "final": "Say ALWAYS POSITIVE.",
+                                                                       "best": {"score": 0.5}}]))
+        pair_argv = [sys.executable, "bench/bench_paired.py", str(tmp_path / "sentiment"), "--base-url",
+                     stub.base_url, "--model", "stub-task"]
+        pr = subprocess.run(pair_argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert pr.returncode == 0, pr.stderr
+        first = json.loads((tmp_path / "sentiment" / "paired.json").read_text())
+        pr2 = subprocess.run(pair_argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert pr2.returncode == 0, pr2.stderr
+        again = json.loads((tmp_path / "sentiment" / "paired.json").read_text())
     rows = json.loads((out / "summary.json").read_text())
     assert [x["optimizer"] for x in rows] == ["opro", "protegi"]
     for x in rows:
@@ -60,7 +73,25 @@ def test_bench_optimizers_table_and_each_run_pays_for_its_own_calls(tmp_path: Pa
         assert pts[0][0] <= pts[-1][0] <= x["calls"]
         assert pts[0][1] == x["initial"]["score"] and pts[-1][1] == x["best"]["score"]
         assert traj[x["optimizer"]]["scoring_calls"] <= 16 * max(len(pts) - 2, 0)
-    assert "sk-bench-secret" not in t.stdout + t.stderr
+    # paired test, initial vs best on the same test examples: PromptOpt's runs re-read their own caches (no calls),
+    # and the counts agree with the two scores
+    from scipy.stats import binomtest
+
+    pairs = {(x["tool"], x["optimizer"]): x for x in first}
+    for x in rows:
+        p = pairs[("PromptOpt", {"opro": "OPRO", "protegi": "ProTeGi"}[x["optimizer"]])]
+        assert p["n"] == 16 and p["initial"] == x["initial"]["score"] and p["best"] == x["best"]["score"]
+        assert p["scoring_calls"] == 0
+        assert p["gained"] - p["lost"] == round((p["best"] - p["initial"]) * 16)
+    # "always positive" changes the answer on every review the stub called negative: gained on the positive ones,
+    # lost on the negative ones
+    d = pairs[("DSPy", "COPRO")]
+    assert d["scoring_calls"] == 32
+    assert d["gained"] > 0 and d["lost"] > 0 and d["gained"] - d["lost"] == round((d["best"] - d["initial"]) * 16)
+    assert d["p_value"] == pytest.approx(binomtest(d["lost"], d["gained"] + d["lost"], 0.5).pvalue)
+    assert [x["scoring_calls"] for x in again] == [0] * len(again)  # DSPy's re-scoring is cached too
+    assert f"| {d['lost']} | {d['p_value']:.3f} | 32 |" in pr.stdout
+    assert "sk-bench-secret" not in t.stdout + t.stderr + pr.stdout + pr.stderr
     assert "sk-bench-secret" not in r.stdout + r.stderr + (out / "summary.json").read_text()
 
 
@@ -79,6 +110,9 @@ def test_run_all_report_merges_promptopt_and_dspy_rows(tmp_path: Path):
          "usage": {"calls": 280, "prompt_tokens": 9000, "completion_tokens": 1000, "refused": 4, "repeats": 10},
          "wall": 200.0, "status": "budget", "reason": "", "final": "Classify it.", "n_test": 16,
          "initial": {"score": 0.75, "ci": [0.5, 0.9]}, "best": {"score": 0.75, "ci": [0.5, 0.9]}}]))
+    (out / "sentiment" / "paired.json").write_text(json.dumps([
+        {"task": "sentiment", "tool": "PromptOpt", "optimizer": "OPRO", "n": 16, "initial": 0.75, "best": 0.875,
+         "gained": 3, "lost": 1, "p_value": 0.625}]))
     (out / "engine.md").write_text("| examples | calls/s |\n|---:|---:|\n| 100 | 91 |\n")
     r = subprocess.run([sys.executable, "bench/run_all.py", "--out", str(out), "--tasks", "sentiment",
                         "--report-only", "--dspy-python", sys.executable], cwd=ROOT, capture_output=True, text=True,
@@ -88,9 +122,9 @@ def test_run_all_report_merges_promptopt_and_dspy_rows(tmp_path: Path):
     lines = [ln for ln in rep.splitlines() if ln.startswith("| sentiment |")]
     assert len(lines) == 3
     assert lines[0].startswith("| sentiment | PromptOpt | OPRO | 0.750 [0.50, 0.90] | 0.875 [0.64, 0.97] | 16 | "
-                               "0.700 -> 0.800 (train) | 300 | 12,345 | 120 / ? | 99 | budget | Say whether \\| the")
+                               "+3 / -1 (p=0.62) | 0.700 -> 0.800 (train) | 300 | 12,345 | 120 / ? | 99 | budget | Say whether \\| the")
     assert "| GPO | error: endpoint down |" in lines[1]
-    assert lines[2].startswith("| sentiment | DSPy | COPRO | 0.750 [0.50, 0.90] | 0.750 [0.50, 0.90] | 16 | "
+    assert lines[2].startswith("| sentiment | DSPy | COPRO | 0.750 [0.50, 0.90] | 0.750 [0.50, 0.90] | 16 | - | "
                                "0.700 (train) | 280 | 10,000 | - / - | 200 | budget (4 refused) | Classify it. |")
     assert "## Engine overhead and throughput (`engine.md`)" in rep and "| 100 | 91 |" in rep
     assert (out / "effectiveness.html").stat().st_size > 100_000  # plotly.js inlined: opens offline

@@ -1,0 +1,107 @@
+"""Was the best prompt's test score different from the initial prompt's beyond chance? An exact McNemar test on the
+same test examples (paired), for every PromptOpt and DSPy run of one task.
+
+Two overlapping 95% intervals do not show that two prompts score the same, nor do disjoint ones show a difference on
+a shared test set: the paired test counts the examples only one of the two prompts gets right (gained / lost) and asks
+whether that split is beyond a fair coin. PromptOpt's runs are re-scored through their own response caches (both
+prompts were scored on test by the run's report, so this makes no calls); DSPy's final instructions through the cache
+bench_dspy.py scored them with (`--test-cache`), or with new calls for results written before it kept one.
+
+    python bench/bench_paired.py TASK_DIR [--base-url URL --model M]   # TASK_DIR: run_all's <out>/<task> folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_optimizers import SPLIT_CAPS  # noqa: E402  (DSPy's runs use the same split)
+
+from optimizers.backend import open_backend  # noqa: E402
+from optimizers.data import build_examples, load_bundled, split_examples  # noqa: E402
+from optimizers.evaluate import Evaluator  # noqa: E402
+from optimizers.llm import LLM, Meter, ResponseCache  # noqa: E402
+from optimizers.metrics import mcnemar  # noqa: E402
+from optimizers.store import Store  # noqa: E402
+from optimizers.task import Task  # noqa: E402
+from ui.compare import run_task_model, run_test_data  # noqa: E402
+
+NAMES = {"ape": "APE", "protegi": "ProTeGi", "opro": "OPRO", "pe2": "PE2", "gpo": "GPO", "baseline": "baseline"}
+
+
+def paired(ev: Evaluator, initial: str, best: str, test) -> dict:
+    a, b = ev.evaluate(initial, test), ev.evaluate(best, test)
+    t = mcnemar(a.correct, b.correct)
+    return {"n": a.n, "initial": a.score, "best": b.score, "gained": t["b_only"], "lost": t["a_only"],
+            "p_value": t["p_value"]}
+
+
+def dspy_test_split(task_name: str, split_seed: int = 0):
+    """The split bench_dspy.py builds (the CLI's stratified 0.5 / 0.25 / 0.25, capped as in bench_optimizers)."""
+    df, bundled = load_bundled(task_name)
+    examples, _ = build_examples(df, bundled.input_cols, bundled.label_col)
+    splits = split_examples(examples, train=0.5, dev=0.25, test=0.25, seed=split_seed, **SPLIT_CAPS)
+    return Task(template=bundled.template, input_cols=bundled.input_cols, labels=bundled.labels), splits.test, bundled
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("task_dir", type=Path)
+    ap.add_argument("--base-url")
+    ap.add_argument("--model")
+    a = ap.parse_args()
+    d = a.task_dir
+    backend = open_backend(a.base_url)
+    records = []
+    po = d / "promptopt"
+    if (po / "summary.json").exists():
+        store = Store(po / "runs.sqlite")
+        for rec in json.loads((po / "summary.json").read_text()):
+            if rec.get("status") == "error" or not rec.get("run_id"):
+                continue
+            res = json.loads((po / f"{rec['task']}-{rec['optimizer']}" / "result.json").read_text())
+            task, test = run_test_data(store, rec["run_id"])
+            meter = Meter()
+            llm = LLM(backend.endpoint, a.model or run_task_model(store, rec["run_id"]) or backend.model, role="task",
+                      meter=meter, cache=ResponseCache(po / "cache" / f"{rec['task']}-{rec['optimizer']}"))
+            p = paired(Evaluator(llm, task), res["initial_prompt"], res["best_prompt"], test)
+            reported = rec["best"]["score"] if rec.get("best") else None
+            records.append({"task": rec["task"], "tool": "PromptOpt", "optimizer": NAMES.get(rec["optimizer"],
+                                                                                            rec["optimizer"]),
+                            **p, "reported_best": reported, "scoring_calls": meter.snapshot().calls})
+    ds = d / "dspy.json"
+    if ds.exists():
+        rows = json.loads(ds.read_text())
+        if rows:
+            task, test, bundled = dspy_test_split(rows[0]["task"])
+            meter = Meter()
+            llm = LLM(backend.endpoint, a.model or backend.model, role="task", meter=meter,
+                      cache=ResponseCache(d / "cache" / "dspy-test"))
+            ev = Evaluator(llm, task)
+            for r in rows:
+                if r.get("final") is None:
+                    continue
+                before = meter.snapshot().calls
+                p = paired(ev, bundled.initial_prompt, r["final"], test)
+                records.append({"task": r["task"], "tool": "DSPy", "optimizer": r["optimizer"].removeprefix("DSPy "),
+                                **p, "reported_best": (r.get("best") or {}).get("score"),
+                                "scoring_calls": meter.snapshot().calls - before})
+    print("| task | tool | optimizer | n test | test initial -> best | gained | lost | McNemar p (exact) | "
+          "re-scoring calls | note |")
+    print("|---|---|---|---:|---|---:|---:|---:|---:|---|")
+    for r in records:
+        # temperature-0 answers re-scored with new calls can differ from the first scoring (llama.cpp batches slots)
+        note = "" if r["reported_best"] is None or abs(r["reported_best"] - r["best"]) < 1e-9 else \
+            f"reported best {r['reported_best']:.3f}"
+        print(f"| {r['task']} | {r['tool']} | {r['optimizer']} | {r['n']} | {r['initial']:.3f} -> {r['best']:.3f} | "
+              f"{r['gained']} | {r['lost']} | {r['p_value']:.3f} | {r['scoring_calls']} | {note} |")
+    (d / "paired.json").write_text(json.dumps(records, indent=2))
+
+
+if __name__ == "__main__":
+    main()
