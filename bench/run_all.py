@@ -131,6 +131,26 @@ def effectiveness_table(out: Path, tasks: list[str]) -> tuple[str, list[tuple[st
     return "\n".join(lines), flat
 
 
+def overview_table(flat: list[tuple[str, dict]]) -> str:
+    """One line per task, one column per method: the best prompt's test score and its paired change, at a glance."""
+    ok = [(t, r) for t, r in flat if r.get("best")]
+    if not ok:
+        return ""
+    cols = list(dict.fromkeys(("" if r["tool"] == "PromptOpt" else "DSPy ") + r["optimizer"] for _, r in ok))
+    lines = ["| task (n test) | initial | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for t in dict.fromkeys(t for t, _ in ok):
+        cell = {}
+        for _, r in [(u, r) for u, r in ok if u == t]:
+            p = r.get("paired")
+            mark = f" ({'+' if p['gained'] - p['lost'] >= 0 else ''}{p['gained'] - p['lost']}{'*' if p['p_value'] < 0.05 else ''})" if p else ""
+            cell[("" if r["tool"] == "PromptOpt" else "DSPy ") + r["optimizer"]] = f"{r['best']['score']:.3f}{mark}"
+        first = next(r for u, r in ok if u == t)
+        lines.append(f"| {t} ({first['n'] or '-'}) | {first['initial']['score']:.3f} | "
+                     + " | ".join(cell.get(c, "-") for c in cols) + " |")
+    return "\n".join(lines) + ("\n\nEach cell: the best prompt's test score (net examples gained on the paired test set; "
+                               "* where the exact McNemar test gives p < 0.05).")
+
+
 def plot(flat: list[tuple[str, dict]], png: Path, max_calls: int) -> str | None:
     """Test accuracy, initial vs best, with 95% CIs: a Plotly figure rendered to PNG by the chromium the browser tests
     use (Playwright), so no image-export package is needed."""
@@ -181,7 +201,8 @@ def report(out: Path, tasks: list[str], a: argparse.Namespace) -> Path:
     parts = [f"# Benchmark report\n\nWritten by `python bench/run_all.py` on {time.strftime('%Y-%m-%d %H:%M')}; "
              f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}. Each section names the "
              f"file it comes from under `{out}`.\n"]
-    parts.append(f"## Effectiveness and DSPy peers ({a.max_calls} LLM calls, seed {a.seed})\n\n" + eff + "\n\n"
+    parts.append(f"## Effectiveness and DSPy peers ({a.max_calls} LLM calls, seed {a.seed})\n\n"
+                 + (overview_table(flat) + "\n\n" if flat else "") + eff + "\n\n"
                  "Paired vs initial: on the same test examples, how many only the best prompt gets right (gained) and "
                  "only the initial prompt gets right (lost), with the exact McNemar p-value (`paired.md` per task).\n")
     if pic:

@@ -126,6 +126,8 @@ def test_run_all_report_merges_promptopt_and_dspy_rows(tmp_path: Path):
     assert "| GPO | error: endpoint down |" in lines[1]
     assert lines[2].startswith("| sentiment | DSPy | COPRO | 0.750 [0.50, 0.90] | 0.750 [0.50, 0.90] | 16 | - | "
                                "0.700 (train) | 280 | 10,000 | - / - | 200 | budget (4 refused) | Classify it. |")
+    assert "| task (n test) | initial | OPRO | DSPy COPRO |" in rep  # the overview: one line per task
+    assert "| sentiment (16) | 0.750 | 0.875 (+2) | 0.750 |" in rep
     assert "## Engine overhead and throughput (`engine.md`)" in rep and "| 100 | 91 |" in rep
     assert (out / "effectiveness.html").stat().st_size > 100_000  # plotly.js inlined: opens offline
     if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
