@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,11 +35,21 @@ from ui.compare import run_task_model, run_test_data  # noqa: E402
 NAMES = {"ape": "APE", "protegi": "ProTeGi", "opro": "OPRO", "pe2": "PE2", "gpo": "GPO", "baseline": "baseline"}
 
 
+def top_answer(res) -> tuple[str, float]:
+    """The answer a prompt gives most often on the test split, and its share: a small model that answers one label
+    to everything scores the label's share whatever the instruction, and a "gain" can be no more than a new favourite."""
+    c = Counter("(none)" if p.pred is None else p.pred for p in res.predictions)
+    label, k = c.most_common(1)[0] if c else ("-", 0)
+    return label, k / max(res.n, 1)
+
+
 def paired(ev: Evaluator, initial: str, best: str, test) -> dict:
     a, b = ev.evaluate(initial, test), ev.evaluate(best, test)
     t = mcnemar(a.correct, b.correct)
+    majority = Counter(ex.label for ex in test).most_common(1)[0]
     return {"n": a.n, "initial": a.score, "best": b.score, "gained": t["b_only"], "lost": t["a_only"],
-            "p_value": t["p_value"]}
+            "p_value": t["p_value"], "initial_top_answer": top_answer(a), "best_top_answer": top_answer(b),
+            "majority_share": majority[1] / max(len(test), 1)}
 
 
 def dspy_test_split(task_name: str, split_seed: int = 0):
@@ -92,14 +103,18 @@ def main() -> None:
                                 **p, "reported_best": (r.get("best") or {}).get("score"),
                                 "scoring_calls": meter.snapshot().calls - before})
     print("| task | tool | optimizer | n test | test initial -> best | gained | lost | McNemar p (exact) | "
-          "re-scoring calls | note |")
-    print("|---|---|---|---:|---|---:|---:|---:|---:|---|")
+          "top answer: initial / best (share) | majority label share | re-scoring calls | note |")
+    print("|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---|")
+    def ta(x) -> str:
+        return f"{x[0]} ({x[1]:.2f})"
+
     for r in records:
         # temperature-0 answers re-scored with new calls can differ from the first scoring (llama.cpp batches slots)
         note = "" if r["reported_best"] is None or abs(r["reported_best"] - r["best"]) < 1e-9 else \
             f"reported best {r['reported_best']:.3f}"
         print(f"| {r['task']} | {r['tool']} | {r['optimizer']} | {r['n']} | {r['initial']:.3f} -> {r['best']:.3f} | "
-              f"{r['gained']} | {r['lost']} | {r['p_value']:.3f} | {r['scoring_calls']} | {note} |")
+              f"{r['gained']} | {r['lost']} | {r['p_value']:.3f} | {ta(r['initial_top_answer'])} / "
+              f"{ta(r['best_top_answer'])} | {r['majority_share']:.3f} | {r['scoring_calls']} | {note} |")
     (d / "paired.json").write_text(json.dumps(records, indent=2))
 
 

@@ -207,6 +207,10 @@ def report(out: Path, tasks: list[str], a: argparse.Namespace) -> Path:
                  "only the initial prompt gets right (lost), with the exact McNemar p-value (`paired.md` per task).\n")
     if pic:
         parts.append(f"![test accuracy]({pic})\n")
+    paired = [(out / t / "paired.md").read_text().strip().splitlines() for t in tasks if (out / t / "paired.md").exists()]
+    if paired:  # one table: the header once, then every task's rows
+        parts.append("## Paired tests and answer bias (`<task>/paired.md`)\n\n" + "\n".join(
+            paired[0][:2] + [ln for p in paired for ln in p[2:]]) + "\n")
     for name, title in [("models", "Embedded models"), ("plain", "Plain starting instruction"),
                         ("engine", "Engine overhead and throughput"), ("ui", "UI latency (scripted endpoint)"),
                         ("ui_embedded", "Quick start to first chart point (embedded model)")]:

@@ -89,8 +89,9 @@ def test_bench_optimizers_table_and_each_run_pays_for_its_own_calls(tmp_path: Pa
     assert d["scoring_calls"] == 32
     assert d["gained"] > 0 and d["lost"] > 0 and d["gained"] - d["lost"] == round((d["best"] - d["initial"]) * 16)
     assert d["p_value"] == pytest.approx(binomtest(d["lost"], d["gained"] + d["lost"], 0.5).pvalue)
+    assert d["best_top_answer"] == ["positive", 1.0] and d["majority_share"] == 0.5  # 8 of 16 test reviews
     assert [x["scoring_calls"] for x in again] == [0] * len(again)  # DSPy's re-scoring is cached too
-    assert f"| {d['lost']} | {d['p_value']:.3f} | 32 |" in pr.stdout
+    assert f"| {d['lost']} | {d['p_value']:.3f} | negative (1.00) / positive (1.00) | 0.500 | 32 |" in pr.stdout
     assert "sk-bench-secret" not in t.stdout + t.stderr + pr.stdout + pr.stderr
     assert "sk-bench-secret" not in r.stdout + r.stderr + (out / "summary.json").read_text()
 
@@ -113,13 +114,14 @@ def test_run_all_report_merges_promptopt_and_dspy_rows(tmp_path: Path):
     (out / "sentiment" / "paired.json").write_text(json.dumps([
         {"task": "sentiment", "tool": "PromptOpt", "optimizer": "OPRO", "n": 16, "initial": 0.75, "best": 0.875,
          "gained": 3, "lost": 1, "p_value": 0.625}]))
+    (out / "sentiment" / "paired.md").write_text("| task | tool |\n|---|---|\n| sentiment | PromptOpt-paired-row |\n")
     (out / "engine.md").write_text("| examples | calls/s |\n|---:|---:|\n| 100 | 91 |\n")
     r = subprocess.run([sys.executable, "bench/run_all.py", "--out", str(out), "--tasks", "sentiment",
                         "--report-only", "--dspy-python", sys.executable], cwd=ROOT, capture_output=True, text=True,
                        timeout=180)
     assert r.returncode == 0, r.stderr
     rep = (out / "REPORT.md").read_text()
-    lines = [ln for ln in rep.splitlines() if ln.startswith("| sentiment |")]
+    lines = [ln for ln in rep.splitlines() if ln.startswith("| sentiment |") and "paired-row" not in ln]
     assert len(lines) == 3
     assert lines[0].startswith("| sentiment | PromptOpt | OPRO | 0.750 [0.50, 0.90] | 0.875 [0.64, 0.97] | 16 | "
                                "+3 / -1 (p=0.62) | 0.700 -> 0.800 (train) | 300 | 12,345 | 120 / ? | 99 | budget | Say whether \\| the")
@@ -128,6 +130,7 @@ def test_run_all_report_merges_promptopt_and_dspy_rows(tmp_path: Path):
                                "0.700 (train) | 280 | 10,000 | - / - | 200 | budget (4 refused) | Classify it. |")
     assert "| task (n test) | initial | OPRO | DSPy COPRO |" in rep  # the overview: one line per task
     assert "| sentiment (16) | 0.750 | 0.875 (+2) | 0.750 |" in rep
+    assert "## Paired tests and answer bias" in rep and "| sentiment | PromptOpt-paired-row |" in rep
     assert "## Engine overhead and throughput (`engine.md`)" in rep and "| 100 | 91 |" in rep
     assert (out / "effectiveness.html").stat().st_size > 100_000  # plotly.js inlined: opens offline
     if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
