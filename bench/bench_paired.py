@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_optimizers import SPLIT_CAPS  # noqa: E402  (DSPy's runs use the same split)
+from bench_trajectory import run_id_of  # noqa: E402
 
 from optimizers.backend import open_backend  # noqa: E402
 from optimizers.data import build_examples, load_bundled, split_examples  # noqa: E402
@@ -73,8 +74,9 @@ def main() -> None:
     if (po / "summary.json").exists():
         store = Store(po / "runs.sqlite")
         for rec in json.loads((po / "summary.json").read_text()):
-            if rec.get("status") == "error" or not rec.get("run_id"):
+            if rec.get("status") == "error":
                 continue
+            rec["run_id"] = run_id_of(store, rec)
             res = json.loads((po / f"{rec['task']}-{rec['optimizer']}" / "result.json").read_text())
             task, test = run_test_data(store, rec["run_id"])
             meter = Meter()

@@ -45,6 +45,13 @@ def best_prompts(store: Store, run_id: str) -> list[tuple[int, str, str]]:
     return out
 
 
+def run_id_of(store: Store, rec: dict) -> str:
+    """A summary row's run; for summaries written before run_id was recorded, the task's last run of that optimizer
+    in the store."""
+    return rec.get("run_id") or next(r["id"] for r in sorted(store.list_runs(), key=lambda r: r["created"], reverse=True)
+                                     if r["optimizer"] == rec["optimizer"] and r["data_name"] == rec["task"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
@@ -58,11 +65,7 @@ def main() -> None:
     for rec in summary:
         if rec.get("status") == "error":
             continue
-        # summaries written before run_id was recorded: the task's last run of that optimizer in this store
-        rid = rec.get("run_id") or next(r["id"] for r in sorted(store.list_runs(), key=lambda r: r["created"],
-                                                                   reverse=True)
-                                         if r["optimizer"] == rec["optimizer"] and r["data_name"] == rec["task"])
-        rec["run_id"] = rid
+        rid = rec["run_id"] = run_id_of(store, rec)
         task, test = run_test_data(store, rid)
         meter = Meter()
         cache = ResponseCache(a.out / "cache" / f"{rec['task']}-{rec['optimizer']}")
