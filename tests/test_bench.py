@@ -56,6 +56,7 @@ def test_bench_optimizers_table_and_each_run_pays_for_its_own_calls(tmp_path: Pa
     assert [x["optimizer"] for x in rows] == ["opro", "protegi"]
     for x in rows:
         assert x["status"] in ("done", "budget") and 0 < x["calls"] <= 60
+        assert 0 < x["wall"] < x["wall_process"]  # the optimization's time, without process start and report
         assert x["initial"]["n"] == 16 and x["best"]["n"] == 16  # sentiment's test split, scored for both prompts
     table = [ln for ln in r.stdout.splitlines() if ln.startswith("| sentiment |")]
     assert len(table) == 2 and "split caps train 126 / dev 63 / test 126" in r.stdout
