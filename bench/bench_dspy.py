@@ -446,6 +446,7 @@ def main() -> None:
             **{k: v for k, v in r.items() if k not in ("initial", "best")},
             "initial": {"score": r["initial"].score, "ci": [r["initial"].ci_low, r["initial"].ci_high]},
             "n_test": r["initial"].n,
+            "split": {"seed": a.split_seed, "max_train": a.max_train, "max_dev": a.max_dev, "max_test": a.max_test},
             "best": ({"score": r["best"].score, "ci": [r["best"].ci_low, r["best"].ci_high]} if r["best"] else None),
         } for r in rows], indent=2, default=str))
 

@@ -53,11 +53,13 @@ def paired(ev: Evaluator, initial: str, best: str, test) -> dict:
             "majority_share": majority[1] / max(len(test), 1)}
 
 
-def dspy_test_split(task_name: str, split_seed: int = 0):
-    """The split bench_dspy.py builds (the CLI's stratified 0.5 / 0.25 / 0.25, capped as in bench_optimizers)."""
+def dspy_test_split(task_name: str, split: dict | None = None):
+    """The split bench_dspy.py built (the CLI's stratified 0.5 / 0.25 / 0.25; seed and caps as recorded in dspy.json,
+    else its defaults)."""
+    sp = {"seed": 0, **SPLIT_CAPS, **(split or {})}
     df, bundled = load_bundled(task_name)
     examples, _ = build_examples(df, bundled.input_cols, bundled.label_col)
-    splits = split_examples(examples, train=0.5, dev=0.25, test=0.25, seed=split_seed, **SPLIT_CAPS)
+    splits = split_examples(examples, train=0.5, dev=0.25, test=0.25, **sp)
     return Task(template=bundled.template, input_cols=bundled.input_cols, labels=bundled.labels), splits.test, bundled
 
 
@@ -91,7 +93,7 @@ def main() -> None:
     if ds.exists():
         rows = json.loads(ds.read_text())
         if rows:
-            task, test, bundled = dspy_test_split(rows[0]["task"])
+            task, test, bundled = dspy_test_split(rows[0]["task"], rows[0].get("split"))
             meter = Meter()
             llm = LLM(backend.endpoint, a.model or backend.model, role="task", meter=meter,
                       cache=ResponseCache(d / "cache" / "dspy-test"))
@@ -103,6 +105,7 @@ def main() -> None:
                 p = paired(ev, bundled.initial_prompt, r["final"], test)
                 records.append({"task": r["task"], "tool": "DSPy", "optimizer": r["optimizer"].removeprefix("DSPy "),
                                 **p, "reported_best": (r.get("best") or {}).get("score"),
+                                "reported_initial": (r.get("initial") or {}).get("score"),
                                 "scoring_calls": meter.snapshot().calls - before})
     print("| task | tool | optimizer | n test | test initial -> best | gained | lost | McNemar p (exact) | "
           "top answer: initial / best (share) | majority label share | re-scoring calls | note |")
@@ -114,6 +117,8 @@ def main() -> None:
         # temperature-0 answers re-scored with new calls can differ from the first scoring (llama.cpp batches slots)
         note = "" if r["reported_best"] is None or abs(r["reported_best"] - r["best"]) < 1e-9 else \
             f"reported best {r['reported_best']:.3f}"
+        if r.get("reported_initial") is not None and abs(r["reported_initial"] - r["initial"]) > 1e-9:
+            note += f" reported initial {r['reported_initial']:.3f} (not the same test split?)"
         print(f"| {r['task']} | {r['tool']} | {r['optimizer']} | {r['n']} | {r['initial']:.3f} -> {r['best']:.3f} | "
               f"{r['gained']} | {r['lost']} | {r['p_value']:.3f} | {ta(r['initial_top_answer'])} / "
               f"{ta(r['best_top_answer'])} | {r['majority_share']:.3f} | {r['scoring_calls']} | {note} |")

@@ -43,7 +43,8 @@ def test_bench_optimizers_table_and_each_run_pays_for_its_own_calls(tmp_path: Pa
         assert t.returncode == 0, t.stderr
         (tmp_path / "sentiment" / "dspy.json").write_text(json.dumps([{"task": "sentiment", "optimizer": "DSPy COPRO",
                                                                        "final": "Say ALWAYS POSITIVE.",
-                                                                       "best": {"score": 0.5}}]))
+                                                                       "best": {"score": 0.5},
+                                                                       "initial": {"score": 0.5}}]))
         pair_argv = [sys.executable, "bench/bench_paired.py", str(tmp_path / "sentiment"), "--base-url",
                      stub.base_url, "--model", "stub-task"]
         pr = subprocess.run(pair_argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -91,7 +92,8 @@ def test_bench_optimizers_table_and_each_run_pays_for_its_own_calls(tmp_path: Pa
     assert d["gained"] > 0 and d["lost"] > 0 and d["gained"] - d["lost"] == round((d["best"] - d["initial"]) * 16)
     assert d["p_value"] == pytest.approx(binomtest(d["lost"], d["gained"] + d["lost"], 0.5).pvalue)
     assert d["best_top_answer"] == ["positive", 1.0] and d["majority_share"] == 0.5  # 8 of 16 test reviews
-    assert [x["scoring_calls"] for x in again] == [0] * len(again)  # DSPy's re-scoring is cached too
+    assert [x["scoring_calls"] for x in again] == [0] * len(again)
+    assert "not the same test split" not in pr.stdout  # the split rebuilt for DSPy's rows is the one it was scored on  # DSPy's re-scoring is cached too
     assert f"| {d['lost']} | {d['p_value']:.3f} | negative (1.00) / positive (1.00) | 0.500 | 32 |" in pr.stdout
     assert "sk-bench-secret" not in t.stdout + t.stderr + pr.stdout + pr.stderr
     assert "sk-bench-secret" not in r.stdout + r.stderr + (out / "summary.json").read_text()
