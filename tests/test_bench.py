@@ -20,10 +20,19 @@ ROOT = Path(__file__).resolve().parent.parent
 INITIAL = "Classify the sentiment of the review."  # the bundled sentiment set's initial prompt
 
 
+def _gold(text: str) -> str | None:
+    from optimizers.data import load_bundled
+
+    df, _ = load_bundled("sentiment")
+    return next((lab for t, lab in zip(df["text"], df["label"]) if str(t) in text), None)
+
+
 def _respond(req: dict) -> str:
     if req.get("model") == "stub-task":
-        if "ALWAYS POSITIVE" in last_user(req):  # an instruction that changes answers: the paired test sees it
+        if "ALWAYS POSITIVE" in last_user(req):  # instructions that change answers: the paired test sees them
             return "positive"
+        if "ORACLE" in last_user(req):
+            return _gold(last_user(req)) or "negative"
         return "positive" if "loved" in last_user(req) or "great" in last_user(req) else "negative"
     return "<START>Decide whether the review is positive or negative.<END> <INS>Say if the review is positive.</INS>"
 
@@ -41,10 +50,11 @@ def test_bench_optimizers_table_and_each_run_pays_for_its_own_calls(tmp_path: Pa
         t = subprocess.run([sys.executable, "bench/bench_trajectory.py", str(out), "--base-url", stub.base_url,
                             "--model", "stub-task"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert t.returncode == 0, t.stderr
-        (tmp_path / "sentiment" / "dspy.json").write_text(json.dumps([{"task": "sentiment", "optimizer": "DSPy COPRO",
-                                                                       "final": "Say ALWAYS POSITIVE.",
-                                                                       "best": {"score": 0.5},
-                                                                       "initial": {"score": 0.5}}]))
+        (tmp_path / "sentiment" / "dspy.json").write_text(json.dumps([
+            {"task": "sentiment", "optimizer": "DSPy COPRO", "final": "Say ALWAYS POSITIVE.", "best": {"score": 0.5},
+             "initial": {"score": 0.5}},
+            {"task": "sentiment", "optimizer": "DSPy MIPROv2 (0-shot)", "final": "Answer as the ORACLE would.",
+             "best": {"score": 1.0}, "initial": {"score": 0.5}}]))
         pair_argv = [sys.executable, "bench/bench_paired.py", str(tmp_path / "sentiment"), "--base-url",
                      stub.base_url, "--model", "stub-task"]
         pr = subprocess.run(pair_argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -89,6 +99,10 @@ def test_bench_optimizers_table_and_each_run_pays_for_its_own_calls(tmp_path: Pa
     # lost on the negative ones
     d = pairs[("DSPy", "COPRO")]
     assert d["scoring_calls"] == 32
+    o = pairs[("DSPy", "MIPROv2 (0-shot)")]  # right on every review: gains what the initial prompt got wrong
+    assert (o["best"], o["gained"], o["lost"]) == (1.0, round((1 - o["initial"]) * 16), 0) and o["gained"] > 0
+    assert o["scoring_calls"] == 16  # the initial prompt's answers are already in the cache
+    assert o["p_value"] == pytest.approx(binomtest(0, o["gained"], 0.5).pvalue)
     assert d["gained"] > 0 and d["lost"] > 0 and d["gained"] - d["lost"] == round((d["best"] - d["initial"]) * 16)
     assert d["p_value"] == pytest.approx(binomtest(d["lost"], d["gained"] + d["lost"], 0.5).pvalue)
     assert d["best_top_answer"] == ["positive", 1.0] and d["majority_share"] == 0.5  # 8 of 16 test reviews
