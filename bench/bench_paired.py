@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_optimizers import SPLIT_CAPS  # noqa: E402  (DSPy's runs use the same split)
 from bench_trajectory import run_id_of  # noqa: E402
+from run_all import NAMES  # noqa: E402  (the same method names as the report)
 
 from optimizers.backend import open_backend  # noqa: E402
 from optimizers.data import build_examples, load_bundled, split_examples  # noqa: E402
@@ -33,8 +34,6 @@ from optimizers.store import Store  # noqa: E402
 from optimizers.task import Task  # noqa: E402
 from ui.compare import run_task_model, run_test_data  # noqa: E402
 
-NAMES = {"ape": "APE", "protegi": "ProTeGi", "opro": "OPRO", "pe2": "PE2", "gpo": "GPO", "baseline": "baseline"}
-
 
 def top_answer(res) -> tuple[str, float]:
     """The answer a prompt gives most often on the test split, and its share: a small model that answers one label
@@ -42,6 +41,10 @@ def top_answer(res) -> tuple[str, float]:
     c = Counter("(none)" if p.pred is None else p.pred for p in res.predictions)
     label, k = c.most_common(1)[0] if c else ("-", 0)
     return label, k / max(res.n, 1)
+
+
+def ta(x: tuple[str, float]) -> str:
+    return f"{x[0]} ({x[1]:.2f})"
 
 
 def paired(ev: Evaluator, initial: str, best: str, test) -> dict:
@@ -110,9 +113,6 @@ def main() -> None:
     print("| task | tool | optimizer | n test | test initial -> best | gained | lost | McNemar p (exact) | "
           "top answer: initial / best (share) | majority label share | re-scoring calls | note |")
     print("|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---|")
-    def ta(x) -> str:
-        return f"{x[0]} ({x[1]:.2f})"
-
     for r in records:
         # temperature-0 answers re-scored with new calls can differ from the first scoring (llama.cpp batches slots)
         note = "" if r["reported_best"] is None or abs(r["reported_best"] - r["best"]) < 1e-9 else \

@@ -104,6 +104,10 @@ def _paired(p: dict | None) -> str:
     return f"+{p['gained']} / -{p['lost']} (p={p['p_value']:.2f})" if p else "-"
 
 
+def _label(r: dict) -> str:
+    """A method's column / legend name: PromptOpt's optimizers bare, DSPy's prefixed."""
+    return ("" if r["tool"] == "PromptOpt" else "DSPy ") + r["optimizer"]
+
 
 def _short(s: str | None, n: int = 90) -> str:
     if not s:
@@ -136,14 +140,14 @@ def overview_table(flat: list[tuple[str, dict]]) -> str:
     ok = [(t, r) for t, r in flat if r.get("best")]
     if not ok:
         return ""
-    cols = list(dict.fromkeys(("" if r["tool"] == "PromptOpt" else "DSPy ") + r["optimizer"] for _, r in ok))
+    cols = list(dict.fromkeys(_label(r) for _, r in ok))
     lines = ["| task (n test) | initial | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
     for t in dict.fromkeys(t for t, _ in ok):
         cell = {}
         for _, r in [(u, r) for u, r in ok if u == t]:
             p = r.get("paired")
             mark = f" ({'+' if p['gained'] - p['lost'] >= 0 else ''}{p['gained'] - p['lost']}{'*' if p['p_value'] < 0.05 else ''})" if p else ""
-            cell[("" if r["tool"] == "PromptOpt" else "DSPy ") + r["optimizer"]] = f"{r['best']['score']:.3f}{mark}"
+            cell[_label(r)] = f"{r['best']['score']:.3f}{mark}"
         first = next(r for u, r in ok if u == t)
         lines.append(f"| {t} ({first['n'] or '-'}) | {first['initial']['score']:.3f} | "
                      + " | ".join(cell.get(c, "-") for c in cols) + " |")
@@ -161,14 +165,14 @@ def plot(flat: list[tuple[str, dict]], png: Path, max_calls: int) -> str | None:
         return None
     tasks = list(dict.fromkeys(t for t, _ in ok))
     fig = go.Figure()
-    labels = list(dict.fromkeys(("" if r["tool"] == "PromptOpt" else "DSPy ") + r["optimizer"] for _, r in ok))
+    labels = list(dict.fromkeys(_label(r) for _, r in ok))
     # one 'initial' marker per task (every run starts from the same prompt and test split)
     init = {t: r["initial"] for t, r in ok}
     fig.add_bar(name="initial prompt", x=tasks, y=[init[t]["score"] for t in tasks], marker_color="#bbbbbb",
                 error_y=dict(type="data", symmetric=False, array=[init[t]["ci"][1] - init[t]["score"] for t in tasks],
                              arrayminus=[init[t]["score"] - init[t]["ci"][0] for t in tasks]))
     for lab in labels:
-        pts = {t: r["best"] for t, r in ok if ("" if r["tool"] == "PromptOpt" else "DSPy ") + r["optimizer"] == lab}
+        pts = {t: r["best"] for t, r in ok if _label(r) == lab}
         xs = [t for t in tasks if t in pts]
         fig.add_bar(name=lab, x=xs, y=[pts[t]["score"] for t in xs],
                     error_y=dict(type="data", symmetric=False, array=[pts[t]["ci"][1] - pts[t]["score"] for t in xs],
