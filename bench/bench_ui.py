@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from optimizers import optimizers_all  # noqa: E402,F401
+from optimizers import methods  # noqa: E402,F401
 from optimizers.data import Splits  # noqa: E402
 from optimizers.events import CandidateProposed, CandidateScored, StepDone  # noqa: E402
 from optimizers.runner import DataConfig, RunConfig, Runner  # noqa: E402

@@ -210,7 +210,7 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from . import optimizers_all  # noqa: F401  (registers the optimizers)
+    from . import methods  # noqa: F401  (registers the optimizers)
     from .base import REGISTRY
     from .runner import RunConfig, Runner
 
@@ -238,7 +238,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
-    from . import optimizers_all  # noqa: F401
+    from . import methods  # noqa: F401
     from .runner import Runner
 
     store = _store(a)
@@ -254,7 +254,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
-    from . import optimizers_all  # noqa: F401
+    from . import methods  # noqa: F401
     from .runner import Runner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -332,7 +332,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_optimizers(a: argparse.Namespace) -> int:
-    from . import optimizers_all  # noqa: F401
+    from . import methods  # noqa: F401
     from .base import REGISTRY
 
     for name, cls in sorted(REGISTRY.items()):

@@ -71,7 +71,7 @@ def new_run_form() -> None:
     st.write(f"Data: **{po['name']}**: train {sz['train']}, dev {sz['dev']}, test {sz['test']} "
              f"(seed {po['split_config'].seed}).")
     if not optimizers:
-        st.error("No optimizer is registered (optimizers.optimizers_all imported none).")
+        st.error("No optimizer is registered (optimizers.methods imported none).")
         return
     names = _order(list(optimizers))
     name = st.selectbox("Optimizer", names, key="opt_name",

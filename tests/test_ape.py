@@ -12,7 +12,11 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from optimizers.ape import (
+from optimizers.backend import Backend
+from optimizers.data import Example, Splits
+from optimizers.likelihood import LikelihoodUnavailable, gold_logprob
+from optimizers.llm import Budget, BudgetExceeded, Endpoint
+from optimizers.methods.ape import (
     APE,
     INDUCE_PROMPT,
     RESAMPLE_PROMPT,
@@ -21,10 +25,6 @@ from optimizers.ape import (
     rank_arms,
     ucb_values,
 )
-from optimizers.backend import Backend
-from optimizers.data import Example, Splits
-from optimizers.likelihood import LikelihoodUnavailable, gold_logprob
-from optimizers.llm import Budget, BudgetExceeded, Endpoint
 from optimizers.runner import DataConfig, RunConfig, Runner
 from optimizers.store import Store
 from tests.conftest import (

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from optimizers import protegi  # noqa: F401  (registers)
+from optimizers.methods import protegi  # noqa: F401  (registers)
 from optimizers.runner import DataConfig, RunConfig, Runner
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, scripted

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from optimizers import protegi  # noqa: F401  (registers)
 from optimizers.backend import Backend
 from optimizers.llm import Endpoint
+from optimizers.methods import protegi  # noqa: F401  (registers)
 from optimizers.runner import DataConfig, RunConfig, Runner
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, scripted

@@ -14,8 +14,8 @@ import pytest
 from rapidfuzz import fuzz
 
 from optimizers.base import candidate_id
-from optimizers.gpo import GPO, step_size, steps_per_epoch, total_steps, word_distance
 from optimizers.llm import Budget, BudgetExceeded
+from optimizers.methods.gpo import GPO, step_size, steps_per_epoch, total_steps, word_distance
 from optimizers.similarity import Similarity, SimilarityError, cosine, lexical
 from tests.conftest import OPT_MODEL, TASK_MODEL, kinds, last_user, make_ctx, scripted, toy_examples
 from tests.stub_server import StubServer, _embed

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from optimizers import optimizers_all  # noqa: F401  (registers the five optimizers)
+from optimizers import methods  # noqa: F401  (registers the five optimizers)
 from optimizers.backend import Backend
 from optimizers.base import REGISTRY
 from optimizers.data import Example, Splits

@@ -16,10 +16,10 @@ from collections import Counter
 
 import pytest
 
-import optimizers.opro  # noqa: F401  (registers "opro")
+import optimizers.methods.opro  # noqa: F401  (registers "opro")
 from optimizers.base import candidate_id
 from optimizers.llm import Budget, BudgetExceeded
-from optimizers.opro import (
+from optimizers.methods.opro import (
     EXEMPLAR,
     HEADER,
     OPRO,

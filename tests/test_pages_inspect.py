@@ -14,7 +14,7 @@ import threading
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import optimizers.optimizers_all  # noqa: F401  (registers protegi and baseline)
+import optimizers.methods  # noqa: F401  (registers protegi and baseline)
 from optimizers.backend import Backend
 from optimizers.base import candidate_id
 from optimizers.data import Splits

@@ -96,7 +96,7 @@ def test_form_is_built_from_the_params_with_paper_defaults(env):
     at.run()
     assert not at.exception
     assert at.selectbox(key="opt_name").value == "protegi"
-    from optimizers.protegi import ProTeGi
+    from optimizers.methods.protegi import ProTeGi
 
     for name, f in ProTeGi.Params.model_fields.items():
         kind = field_kind(f.annotation)[0]

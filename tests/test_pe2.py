@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from optimizers.llm import Budget, BudgetExceeded
-from optimizers.pe2 import (
+from optimizers.methods.pe2 import (
     ANALYSE,
     PE2,
     REWRITE,
@@ -452,7 +452,7 @@ def test_same_seed_same_trajectory_other_seed_differs():
     assert shown(a) and shown(a) != shown(c)
 
 
-# --- CLI, in process (the subprocess CLI sees pe2 once optimizers_all imports it) ---------------------------------
+# --- CLI, in process (the subprocess CLI sees pe2 once optimizers.methods imports it) ---------------------------------
 
 def test_cli_run_end_to_end(tmp_path, monkeypatch, capsys):
     from optimizers.cli import main

@@ -14,7 +14,7 @@ import pytest
 
 from optimizers.base import candidate_id
 from optimizers.llm import Budget, BudgetExceeded
-from optimizers.protegi import (
+from optimizers.methods.protegi import (
     EDIT_PROMPT,
     GRADIENT_PROMPT,
     PARAPHRASE_PROMPT,

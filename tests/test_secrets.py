@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizers import export, optimizers_all  # noqa: F401  (registers the optimizers)
+from optimizers import export, methods  # noqa: F401  (registers the optimizers)
 from optimizers.runner import DataConfig, RunConfig, Runner, spawn_worker
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, scripted

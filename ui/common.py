@@ -285,9 +285,9 @@ def validation_messages(err: Exception) -> list[str]:
 
 
 def registered_optimizers() -> dict[str, type]:
-    """The optimizers registered by optimizers.optimizers_all (whichever exist right now)."""
+    """The optimizers registered by optimizers.methods (whichever exist right now)."""
     try:
-        import optimizers.optimizers_all  # noqa: F401
+        import optimizers.methods  # noqa: F401
     except Exception as e:  # a half-written optimizer module must not take the page down
         st.warning(f"Some optimizers could not be loaded: {type(e).__name__}: {e}")
     from optimizers.base import REGISTRY

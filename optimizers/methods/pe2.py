@@ -22,11 +22,11 @@ from typing import Any
 from pydantic import Field
 from rapidfuzz.distance import Levenshtein
 
-from . import parsing
-from .base import Candidate, Gen, Optimizer, Params, input_text, register
-from .data import Example, render_template
-from .evaluate import Prediction
-from .events import EditBudget, Event, Reasoning, Selection
+from .. import parsing
+from ..base import Candidate, Gen, Optimizer, Params, input_text, register
+from ..data import Example, render_template
+from ..evaluate import Prediction
+from ..events import EditBudget, Event, Reasoning, Selection
 
 # --- meta-prompts (our wording; the paper's turns, sections and placeholders) --------------------------------------
 

@@ -26,12 +26,12 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from rapidfuzz.distance import Levenshtein
 
-from . import parsing
-from .base import Candidate, Optimizer, Params, input_text, pred_text, register
-from .data import Example
-from .events import CandidateRejected, EditBudget, Event, Gradient, Retrieval, Selection
+from .. import parsing
+from ..base import Candidate, Optimizer, Params, input_text, pred_text, register
+from ..data import Example
+from ..events import CandidateRejected, EditBudget, Event, Gradient, Retrieval, Selection
+from ..similarity import Similarity
 from .protegi import fill
-from .similarity import Similarity
 
 # --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------
 

@@ -20,11 +20,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from . import parsing
-from .base import Candidate, Gen, Optimizer, Params, candidate_id, input_text, pred_text, register
-from .data import Example
-from .evaluate import Prediction
-from .events import CandidateRejected, Event, Gradient, Selection
+from .. import parsing
+from ..base import Candidate, Gen, Optimizer, Params, candidate_id, input_text, pred_text, register
+from ..data import Example
+from ..evaluate import Prediction
+from ..events import CandidateRejected, Event, Gradient, Selection
 
 # --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------
 

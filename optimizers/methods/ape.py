@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from . import likelihood, parsing
-from .base import Candidate, Optimizer, Params, input_text, register
-from .data import Example
-from .events import CandidateRejected, CandidateScored, Event, Selection, StepDone
+from .. import likelihood, parsing
+from ..base import Candidate, Optimizer, Params, input_text, register
+from ..data import Example
+from ..events import CandidateRejected, CandidateScored, Event, Selection, StepDone
 from .protegi import fill
 
 # --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------

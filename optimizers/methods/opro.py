@@ -38,11 +38,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from . import parsing
-from .base import Candidate, Optimizer, Params, register
-from .data import Example, render_template
-from .events import CandidateRejected, Event, Selection
-from .task import Task
+from .. import parsing
+from ..base import Candidate, Optimizer, Params, register
+from ..data import Example, render_template
+from ..events import CandidateRejected, Event, Selection
+from ..task import Task
 
 # --- meta-prompt (our wording, the official structure and placeholders) -------------------------------------------
 
