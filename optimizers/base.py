@@ -26,22 +26,6 @@ from .task import Task
 Gen = Generator[Event, None, Any]
 
 
-def input_text(ex: Example) -> str:
-    """An example's input as the optimizer model is shown it: the value alone, or 'column: value' lines."""
-    f = ex.fields
-    if len(f) == 1:
-        return str(next(iter(f.values()))).strip()
-    return "\n".join(f"{k}: {v}" for k, v in f.items()).strip()
-
-
-def pred_text(pr: Any) -> str:
-    """A prediction as shown in error lists: the extracted label, else the raw reply squashed and cut."""
-    if pr.pred is not None:
-        return pr.pred
-    raw = " ".join((pr.raw or "").split())
-    return (raw[:200] + "...") if len(raw) > 200 else (raw or "(no answer)")
-
-
 def candidate_id(text: str) -> str:
     return "c" + hashlib.sha256(text.strip().encode()).hexdigest()[:10]
 

@@ -27,7 +27,6 @@ from optimizers.methods.opro import (
     REQUEST,
     bucketize,
     parse_instruction,
-    polish,
     render_exemplar,
 )
 from optimizers.runner import DataConfig, RunConfig
@@ -128,7 +127,7 @@ def test_defaults_are_the_papers():
     assert "<INS>" in REQUEST and "</INS>" in REQUEST
 
 
-def test_bucketize_parse_and_polish():
+def test_bucketize_and_parse():
     assert [bucketize(s, 100) for s in (0.0, 0.333, 0.5, 0.6666, 1.0)] == [0, 33, 50, 67, 100]
     assert bucketize(0.34, 10) == 30 and bucketize(0.36, 10) == 40  # 10 buckets, still shown on 0-100
     assert parse_instruction("blah <INS>Think first.</INS> more <INS>x</INS>") == ("Think first.", "tagged", True)
@@ -137,7 +136,6 @@ def test_bucketize_parse_and_polish():
     assert parse_instruction("Think first.</INS>") == ("Think first.", "tagged", True)
     assert parse_instruction("New text: [Think first.]") == ("Think first.", "brackets", True)
     assert parse_instruction('"Think first."') == ("Think first.", "untagged", False)
-    assert polish("  **think** first. ") == "Think first." and polish("x") == "x" and polish("") == ""
 
 
 @pytest.mark.parametrize("pos,expected", [

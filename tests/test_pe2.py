@@ -20,7 +20,6 @@ from optimizers.methods.pe2 import (
     TWO_STEP,
     full_template,
     parse_prompt,
-    word_distance,
 )
 from optimizers.task import Task
 from tests.conftest import OPT_MODEL, TASK_MODEL, kinds, last_user, make_ctx, scripted, toy_examples, toy_task_answer
@@ -359,7 +358,6 @@ def test_step_size_adds_the_line_and_an_edit_budget_event():
     assert m2["distance_words"] == 2 and m2["within_budget"] and m2["accepted"]
     ids = {e.text: e.candidate_id for e in kinds(events, "candidate_proposed")}
     assert m1["candidate_id"] == ids[replies[1]] and m2["candidate_id"] == ids[replies[2]]
-    assert word_distance("a b c", "a x c d") == 2
 
 
 def test_history_knob_adds_the_summary_turn_and_shows_it_later():

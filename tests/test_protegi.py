@@ -202,6 +202,15 @@ def test_edits_contain_the_reason_and_the_errors():
     assert all(p.parents == [grads[p.info["gradient_id"]].parent_id] for p in props)
 
 
+def test_placeholders_inside_the_prompt_reach_the_edit_request_unchanged():
+    """The prompt is filled in before the reason: a "{gradient}" in the prompt text is the user's, not a slot."""
+    braced = 'Classify the text; never write "{gradient}", {error_string} or {steps_per_gradient}.'
+    events, *_ = run(rounds=1, initial=braced)
+    edits = metas(events, "edit")
+    assert edits and all(current_prompt(m.messages[-1]["content"]) == braced for m in edits)
+    assert all(current_prompt(m.messages[-1]["content"]) == braced for m in metas(events, "gradient"))
+
+
 def test_paraphrases_of_new_prompts_and_of_the_parent():
     events, *_ = run(rounds=1, mc_samples_per_step=2)
     paras = metas(events, "paraphrase")

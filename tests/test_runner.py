@@ -12,7 +12,7 @@ from optimizers.base import Optimizer, Params, register
 from optimizers.data import Splits
 from optimizers.events import Event
 from optimizers.llm import Budget, Endpoint
-from optimizers.parsing import one_prompt
+from optimizers.methods.parsing import one_prompt
 from optimizers.runner import DataConfig, RunConfig, Runner
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, scripted, toy_examples

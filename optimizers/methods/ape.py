@@ -27,11 +27,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .. import likelihood, parsing
-from ..base import Candidate, Optimizer, Params, input_text, register
+from .. import likelihood
+from ..base import Candidate, Optimizer, Params, register
 from ..data import Example
 from ..events import CandidateRejected, CandidateScored, Event, Selection, StepDone
-from .protegi import fill
+from . import parsing
+from .text import input_text, render
 
 # --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------
 
@@ -55,13 +56,10 @@ _ECHO_START = re.compile(r"^\s*(?:input|output)\s*:", re.I)
 _CUT = re.compile(r"\n\s*\n|(?:^|\n|(?<=[.!?\"'”]))\s*(?:[Ii]nput|[Oo]utput|INPUT|OUTPUT)\s*:")
 _LEAD = re.compile(r"^\s*(?:(?:sure|okay|ok|certainly)\b[,!.]?\s*)?"
                    r"(?:(?:the\s+)?instruction\s+(?:was|is)\s+to\b|instruction\s*:|to\b)\s*", re.I)
-_VARIATION = re.compile(
-    r"^\s*(?:sure|certainly|okay|ok|of course)?[,!.]?\s*here(?:'s| is)\s+(?:a|an|the|one|my)\s+(?:possible\s+)?"
-    r"(?:variation|paraphrase|version|rewording|rephrasing|rephrased|reworded)[^:\n]*:\s*", re.I)
 
 
 def demo_block(examples: Sequence[Example]) -> str:
-    return "\n\n".join(fill(DEMO, input=input_text(ex), output=ex.label) for ex in examples)
+    return "\n\n".join(render(DEMO, input=input_text(ex), output=ex.label) for ex in examples)
 
 
 def _squash(text: str) -> str:
@@ -99,9 +97,7 @@ def clean_variation(reply: str) -> str:
     m = re.search(r"\n\s*\n", t)
     if m and t[:m.start()].strip():
         t = t[:m.start()]
-    t = re.sub(r"^\s*output\s*:\s*", "", t, flags=re.I)
-    t = _VARIATION.sub("", t)
-    t = parsing.clean(t)
+    t = parsing.clean(parsing.strip_variation(t))
     return t[0].upper() + t[1:] if t else t
 
 
@@ -217,7 +213,7 @@ class APE(Optimizer):
         out: list[Candidate] = []
         for i in range(p.num_subsamples):
             demos = ctx.sample(ctx.train, p.num_demos)
-            msg = fill(INDUCE_PROMPT, demos=demo_block(demos))
+            msg = render(INDUCE_PROMPT, demos=demo_block(demos))
             for j in range(p.num_prompts_per_subsample):
                 comp = yield from ctx.ask("ape.induce", [{"role": "user", "content": msg}], step=1, ref=f"s{i}",
                                           temperature=p.temperature, top_p=p.top_p, max_tokens=p.induce_max_tokens)
@@ -388,7 +384,7 @@ class APE(Optimizer):
     def resample(self, best: Candidate, r: int, exs: Sequence[Example], split: str,
                  step: int) -> Generator[Event, None, Candidate]:
         ctx, p = self.ctx, self.p
-        msg = fill(RESAMPLE_PROMPT, instruction=best.text)
+        msg = render(RESAMPLE_PROMPT, instruction=best.text)
         new: list[Candidate] = []
         for j in range(p.mc_samples):
             comp = yield from ctx.ask("ape.resample", [{"role": "user", "content": msg}], step=step, ref=best.id,

@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from rapidfuzz.distance import Levenshtein
 
-from .. import parsing
-from ..base import Candidate, Optimizer, Params, input_text, pred_text, register
+from ..base import Candidate, Optimizer, Params, register
 from ..data import Example
 from ..events import CandidateRejected, EditBudget, Event, Gradient, Retrieval, Selection
 from ..similarity import Similarity
-from .protegi import fill
+from . import parsing
+from .text import input_text, polish, pred_text, render, word_distance
 
 # --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------
 
@@ -148,19 +147,6 @@ def step_size(t: int, total: int, *, decay: str = "cosine", initial: int = 50, f
         return int(initial - (initial - final) / span * (t - w))
     frac = (t - w) / span
     return int(final + (initial - final) * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-def word_distance(a: str, b: str) -> int:
-    """Word-level Levenshtein distance: insertions, deletions and substitutions of whole words."""
-    return Levenshtein.distance(parsing.words(a), parsing.words(b))
-
-
-def polish(text: str) -> str:
-    """The official polish_sentence: strip, drop '**', capitalise the first letter."""
-    t = (text or "").replace("**", "").strip()
-    if len(t) > 1:
-        t = t[0].upper() + t[1:]
-    return t
 
 
 def render_score(score: float) -> str:
@@ -318,9 +304,9 @@ class GPO(Optimizer):
         wrong = [(by_id[pr.example_id], pr) for pr in res.predictions if not pr.correct]
         if not wrong:  # ours: nothing to criticise (the code still asks, with an empty list)
             return None
-        errors = "\n\n".join(fill(FEEDBACK_ERROR, input=input_text(ex), prediction=pred_text(pr), gold=ex.label)
+        errors = "\n\n".join(render(FEEDBACK_ERROR, input=input_text(ex), prediction=pred_text(pr), gold=ex.label)
                              for ex, pr in wrong)
-        msg = fill(FEEDBACK_PROMPT, prompt=cur.cand.text, errors=errors)
+        msg = render(FEEDBACK_PROMPT, prompt=cur.cand.text, errors=errors)
         comp = yield from ctx.ask("gpo.feedback", [{"role": "user", "content": msg}], step=t, ref=f"g{t}",
                                   temperature=self.p.aux_temperature, max_tokens=self.p.optimizer_max_tokens)
         found = parsing.tagged(comp.text)
@@ -341,7 +327,7 @@ class GPO(Optimizer):
             if self.rt_feedback is None:
                 self.rt_feedback = critique
                 return critique
-            msg = fill(REALTIME_FEEDBACK_PROMPT, previous=self.rt_feedback, current=critique)
+            msg = render(REALTIME_FEEDBACK_PROMPT, previous=self.rt_feedback, current=critique)
             comp = yield from self.ctx.ask("gpo.momentum", [{"role": "user", "content": msg}], step=t,
                                            ref=f"m{t}", temperature=p.aux_temperature,
                                            max_tokens=p.optimizer_max_tokens)
@@ -383,9 +369,9 @@ class GPO(Optimizer):
         if prev is None:
             self.rt_para = cur
             return cur
-        msg = fill(REALTIME_PARA_PROMPT, score_note=SCORE_NOTE,
-                   previous=fill(ENTRY, prompt=prev.cand.text, score=render_score(prev.score)),
-                   current=fill(ENTRY, prompt=cur.cand.text, score=render_score(cur.score)))
+        msg = render(REALTIME_PARA_PROMPT, score_note=SCORE_NOTE,
+                   previous=render(ENTRY, prompt=prev.cand.text, score=render_score(prev.score)),
+                   current=render(ENTRY, prompt=cur.cand.text, score=render_score(cur.score)))
         comp = yield from ctx.ask("gpo.momentum", [{"role": "user", "content": msg}], step=t, ref=f"m{t}",
                                   temperature=p.aux_temperature, max_tokens=p.optimizer_max_tokens)
         text, how = _parse(comp.text, p.max_prompt_words)
@@ -445,7 +431,7 @@ class GPO(Optimizer):
 
     def demo_block(self) -> str:
         task = self.ctx.task
-        return "\n\n".join(fill(DEMO, input=task.render("<Prompt>", ex), output=ex.label) for ex in self.demos)
+        return "\n\n".join(render(DEMO, input=task.render("<Prompt>", ex), output=ex.label) for ex in self.demos)
 
     def meta_prompt(self, cur: _Entry, momentum: tuple[str, list[_Entry]], critique: str | None,
                     budget: int | None) -> str:
@@ -455,21 +441,21 @@ class GPO(Optimizer):
         kind, entries = momentum
         parts = [HEADER_EDIT if edit else HEADER_GENERATE]
         if kind == "list":
-            body = "\n\n".join(fill(ENTRY, prompt=e.cand.text, score=render_score(e.score)) for e in entries)
-            parts.append(fill(TRAJECTORY_BLOCK, score_note=SCORE_NOTE, entries=body))
+            body = "\n\n".join(render(ENTRY, prompt=e.cand.text, score=render_score(e.score)) for e in entries)
+            parts.append(render(TRAJECTORY_BLOCK, score_note=SCORE_NOTE, entries=body))
             what = "the previous prompts and their scores"
         elif kind == "realtime":
             e = entries[0]
-            parts.append(fill(REALTIME_BLOCK, score_note=SCORE_NOTE,
-                              entry=fill(ENTRY, prompt=e.cand.text, score=render_score(e.score))))
+            parts.append(render(REALTIME_BLOCK, score_note=SCORE_NOTE,
+                              entry=render(ENTRY, prompt=e.cand.text, score=render_score(e.score))))
             what = "the previous prompt and its score"
         else:
-            parts.append(fill(CURRENT_BLOCK, score_note=SCORE_NOTE,
-                              entry=fill(ENTRY, prompt=cur.cand.text, score=render_score(cur.score))))
+            parts.append(render(CURRENT_BLOCK, score_note=SCORE_NOTE,
+                              entry=render(ENTRY, prompt=cur.cand.text, score=render_score(cur.score))))
             what = ""
-        parts.append(fill(CURRENT_PROMPT, prompt=cur.cand.text))
+        parts.append(render(CURRENT_PROMPT, prompt=cur.cand.text))
         if show_critique:
-            parts.append(fill(CRITIQUE_BLOCK, critique=critique))
+            parts.append(render(CRITIQUE_BLOCK, critique=critique))
             what = f"{what} and the problems above" if what else "the problems above"
         if self.demos:
             parts.append(EXEMPLAR_NOTE)
@@ -479,7 +465,7 @@ class GPO(Optimizer):
         ask = (f"Carefully analyse {what}, and {verb}" if what else verb[0].upper() + verb[1:])
         ask += " to replace <Prompt> in the task examples."
         if budget is not None:
-            ask += "\n" + fill(BUDGET_LINE, n=budget) + "\n"
+            ask += "\n" + render(BUDGET_LINE, n=budget) + "\n"
         parts.append(ask + "\n" + (WRAP_EDIT if edit else WRAP_NEW))
         return "\n\n".join(parts)
 

@@ -38,11 +38,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .. import parsing
 from ..base import Candidate, Optimizer, Params, register
 from ..data import Example, render_template
 from ..events import CandidateRejected, Event, Selection
 from ..task import Task
+from . import parsing
+from .text import polish, render
 
 # --- meta-prompt (our wording, the official structure and placeholders) -------------------------------------------
 
@@ -56,13 +57,7 @@ REQUEST = ("\n\nWrite a new instruction <INS> that differs from every instructio
            "to apply to all the problems above.")
 
 INS, INS_END = "<INS>", "</INS>"
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _BRACKETS = re.compile(r"\[([^\[\]\n]+)\]")
-
-
-def fill(template: str, **values: Any) -> str:
-    """One-pass placeholder filling: braces inside prompts and data (even '{score}') are left alone."""
-    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
 
 
 def bucketize(score: float, buckets: int) -> int:
@@ -113,14 +108,6 @@ def parse_instruction(reply: str) -> tuple[str, str, bool]:
     if m:
         return parsing.clean(m.group(1)), "brackets", True
     return parsing.clean(text), "untagged", False
-
-
-def polish(text: str) -> str:
-    """As the code's polish_sentence: strip, drop '**', capitalise the first character (when longer than 1)."""
-    t = (text or "").strip().replace("**", "").strip()
-    if len(t) > 1:
-        t = t[0].upper() + t[1:]
-    return t
 
 
 @register
@@ -284,12 +271,12 @@ class OPRO(Optimizer):
 
     def meta_prompt(self, shown: Sequence[Candidate], exemplars: Sequence[Example]) -> str:
         p = self.p
-        msg = HEADER + "".join(fill(PAIR, instruction=c.text, score=bucketize(self.train_score(c),
+        msg = HEADER + "".join(render(PAIR, instruction=c.text, score=bucketize(self.train_score(c),
                                                                               p.num_score_buckets))
                                for c in shown)
         if exemplars:
             msg += "\n\n" + EXEMPLARS_INTRO + "".join(
-                fill(EXEMPLAR, problem=render_exemplar(self.ctx.task, ex, p.instruction_pos), answer=ex.label)
+                render(EXEMPLAR, problem=render_exemplar(self.ctx.task, ex, p.instruction_pos), answer=ex.label)
                 for ex in exemplars)
         return msg + REQUEST
 

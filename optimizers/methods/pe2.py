@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator, Iterator, Sequence
-from typing import Any
 
 from pydantic import Field
-from rapidfuzz.distance import Levenshtein
 
-from .. import parsing
-from ..base import Candidate, Gen, Optimizer, Params, input_text, register
+from ..base import Candidate, Gen, Optimizer, Params, register
 from ..data import Example, render_template
 from ..evaluate import Prediction
 from ..events import EditBudget, Event, Reasoning, Selection
+from . import parsing
+from .text import input_text, render, word_distance
 
 # --- meta-prompts (our wording; the paper's turns, sections and placeholders) --------------------------------------
 
@@ -107,13 +106,6 @@ SUMMARY = """Now summarise, in at most 200 words, the limitations of the prompt 
 Shown = tuple[Example, Prediction]  # an example shown to the optimizer model, with the parent's prediction on it
 
 
-def fill(template: str, **values: Any) -> str:
-    """Placeholder filling by plain replacement, so braces inside prompts and examples are left alone."""
-    for k, v in values.items():
-        template = template.replace("{" + k + "}", str(v))
-    return template
-
-
 # --- parsing ------------------------------------------------------------------------------------------------------
 
 _FENCE = re.compile(r"```[a-zA-Z]*[ \t]*\n(.*?)(?:\n?```|$)", re.S)
@@ -132,11 +124,6 @@ def parse_prompt(reply: str) -> tuple[str, str]:
         return parsing.clean(m.group(1)), "fenced"
     t = _HEADING.sub("", text.strip())
     return parsing.clean(t), "whole"
-
-
-def word_distance(a: str, b: str) -> int:
-    """Word-level edit distance (insertions, deletions, substitutions of whole words)."""
-    return Levenshtein.distance(parsing.words(a), parsing.words(b))
 
 
 def full_template(template: str, input_cols: Sequence[str], prompt: str, system: str | None = None) -> str:
@@ -303,26 +290,26 @@ class PE2(Optimizer):
         """The first four turns: system, two-step description, scripted agreement, prompt + template + examples."""
         p, task = self.p, self.ctx.task
         examples = "\n\n".join(
-            fill(EXAMPLE_BLOCK, i=i, input=input_text(ex), answer=pr.pred if pr.pred is not None else
+            render(EXAMPLE_BLOCK, i=i, input=input_text(ex), answer=pr.pred if pr.pred is not None else
                  "(no answer found)", reasoning=_short(pr.raw) or "(empty)", label=ex.label)
             for i, (ex, pr) in enumerate(shown, start=1))
         return [
             {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": fill(TWO_STEP, tutorial=TUTORIAL if p.tutorial else "",
+            {"role": "user", "content": render(TWO_STEP, tutorial=TUTORIAL if p.tutorial else "",
                                              batch_size=len(shown))},
             {"role": "assistant", "content": AGREE},
-            {"role": "user", "content": fill(ANALYSE, prompt=parent.text, examples=examples,
+            {"role": "user", "content": render(ANALYSE, prompt=parent.text, examples=examples,
                                              full_template=full_template(task.template, task.input_cols,
                                                                          parent.text, task.system))},
         ]
 
     def rewrite_turn(self, parent: Candidate) -> str:
         p = self.p
-        return fill(REWRITE,
-                    history=fill(HISTORY, history=self.history(parent)) if p.use_history else "",
+        return render(REWRITE,
+                    history=render(HISTORY, history=self.history(parent)) if p.use_history else "",
                     prompt=parent.text,
-                    step_size_line=fill(STEP_SIZE_LINE, step_size=p.step_size) if p.step_size else "",
-                    length_line=fill(LENGTH_LINE, limit=p.prompt_length_limit) if p.prompt_length_limit else "")
+                    step_size_line=render(STEP_SIZE_LINE, step_size=p.step_size) if p.step_size else "",
+                    length_line=render(LENGTH_LINE, limit=p.prompt_length_limit) if p.prompt_length_limit else "")
 
     def max_words(self) -> int:
         p = self.p
@@ -359,7 +346,7 @@ class PE2(Optimizer):
                                         "within_budget": d <= p.step_size, "accepted": child is not None}])
         if child is not None and p.use_history:
             hmsgs = msgs + [{"role": "assistant", "content": comp.text},
-                            {"role": "user", "content": fill(SUMMARY, step=step)}]
+                            {"role": "user", "content": render(SUMMARY, step=step)}]
             summ = yield from ctx.ask("pe2.history", hmsgs, step=step, ref=ref, temperature=p.temperature,
                                       max_tokens=200)
             self._summaries[child.id] = " ".join(summ.text.split()) or f"* At step {step}: (no summary)"

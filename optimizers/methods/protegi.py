@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import Field
 
-from .. import parsing
-from ..base import Candidate, Gen, Optimizer, Params, candidate_id, input_text, pred_text, register
+from ..base import Candidate, Gen, Optimizer, Params, candidate_id, register
 from ..data import Example
 from ..evaluate import Prediction
 from ..events import CandidateRejected, Event, Gradient, Selection
+from . import parsing
+from .text import input_text, pred_text, render
 
 # --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------
 
@@ -64,13 +64,6 @@ ERROR_BLOCK = """## Example {i}
 Text: "{input}"
 Label: {gold}
 Prediction: {prediction}"""
-
-
-def fill(template: str, **values: Any) -> str:
-    """Placeholder filling by plain replacement, so braces inside prompts and examples are left alone."""
-    for k, v in values.items():
-        template = template.replace("{" + k + "}", str(v))
-    return template
 
 
 # --- bandits: best-arm identification over candidates ------------------------------------------------------------
@@ -231,11 +224,6 @@ def brute_force(n_arms: int, pull: Pull, *, budget: int, n_examples: int) -> Gen
 
 # --- the optimizer ------------------------------------------------------------------------------------------------
 
-_VARIATION_PREAMBLE = re.compile(
-    r"^\s*(?:sure|certainly|okay|ok|of course)?[,!.]?\s*here(?:'s| is)\s+(?:a|an|the|one|my)\s+"
-    r"(?:possible\s+)?(?:variation|paraphrase|version|rewording|rephrasing|rephrased|reworded)[^:\n]*:\s*", re.I)
-
-
 @dataclass
 class _Proposal:
     text: str | None  # None: an untagged reply that is not a prompt
@@ -346,9 +334,9 @@ class ProTeGi(Optimizer):
         """One gradient prompt on these errors; returns (gradient_id, reason, error_string) per reason."""
         p = self.p
         error_string = "\n\n".join(
-            fill(ERROR_BLOCK, i=i, input=input_text(ex), gold=ex.label, prediction=pred_text(pr))
+            render(ERROR_BLOCK, i=i, input=input_text(ex), gold=ex.label, prediction=pred_text(pr))
             for i, (ex, pr) in enumerate(shown, start=1))
-        msg = fill(GRADIENT_PROMPT, prompt=parent.text, error_string=error_string, num_feedbacks=p.gradients_per_error)
+        msg = render(GRADIENT_PROMPT, prompt=parent.text, error_string=error_string, num_feedbacks=p.gradients_per_error)
         ref = f"g{step}.{self._grad_no}"
         self._grad_no += 1
         comp = yield from self.ctx.ask("protegi.gradient", [{"role": "user", "content": msg}], step=step, ref=ref,
@@ -369,7 +357,7 @@ class ProTeGi(Optimizer):
              step: int) -> Generator[Event, None, list[_Proposal]]:
         """The edit prompt: the errors and the reason in, steps_per_gradient improved prompts out."""
         p = self.p
-        msg = fill(EDIT_PROMPT, prompt=parent.text, error_string=error_string, gradient=reason,
+        msg = render(EDIT_PROMPT, prompt=parent.text, error_string=error_string, gradient=reason,
                    steps_per_gradient=p.steps_per_gradient)
         comp = yield from self.ctx.ask("protegi.edit", [{"role": "user", "content": msg}], step=step, ref=gid,
                                        temperature=p.temperature)
@@ -382,7 +370,7 @@ class ProTeGi(Optimizer):
 
     def paraphrase(self, parent: Candidate, text: str, info: dict[str, Any],
                    step: int) -> Generator[Event, None, _Proposal]:
-        msg = fill(PARAPHRASE_PROMPT, prompt=text)
+        msg = render(PARAPHRASE_PROMPT, prompt=text)
         comp = yield from self.ctx.ask("protegi.paraphrase", [{"role": "user", "content": msg}], step=step,
                                        ref=info.get("gradient_id") or parent.id, temperature=self.p.temperature)
         src = candidate_id(text)
@@ -513,7 +501,4 @@ def _clean_paraphrase(reply: str) -> str:
     found = parsing.tagged(reply)
     if found:
         return found[0]
-    t = (reply or "").strip()
-    t = re.sub(r"^\s*output\s*:\s*", "", t, flags=re.I)
-    t = _VARIATION_PREAMBLE.sub("", t)
-    return parsing.clean(t)
+    return parsing.clean(parsing.strip_variation((reply or "").strip()))

@@ -9,6 +9,10 @@ _PREAMBLE = re.compile(
     r"^\s*(?:sure|certainly|okay|ok|of course)?[,!.]?\s*(?:here(?:'s| is| are)\s+(?:the\s+|an?\s+|my\s+)?"
     r"(?:new|improved|updated|revised|better)?\s*(?:prompt|instruction)s?[^:\n]*:)\s*", re.I)
 _LABEL = re.compile(r"^\s*(?:new |improved |revised )?(?:prompt|instruction)\s*:\s*", re.I)
+_OUTPUT = re.compile(r"^\s*output\s*:\s*", re.I)
+_VARIATION = re.compile(
+    r"^\s*(?:sure|certainly|okay|ok|of course)?[,!.]?\s*here(?:'s| is)\s+(?:a|an|the|one|my)\s+(?:possible\s+)?"
+    r"(?:variation|paraphrase|version|rewording|rephrasing|rephrased|reworded)[^:\n]*:\s*", re.I)
 
 
 def tagged(text: str, start: str = "<START>", end: str = "<END>") -> list[str]:
@@ -35,6 +39,11 @@ def clean(text: str) -> str:
     if len(t) >= 2 and t[0] in "“\"" and t[-1] in "”\"":
         t = t[1:-1].strip()
     return t
+
+
+def strip_variation(text: str) -> str:
+    """A paraphrase request's reply without the 'Output:' label and 'Here is a variation:' chatter before it."""
+    return _VARIATION.sub("", _OUTPUT.sub("", text))
 
 
 def one_prompt(text: str, start: str = "<START>", end: str = "<END>", *, allow_untagged: bool = True) -> tuple[str | None, str]:
