@@ -22,9 +22,8 @@ from optimizers.methods.ape import (
     RESAMPLE_PROMPT,
     clean_induced,
     is_echo,
-    rank_arms,
-    ucb_values,
 )
+from optimizers.methods.strategies import rank_arms, ucb1_values
 from optimizers.runner import DataConfig, RunConfig, Runner
 from optimizers.store import Store
 from tests.conftest import (
@@ -330,7 +329,7 @@ def test_ucb_option_spends_pulls_on_the_best_arms():
 def test_ucb_never_evaluated_arms_rank_last():
     # the official quirk: 0 for an unpulled arm beats every negative log-likelihood; here it ranks last
     assert rank_arms([-1.5, None, -0.2, -3.0], [0.0] * 4) == [2, 0, 3, 1]
-    v = ucb_values([3.0, 1.0, 0.0], [4, 2, 0], 1.0)
+    v = ucb1_values([3.0, 1.0, 0.0], [4, 2, 0], 1.0)
     total = 6 + 3e-3
     assert v[0] == pytest.approx(0.75 + math.sqrt(math.log(total) / (4 + 1e-3)))
     assert v[2] == pytest.approx(math.sqrt(math.log(total) / 1e-3))

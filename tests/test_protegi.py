@@ -19,6 +19,8 @@ from optimizers.methods.protegi import (
     GRADIENT_PROMPT,
     PARAPHRASE_PROMPT,
     ProTeGi,
+)
+from optimizers.methods.strategies import (
     brute_force,
     choose_ucb,
     sr_schedule,

@@ -32,6 +32,7 @@ from ..base import Candidate, Optimizer, Params, register
 from ..data import Example
 from ..events import CandidateRejected, CandidateScored, Event, Selection, StepDone
 from . import parsing
+from .strategies import rank_arms, top_arms, ucb1_values
 from .text import input_text, render
 
 # --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------
@@ -107,21 +108,6 @@ def is_echo(text: str, demos: Sequence[Example]) -> bool:
     if not s:
         return False
     return any(s == _squash(input_text(ex)) or s == _squash(ex.label) for ex in demos)
-
-
-# --- UCB (the official bandit: keirp/automatic_prompt_engineer evaluation/bandits.py) ----------------------------
-
-def ucb_values(sums: Sequence[float], counts: Sequence[int], c: float) -> list[float]:
-    """mean + c * sqrt(ln(sum(counts + 1e-3)) / (counts + 1e-3)), as in the official UCBBanditAlgo."""
-    total = sum(n + 1e-3 for n in counts)
-    lt = math.log(total) if total > 1 else 0.0
-    return [(s / n if n else 0.0) + c * math.sqrt(lt / (n + 1e-3)) for s, n in zip(sums, counts, strict=True)]
-
-
-def rank_arms(means: Sequence[float | None], tie: Sequence[float]) -> list[int]:
-    """Best first by empirical mean; arms never evaluated come last (the official code scores them 0, which
-    outranks every real negative log-probability: not copied)."""
-    return sorted(range(len(means)), key=lambda i: (means[i] is None, -(means[i] or 0.0), tie[i]))
 
 
 # --- the optimizer ------------------------------------------------------------------------------------------------
@@ -337,8 +323,8 @@ class APE(Optimizer):
             if sum(counts) == 0:
                 arms = sorted(ctx.sample(open_arms, per_round))
             else:
-                vals = ucb_values(sums, counts, p.c)
-                arms = sorted(sorted(open_arms, key=lambda i: (-vals[i], self.tie(pool[i])))[:per_round])
+                vals = ucb1_values(sums, counts, p.c)
+                arms = top_arms(vals, open_arms, per_round, lambda i: self.tie(pool[i]))
             for a in arms:
                 cand = pool[a]
                 known = self._known.get((cand.id, "train"), {})
