@@ -137,9 +137,10 @@ def test_defaults_are_the_papers():
         APE.Params(evaluator="bf")
     with pytest.raises(ValueError):
         APE.Params(keep_fraction=1.0)
-    assert "[full_DEMO]" not in INDUCE_PROMPT and "{demos}" in INDUCE_PROMPT and "friend" in INDUCE_PROMPT
-    assert INDUCE_PROMPT.endswith("The instruction was to")
-    assert "{instruction}" in RESAMPLE_PROMPT and "semantic meaning" in RESAMPLE_PROMPT
+    induce, resample = INDUCE_PROMPT.template, RESAMPLE_PROMPT.template
+    assert "[full_DEMO]" not in induce and "{demos}" in induce and "friend" in induce
+    assert induce.endswith("The instruction was to")
+    assert "{instruction}" in resample and "semantic meaning" in resample
 
 
 # --- induction ---------------------------------------------------------------------------------------------------

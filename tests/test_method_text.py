@@ -1,8 +1,11 @@
-"""The text helpers every method shares: one template renderer, polish, the word-level edit distance."""
+"""The text helpers every method shares: one template renderer, Signature, polish, the word-level edit distance."""
 
 from __future__ import annotations
 
-from optimizers.methods.text import polish, render, word_distance
+import pytest
+
+from optimizers.methods import parsing
+from optimizers.methods.text import Signature, polish, render, word_distance
 
 
 def test_render_fills_in_one_pass_and_leaves_other_braces_alone():
@@ -19,3 +22,13 @@ def test_polish_as_the_official_polish_sentence():
 
 def test_word_distance_counts_whole_words():
     assert word_distance("a b c", "a x c d") == 2 and word_distance("same text", "same  text") == 0
+
+
+def test_signature_renders_exactly_its_fields_and_parses_its_reply():
+    sig = Signature("Rewrite {prompt}. Score: {score}", parsing.tagged)
+    assert sig.fields == {"prompt", "score"}
+    assert sig.render(prompt="it", score=3) == "Rewrite it. Score: 3"
+    assert sig.parse("x <START>new<END>") == ["new"]
+    for wrong in ({"prompt": "it"}, {"prompt": "it", "score": 3, "extra": 1}):
+        with pytest.raises(ValueError):
+            sig.render(**wrong)

@@ -141,9 +141,9 @@ def test_defaults_are_the_papers():
     with pytest.raises(ValueError):
         PE2.Params(step_size=0)
     assert all(k in TWO_STEP for k in ("{batch_size}", "Step 1", "Step 2", "full template"))
-    assert all(k in ANALYSE for k in ("{prompt}", "{full_template}", "{examples}", *FIVE_QUESTIONS))
-    assert all(k in REWRITE for k in ("{prompt}", "{history}", "{step_size_line}", "{length_line}"))
-    assert "{step}" in SUMMARY
+    assert all(k in ANALYSE.template for k in ("{prompt}", "{full_template}", "{examples}", *FIVE_QUESTIONS))
+    assert all(k in REWRITE.template for k in ("{prompt}", "{history}", "{step_size_line}", "{length_line}"))
+    assert "{step}" in SUMMARY.template
 
 
 # --- the meta-prompt ---------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def test_defaults_are_the_papers():
     for tpl, keys in ((GRADIENT_PROMPT, ("{prompt}", "{error_string}", "{num_feedbacks}", "<START>", "<END>")),
                       (EDIT_PROMPT, ("{prompt}", "{error_string}", "{gradient}", "{steps_per_gradient}", "<START>")),
                       (PARAPHRASE_PROMPT, ("{prompt}", "Input:", "Output:"))):
-        assert all(k in tpl for k in keys)
+        assert all(k in tpl.template for k in keys)
 
 
 # --- expansion ---------------------------------------------------------------------------------------------------

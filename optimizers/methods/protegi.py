@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 
@@ -23,11 +23,19 @@ from ..evaluate import Prediction
 from ..events import CandidateRejected, Event, Gradient, Selection
 from . import parsing
 from .strategies import BanditResult, brute_force, successive_halving, successive_rejects, ucb_bandit
-from .text import input_text, pred_text, render
+from .text import Signature, input_text, pred_text, render
 
-# --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------
+# --- meta-prompts (our wording, the official structure and placeholders), each with the parser of its reply -----
 
-GRADIENT_PROMPT = """I'm trying to write a zero-shot instruction prompt for a language model.
+def parse_reasons(reply: str, *, truncated: bool) -> list[str]:
+    """The tagged reasons; a complete untagged reply is one reason (small models often give one untagged)."""
+    reasons = parsing.tagged(reply)
+    if not reasons and reply.strip() and not truncated:
+        reasons = [parsing.clean(reply)]
+    return reasons
+
+
+GRADIENT_PROMPT = Signature("""I'm trying to write a zero-shot instruction prompt for a language model.
 
 My current prompt is:
 "{prompt}"
@@ -36,9 +44,31 @@ But with this prompt the model gets the following examples wrong:
 {error_string}
 
 Give {num_feedbacks} reasons why the prompt could have led to these wrong answers.
-Wrap each reason with <START> and <END>."""
+Wrap each reason with <START> and <END>.""", parse_reasons)
 
-EDIT_PROMPT = """I'm trying to write a zero-shot instruction prompt for a language model.
+ERROR_BLOCK = """## Example {i}
+Text: "{input}"
+Label: {gold}
+Prediction: {prediction}"""
+
+
+class Edits(NamedTuple):
+    texts: list[str | None]  # None: an untagged reply that is not a prompt (rejected as no_tags)
+    how: str  # tagged | untagged
+
+
+def parse_edits(reply: str, *, n: int, max_words: int) -> Edits:
+    """Up to n tagged prompts; without <START>, one short paragraph is accepted as the prompt, else nothing."""
+    texts = parsing.tagged(reply)[:n]
+    if texts:
+        return Edits(list(texts), "tagged")
+    t = parsing.clean(reply)
+    if t and ("\n\n" in t or len(t.split()) > max_words):
+        return Edits([None], "untagged")
+    return Edits([t], "untagged")  # "" is rejected as empty
+
+
+EDIT_PROMPT = Signature("""I'm trying to write a zero-shot instruction prompt for a language model.
 
 My current prompt is:
 "{prompt}"
@@ -51,18 +81,22 @@ Looking at these examples, the problem with this prompt is that {gradient}
 Using the information above, I wrote {steps_per_gradient} different improved prompts.
 Each prompt is wrapped with <START> and <END>.
 
-The {steps_per_gradient} new prompts are:"""
+The {steps_per_gradient} new prompts are:""", parse_edits)
 
-PARAPHRASE_PROMPT = """Write a variation of the following instruction that keeps its meaning.
+
+def clean_paraphrase(reply: str) -> str:
+    """The tagged paraphrase, else the reply without 'Output:' or 'Here is a variation:' chatter."""
+    found = parsing.tagged(reply)
+    if found:
+        return found[0]
+    return parsing.clean(parsing.strip_variation((reply or "").strip()))
+
+
+PARAPHRASE_PROMPT = Signature("""Write a variation of the following instruction that keeps its meaning.
 
 Input: {prompt}
 
-Output:"""
-
-ERROR_BLOCK = """## Example {i}
-Text: "{input}"
-Label: {gold}
-Prediction: {prediction}"""
+Output:""", clean_paraphrase)
 
 
 # --- the optimizer ------------------------------------------------------------------------------------------------
@@ -179,14 +213,12 @@ class ProTeGi(Optimizer):
         error_string = "\n\n".join(
             render(ERROR_BLOCK, i=i, input=input_text(ex), gold=ex.label, prediction=pred_text(pr))
             for i, (ex, pr) in enumerate(shown, start=1))
-        msg = render(GRADIENT_PROMPT, prompt=parent.text, error_string=error_string, num_feedbacks=p.gradients_per_error)
+        msg = GRADIENT_PROMPT.render(prompt=parent.text, error_string=error_string, num_feedbacks=p.gradients_per_error)
         ref = f"g{step}.{self._grad_no}"
         self._grad_no += 1
         comp = yield from self.ctx.ask("protegi.gradient", [{"role": "user", "content": msg}], step=step, ref=ref,
                                        temperature=p.temperature)
-        reasons = parsing.tagged(comp.text)
-        if not reasons and comp.text.strip() and not comp.truncated:
-            reasons = [parsing.clean(comp.text)]  # small models often give one untagged reason
+        reasons = GRADIENT_PROMPT.parse(comp.text, truncated=comp.truncated)
         errors = [{"id": ex.id, "input": input_text(ex), "gold": ex.label, "prediction": pred_text(pr)}
                   for ex, pr in shown]
         out = []
@@ -200,24 +232,20 @@ class ProTeGi(Optimizer):
              step: int) -> Generator[Event, None, list[_Proposal]]:
         """The edit prompt: the errors and the reason in, steps_per_gradient improved prompts out."""
         p = self.p
-        msg = render(EDIT_PROMPT, prompt=parent.text, error_string=error_string, gradient=reason,
-                   steps_per_gradient=p.steps_per_gradient)
+        msg = EDIT_PROMPT.render(prompt=parent.text, error_string=error_string, gradient=reason,
+                                 steps_per_gradient=p.steps_per_gradient)
         comp = yield from self.ctx.ask("protegi.edit", [{"role": "user", "content": msg}], step=step, ref=gid,
                                        temperature=p.temperature)
-        texts = parsing.tagged(comp.text)[:p.steps_per_gradient]
-        how = "tagged"
-        if not texts:
-            how = "untagged"
-            texts = [_untagged(comp.text, p.max_prompt_words)]
+        texts, how = EDIT_PROMPT.parse(comp.text, n=p.steps_per_gradient, max_words=p.max_prompt_words)
         return [_Proposal(t, "gradient_edit", {"gradient_id": gid, "parsed": how}, comp.truncated) for t in texts]
 
     def paraphrase(self, parent: Candidate, text: str, info: dict[str, Any],
                    step: int) -> Generator[Event, None, _Proposal]:
-        msg = render(PARAPHRASE_PROMPT, prompt=text)
+        msg = PARAPHRASE_PROMPT.render(prompt=text)
         comp = yield from self.ctx.ask("protegi.paraphrase", [{"role": "user", "content": msg}], step=step,
                                        ref=info.get("gradient_id") or parent.id, temperature=self.p.temperature)
         src = candidate_id(text)
-        return _Proposal(_clean_paraphrase(comp.text), "paraphrase", {**info, "source": src}, comp.truncated)
+        return _Proposal(PARAPHRASE_PROMPT.parse(comp.text), "paraphrase", {**info, "source": src}, comp.truncated)
 
     def _usable(self, pr: _Proposal, parent: Candidate) -> bool:
         t = (pr.text or "").strip()
@@ -329,19 +357,3 @@ class ProTeGi(Optimizer):
         yield Selection(step=step, method=p.evaluator, estimates=estimates, survivors=[c.id for c in beam])
         return beam
 
-
-def _untagged(reply: str, max_words: int) -> str | None:
-    """Fallback for an edit reply without <START>: accept one short paragraph as the prompt, else nothing."""
-    t = parsing.clean(reply)
-    if not t:
-        return ""  # rejected as empty
-    if "\n\n" in t or len(t.split()) > max_words:
-        return None  # rejected as no_tags
-    return t
-
-
-def _clean_paraphrase(reply: str) -> str:
-    found = parsing.tagged(reply)
-    if found:
-        return found[0]
-    return parsing.clean(parsing.strip_variation((reply or "").strip()))

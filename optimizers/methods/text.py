@@ -1,10 +1,12 @@
-"""Text the methods share: filling meta-prompt templates, showing examples and predictions to the optimizer model,
-tidying a proposed prompt, and measuring how far an edit moved it."""
+"""Text the methods share: meta-prompts as templates beside their parsers, how examples and predictions are shown to
+the optimizer model, tidying a proposed prompt, and how far an edit moved it."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from rapidfuzz.distance import Levenshtein
 
@@ -19,6 +21,36 @@ def render(template: str, **fields: Any) -> str:
     """Fill {name} placeholders in one pass, so braces inside the values (a prompt that says "{gradient}", JSON in an
     example) are never taken for placeholders; a {name} with no field stays as written."""
     return _FIELD.sub(lambda m: str(fields[m.group(1)]) if m.group(1) in fields else m.group(0), template)
+
+
+T = TypeVar("T")
+
+
+def as_written(reply: str) -> str:
+    """The parser of a reply that is used whole (PE2's reasoning)."""
+    return reply
+
+
+@dataclass(frozen=True)
+class Signature(Generic[T]):
+    """One meta-prompt as data (DSPy's and GEPA's Signature): its template beside the parser of its reply, so what is
+    asked and how the answer is read change together. `render` takes exactly the template's fields: a forgotten or
+    misspelt one is an error here, not a literal "{name}" sent to the model."""
+
+    template: str
+    parser: Callable[..., T] = as_written  # type: ignore[assignment]
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return frozenset(_FIELD.findall(self.template))
+
+    def render(self, **fields: Any) -> str:
+        if set(fields) != self.fields:
+            raise ValueError(f"template fields {sorted(self.fields)}, given {sorted(fields)}")
+        return render(self.template, **fields)
+
+    def parse(self, reply: str, **options: Any) -> T:
+        return self.parser(reply, **options)
 
 
 def input_text(ex: Example) -> str:
