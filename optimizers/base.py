@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .data import Example
 from .evaluate import EvalResult, Evaluator
 from .events import CandidateProposed, CandidateRejected, CandidateScored, Event, MetaPrompt, StepDone
-from .llm import LLM, Completion
+from .lm import Completion, LanguageModel
 from .task import Task
 
 Gen = Generator[Event, None, Any]
@@ -59,7 +59,7 @@ class Candidate:
 
 class Context:
     def __init__(self, *, task: Task, train: Sequence[Example], dev: Sequence[Example], initial_prompt: str,
-                 evaluator: Evaluator, optimizer_llm: LLM, seed: int = 0):
+                 evaluator: Evaluator, optimizer_llm: LanguageModel, seed: int = 0):
         self.task, self.train, self.dev = task, list(train), list(dev)
         self.initial_prompt = initial_prompt
         self.evaluator, self.llm = evaluator, optimizer_llm

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .data import Example
 from .evaluate import Prediction
-from .llm import LLM
+from .lm import LanguageModel
 from .task import Task
 
 FLOOR = -20.0
@@ -71,7 +71,7 @@ class LikelihoodResult:
         return [p.correct for p in self.predictions]
 
 
-def _predict(llm: LLM, task: Task, prompt: str, ex: Example, floor: float) -> tuple[float, Prediction]:
+def _predict(llm: LanguageModel, task: Task, prompt: str, ex: Example, floor: float) -> tuple[float, Prediction]:
     comp = llm.complete(task.messages(prompt, ex), logprobs=True, top_logprobs=TOP_LOGPROBS, max_tokens=1,
                         temperature=0, seed=0)
     if not comp.logprobs:
@@ -91,7 +91,7 @@ def _predict(llm: LLM, task: Task, prompt: str, ex: Example, floor: float) -> tu
     return lp, pred
 
 
-def score(llm: LLM, task: Task, prompt: str, examples: Sequence[Example], *, floor: float = FLOOR,
+def score(llm: LanguageModel, task: Task, prompt: str, examples: Sequence[Example], *, floor: float = FLOOR,
           max_workers: int = 1) -> LikelihoodResult:
     """Mean gold-label log-probability of `prompt` over `examples`; order of results follows `examples`."""
     if max_workers <= 1 or len(examples) <= 1:

@@ -148,8 +148,7 @@ class GPO(Optimizer):
         self.split = "dev" if ctx.dev else "train"
         self.eval_set: list[Example] = list(ctx.dev or ctx.train)
         self.scores: dict[str, float] = {}
-        self.similarity = Similarity(p.similarity, ctx.llm.endpoint, p.embedding_model or ctx.llm.model,
-                                     ctx.llm.cache)
+        self.similarity = Similarity(p.similarity, ctx.llm, p.embedding_model or ctx.llm.model)
         self.rt_para: _Entry | None = None  # real-time momentum (para)
         self.rt_feedback: str | None = None  # real-time momentum (feedback)
         # drawn once per run: the fixed demo examples, then the order in which train is walked
