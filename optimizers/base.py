@@ -132,11 +132,7 @@ class Context:
             bucket[p.example_id] = p.correct
         if split in ("train", "dev") and len(examples) == len(getattr(self, split)):
             cand.last[split] = res.score
-        ev = CandidateScored(step=step, candidate_id=cand.id, split=split, n=res.n, score=res.score,
-                             ci_low=res.ci_low, ci_high=res.ci_high, metric=res.metric,
-                             example_ids=[p.example_id for p in res.predictions], correct=res.correct, purpose=purpose)
-        ev._predictions = [p.as_dict() for p in res.predictions]  # stored beside the event by the runner
-        yield ev
+        yield CandidateScored.from_eval(res, step=step, candidate_id=cand.id, split=split, purpose=purpose)
         return res
 
     def sample(self, population: Sequence[Any], k: int) -> list[Any]:

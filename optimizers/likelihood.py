@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .data import Example
-from .evaluate import Prediction
+from .evaluate import EvalResult, Prediction
 from .lm import LanguageModel
 from .task import Task
 
@@ -53,22 +53,11 @@ def gold_logprob(top: Sequence[dict], gold: str, floor: float = FLOOR) -> tuple[
 
 
 @dataclass
-class LikelihoodResult:
-    prompt: str
-    score: float
-    ci_low: float
-    ci_high: float
+class LikelihoodResult(EvalResult):
+    """An evaluation whose score is the mean gold log-probability; `correct` is whether the greedy token begins the
+    gold label."""
+
     logprobs: list[float] = field(default_factory=list)
-    predictions: list[Prediction] = field(default_factory=list)
-    metric: str = METRIC
-
-    @property
-    def n(self) -> int:
-        return len(self.predictions)
-
-    @property
-    def correct(self) -> list[bool]:
-        return [p.correct for p in self.predictions]
 
 
 def _predict(llm: LanguageModel, task: Task, prompt: str, ex: Example, floor: float) -> tuple[float, Prediction]:
@@ -107,7 +96,7 @@ def score(llm: LanguageModel, task: Task, prompt: str, examples: Sequence[Exampl
                 raise
     lps = [lp for lp, _ in out]
     mean, lo, hi = mean_ci(lps)
-    return LikelihoodResult(prompt, mean, lo, hi, lps, [p for _, p in out])
+    return LikelihoodResult(prompt, METRIC, mean, lo, hi, [p for _, p in out], logprobs=lps)
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:

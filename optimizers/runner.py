@@ -245,12 +245,8 @@ class Runner:
                             scores["best"][split] = scores["initial"][split]
                             continue
                         res = rep_eval.evaluate(text, exs)
-                        ev = CandidateScored(step=last_step.step if last_step else 0, candidate_id=cid, split=split,
-                                             n=res.n, score=res.score, ci_low=res.ci_low, ci_high=res.ci_high,
-                                             metric=res.metric, example_ids=[p.example_id for p in res.predictions],
-                                             correct=res.correct, purpose="report")
-                        ev._predictions = [p.as_dict() for p in res.predictions]
-                        put(ev, False)
+                        put(CandidateScored.from_eval(res, step=last_step.step if last_step else 0, candidate_id=cid,
+                                                      split=split, purpose="report"), False)
                         scores[which][split] = {"score": res.score, "ci": [res.ci_low, res.ci_high], "n": res.n}
             except (EndpointDown, LLMError) as e:
                 report_error = str(e)

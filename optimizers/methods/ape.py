@@ -242,12 +242,7 @@ class APE(Optimizer):
         for pr, lp in zip(res.predictions, res.logprobs, strict=True):
             known[pr.example_id] = lp
             bucket[pr.example_id] = pr.correct
-        ev = CandidateScored(step=step, candidate_id=cand.id, split=split, n=res.n, score=res.score,
-                             ci_low=res.ci_low, ci_high=res.ci_high, metric=res.metric,
-                             example_ids=[pr.example_id for pr in res.predictions], correct=res.correct,
-                             purpose=purpose)
-        ev._predictions = [pr.as_dict() for pr in res.predictions]
-        yield ev
+        yield CandidateScored.from_eval(res, step=step, candidate_id=cand.id, split=split, purpose=purpose)
 
     def estimate(self, cand: Candidate, split: str, examples: Sequence[Example] | None = None) -> float | None:
         """Mean score on `examples` (all known examples of the split when None); None when nothing is known."""
