@@ -48,8 +48,8 @@ def quick_start() -> None:
     if name is None:
         st.error("No optimizer is registered.")
         return
+    from optimizers.config import RunConfig
     from optimizers.llm import Budget
-    from optimizers.runner import RunConfig
 
     po = bundled_po_data(QUICK_DATA, **QUICK_CAPS)
     st.session_state["po_data"] = po

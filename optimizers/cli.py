@@ -62,7 +62,7 @@ def _template_for(input_cols: list[str]) -> str:
 
 def load_task_data(a: argparse.Namespace):
     """Examples, splits, task and data config from the arguments (bundled sets fill in their own defaults)."""
-    from .runner import DataConfig, SplitConfig
+    from .config import DataConfig, SplitConfig
     from .task import Task
 
     bundled = None
@@ -212,7 +212,8 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
 def cmd_run(a: argparse.Namespace) -> int:
     from . import optimizers_all  # noqa: F401  (registers the optimizers)
     from .base import REGISTRY
-    from .runner import RunConfig, Runner
+    from .config import RunConfig
+    from .runner import Runner
 
     if a.optimizer not in REGISTRY:
         raise UsageError(f"--optimizer: unknown {a.optimizer!r}; choose one of {', '.join(sorted(REGISTRY))}")

@@ -17,61 +17,17 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from . import __version__
 from .backend import Backend, open_backend
 from .base import REGISTRY, Context, candidate_id
+from .config import RunConfig
 from .data import Splits
 from .evaluate import Evaluator
 from .events import CandidateScored, Error, Event, RunFinished, RunStarted, StepDone, Usage
 from .llm import LLM, Budget, BudgetExceeded, Counters, EndpointDown, LLMError, Meter, ResponseCache
 from .store import Store
-from .task import Task
 
 log = logging.getLogger(__name__)
-
-
-class SplitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    train: float = 0.5
-    dev: float = 0.25
-    test: float = 0.25
-    seed: int = 0
-    stratify: bool = True
-    max_train: int | None = None
-    max_dev: int | None = None
-    max_test: int | None = None
-
-
-class DataConfig(BaseModel):
-    name: str
-    input_cols: list[str]
-    label_col: str
-    source: str | None = None
-
-
-class RunConfig(BaseModel):
-    """Everything that determines a run, stored with it (never an API key)."""
-
-    model_config = ConfigDict(extra="forbid")
-    optimizer: str
-    params: dict[str, Any] = {}
-    initial_prompt: str
-    task: Task
-    data: DataConfig
-    split: SplitConfig = SplitConfig()
-    seed: int = 0
-    base_url: str | None = Field(default=None, description="None: the embedded local model")
-    task_model: str | None = None
-    optimizer_model: str | None = None
-    optimizer_temperature: float | None = None
-    budget: Budget = Field(default_factory=Budget)
-    max_concurrency: int | None = None
-    prices: dict[str, tuple[float, float]] = {}
-    cache_dir: str | None = None
-    report_splits: list[str] = ["train", "dev", "test"]
-    version: str = __version__
 
 
 class _Stopped(Exception):

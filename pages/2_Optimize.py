@@ -130,8 +130,8 @@ def new_run_form() -> None:
         st.warning("No budget set: the run stops only when the optimizer finishes or you stop it.")
 
     if st.button("Start the run", type="primary", key="opt_start"):
+        from optimizers.config import RunConfig
         from optimizers.llm import Budget
-        from optimizers.runner import RunConfig
 
         try:
             cfg = RunConfig(optimizer=name, params=params.model_dump(), initial_prompt=prompt.strip(),

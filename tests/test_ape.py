@@ -22,10 +22,11 @@ from optimizers.ape import (
     ucb_values,
 )
 from optimizers.backend import Backend
+from optimizers.config import DataConfig, RunConfig
 from optimizers.data import Example, Splits
 from optimizers.likelihood import LikelihoodUnavailable, gold_logprob
 from optimizers.llm import Budget, BudgetExceeded, Endpoint
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.conftest import (
     _POS,

@@ -16,7 +16,8 @@ import time
 import pytest
 
 from optimizers import protegi  # noqa: F401  (registers)
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.config import DataConfig, RunConfig
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, scripted
 from tests.stub_server import StubServer

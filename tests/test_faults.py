@@ -7,8 +7,9 @@ import pytest
 
 from optimizers import protegi  # noqa: F401  (registers)
 from optimizers.backend import Backend
+from optimizers.config import DataConfig, RunConfig
 from optimizers.llm import Endpoint
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, scripted
 from tests.stub_server import StubServer

@@ -619,9 +619,10 @@ def test_same_seed_same_trajectory_other_seed_differs():
 
 def test_runner_stores_a_gpo_run_and_resumes_by_replay(tmp_path):
     from optimizers.backend import Backend
+    from optimizers.config import DataConfig, RunConfig
     from optimizers.data import Splits
     from optimizers.llm import Endpoint
-    from optimizers.runner import DataConfig, RunConfig, Runner
+    from optimizers.runner import Runner
     from optimizers.store import Store
     from tests.conftest import TOY_TASK
 

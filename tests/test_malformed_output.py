@@ -19,10 +19,11 @@ import pytest
 from optimizers import optimizers_all  # noqa: F401  (registers the five optimizers)
 from optimizers.backend import Backend
 from optimizers.base import REGISTRY
+from optimizers.config import DataConfig, RunConfig
 from optimizers.data import Example, Splits
 from optimizers.evaluate import Evaluator
 from optimizers.llm import LLM, Endpoint, Meter
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.conftest import TASK_MODEL, TOY_TASK, toy_examples
 from tests.stub_server import StubReply, StubServer

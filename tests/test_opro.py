@@ -18,6 +18,7 @@ import pytest
 
 import optimizers.opro  # noqa: F401  (registers "opro")
 from optimizers.base import candidate_id
+from optimizers.config import DataConfig, RunConfig
 from optimizers.llm import Budget, BudgetExceeded
 from optimizers.opro import (
     EXEMPLAR,
@@ -30,7 +31,6 @@ from optimizers.opro import (
     polish,
     render_exemplar,
 )
-from optimizers.runner import DataConfig, RunConfig
 from tests.conftest import OPT_MODEL, TASK_MODEL, TOY_TASK, kinds, last_user, make_ctx, scripted, toy_examples
 from tests.stub_server import StubReply, StubServer
 

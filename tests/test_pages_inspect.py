@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 import optimizers.optimizers_all  # noqa: F401  (registers protegi and baseline)
 from optimizers.backend import Backend
 from optimizers.base import candidate_id
+from optimizers.config import DataConfig, RunConfig
 from optimizers.data import Splits
 from optimizers.events import (
     CandidateProposed,
@@ -30,7 +31,7 @@ from optimizers.events import (
     StepDone,
 )
 from optimizers.llm import Endpoint
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, last_user, scripted, toy_examples
 from tests.stub_server import StubServer

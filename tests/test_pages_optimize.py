@@ -11,8 +11,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from optimizers.backend import Backend
+from optimizers.config import RunConfig
 from optimizers.llm import Budget, Endpoint
-from optimizers.runner import RunConfig, Runner
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.stub_server import StubServer
 from ui import charts

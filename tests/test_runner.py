@@ -9,11 +9,12 @@ import pytest
 
 from optimizers.backend import Backend
 from optimizers.base import Optimizer, Params, register
+from optimizers.config import DataConfig, RunConfig
 from optimizers.data import Splits
 from optimizers.events import Event
 from optimizers.llm import Budget, Endpoint
 from optimizers.parsing import one_prompt
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, scripted, toy_examples
 from tests.stub_server import StubServer

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from optimizers import export, optimizers_all  # noqa: F401  (registers the optimizers)
-from optimizers.runner import DataConfig, RunConfig, Runner, spawn_worker
+from optimizers.config import DataConfig, RunConfig
+from optimizers.runner import Runner, spawn_worker
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, scripted
 from tests.stub_server import StubServer

@@ -396,8 +396,8 @@ def make_po_data(df: Any, *, name: str, input_cols: list[str], label_col: str, t
     """Validate the mapping and split the data; returns (po_data, warnings). Raises DataError with every problem."""
     from pydantic import ValidationError
 
+    from optimizers.config import DataConfig, SplitConfig
     from optimizers.data import DataError, build_examples, split_examples
-    from optimizers.runner import DataConfig, SplitConfig
     from optimizers.task import Task
 
     problems: list[str] = []
