@@ -30,6 +30,7 @@ from optimizers.data import build_examples, load_bundled, split_examples  # noqa
 from optimizers.evaluate import Evaluator  # noqa: E402
 from optimizers.llm import LLM, Meter, ResponseCache  # noqa: E402
 from optimizers.metrics import mcnemar  # noqa: E402
+from optimizers.result import RunResult  # noqa: E402
 from optimizers.store import Store  # noqa: E402
 from optimizers.task import Task  # noqa: E402
 from ui.compare import run_task_model, run_test_data  # noqa: E402
@@ -82,12 +83,12 @@ def main() -> None:
             if rec.get("status") == "error":
                 continue
             rec["run_id"] = run_id_of(store, rec)
-            res = json.loads((po / f"{rec['task']}-{rec['optimizer']}" / "result.json").read_text())
+            res = RunResult.model_validate_json((po / f"{rec['task']}-{rec['optimizer']}" / "result.json").read_text())
             task, test = run_test_data(store, rec["run_id"])
             meter = Meter()
             llm = LLM(backend.endpoint, a.model or run_task_model(store, rec["run_id"]) or backend.model, role="task",
                       meter=meter, cache=ResponseCache(po / "cache" / f"{rec['task']}-{rec['optimizer']}"))
-            p = paired(Evaluator(llm, task), res["initial_prompt"], res["best_prompt"], test)
+            p = paired(Evaluator(llm, task), res.initial_prompt, res.best_prompt, test)
             reported = rec["best"]["score"] if rec.get("best") else None
             records.append({"task": rec["task"], "tool": "PromptOpt", "optimizer": NAMES.get(rec["optimizer"],
                                                                                             rec["optimizer"]),

@@ -17,6 +17,8 @@ from typing import Any
 from . import __version__
 from .data import BUNDLED, DataError, build_examples, load_bundled, read_table, split_examples
 from .llm import Budget, LLMError
+from .result import SCORE_DIGITS, RunResult, stored_result
+from .status import observed_status
 
 MAX_LABELS = 50
 
@@ -163,7 +165,7 @@ def _store(a: argparse.Namespace):
     return Store(a.db)
 
 
-def _execute(runner, run_id: str, quiet: bool) -> dict[str, Any]:
+def _execute(runner, run_id: str, quiet: bool) -> RunResult:
     from .events import CandidateScored, StepDone, Usage
 
     bar = _progress(None, "optimizing", quiet)
@@ -184,29 +186,27 @@ def _execute(runner, run_id: str, quiet: bool) -> dict[str, Any]:
         bar.close()
 
 
-def _write_result(result: dict[str, Any], out: str | None) -> None:
+def _write_result(result: RunResult, out: str | None) -> None:
     if out:
         d = Path(out)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        (d / "result.json").write_text(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
 
 
-def _print_result(result: dict[str, Any], as_json: bool) -> None:
+def _print_result(r: RunResult, as_json: bool) -> None:
     if as_json:
-        slim = {k: v for k, v in result.items() if k != "config"}
-        print(json.dumps(slim))
+        print(json.dumps(r.model_dump(mode="json", exclude={"config"})))
         return
-    print(f"run {result['run_id']}: {result['status']}{' - ' + result['reason'] if result['reason'] else ''}")
-    print(f"initial: {result['initial_prompt']!r}")
-    print(f"best:    {result['best_prompt']!r}")
+    print(f"run {r.run_id}: {r.status}{' - ' + r.reason if r.reason else ''}")
+    print(f"initial: {r.initial_prompt!r}")
+    print(f"best:    {r.best_prompt!r}")
     for split in ("train", "dev", "test"):
-        i, b = result["scores"]["initial"].get(split), result["scores"]["best"].get(split)
+        i, b = r.scores["initial"].get(split), r.scores["best"].get(split)
         if i and b:
-            print(f"  {split:5} initial {i['score']:.3f} [{i['ci'][0]:.2f}, {i['ci'][1]:.2f}]  ->  best {b['score']:.3f}"
-                  f" [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}]  (n={b['n']})")
-    print(f"calls {result['calls']} (optimization {result['optimization_usage']['calls']}, "
-          f"report {result['report_usage']['calls']}), cache hits {result['cache_hits']}, tokens "
-          f"{result['prompt_tokens']}+{result['completion_tokens']}, {result['wall_time_s']} s")
+            print(f"  {split:5} initial {i.score:.3f} [{i.ci[0]:.2f}, {i.ci[1]:.2f}]  ->  best {b.score:.3f}"
+                  f" [{b.ci[0]:.2f}, {b.ci[1]:.2f}]  (n={b.n})")
+    print(f"calls {r.calls} (optimization {r.optimization_usage.calls}, report {r.report_usage.calls}), cache hits "
+          f"{r.cache_hits}, tokens {r.prompt_tokens}+{r.completion_tokens}, {r.wall_time_s} s")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -235,7 +235,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     result = _execute(runner, run_id, a.json)
     _write_result(result, a.out)
     _print_result(result, a.json)
-    return 0 if result["status"] in ("done", "budget", "stopped") else 1
+    return 0 if result.status.ok else 1
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
@@ -251,7 +251,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
     result = _execute(Runner(store), run["id"], a.json)
     _write_result(result, a.out)
     _print_result(result, a.json)
-    return 0 if result["status"] in ("done", "budget", "stopped") else 1
+    return 0 if result.status.ok else 1
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
@@ -276,27 +276,25 @@ def _find(store, run_id: str) -> dict[str, Any]:
 def cmd_runs(a: argparse.Namespace) -> int:
     store = _store(a)
     runs = store.list_runs()
+    rows = []
+    for r in runs:
+        result = stored_result(r)
+        rows.append({"id": r["id"], "status": observed_status(r), "optimizer": r["optimizer"],
+                     "data_name": r["data_name"], "seed": r["seed"], "created": r["created"],
+                     "best_test": result.best_test if result else None})
     if a.json:
-        print(json.dumps([{k: r[k] for k in ("id", "status", "optimizer", "data_name", "seed", "created")}
-                          | {"best_test": _best_test(r)} for r in runs]))
+        print(json.dumps(rows))
         return 0
     if not runs:
         print(f"no runs in {store.path}")
     import datetime as dt
 
-    for r in runs:
+    for r in rows:
         t = dt.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M")
-        bt = _best_test(r)
+        bt = r["best_test"]
         print(f"{r['id']}  {t}  {r['status']:8} {r['optimizer']:9} {r['data_name'] or '':24} "
-              f"best test {'-' if bt is None else f'{bt:.3f}'}")
+              f"best test {'-' if bt is None else f'{bt:.{SCORE_DIGITS}f}'}")
     return 0
-
-
-def _best_test(r: dict[str, Any]) -> float | None:
-    try:
-        return r["result"]["scores"]["best"]["test"]["score"]
-    except (TypeError, KeyError):
-        return None
 
 
 def cmd_show(a: argparse.Namespace) -> int:
@@ -304,8 +302,9 @@ def cmd_show(a: argparse.Namespace) -> int:
 
     store = _store(a)
     run = _find(store, a.run_id)
-    if run["result"]:
-        _print_result(run["result"], a.json)
+    result = stored_result(run)
+    if result:
+        _print_result(result, a.json)
     else:
         print(f"run {run['id']}: {run['status']} ({store.event_count(run['id'])} events so far)")
     if not a.json:

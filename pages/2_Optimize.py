@@ -12,6 +12,8 @@ import datetime as dt
 import pandas as pd
 import streamlit as st
 
+from optimizers.result import stored_result
+from optimizers.status import RunStatus, observed_status
 from optimizers.store import Store
 from ui import charts
 from ui.common import (
@@ -22,16 +24,15 @@ from ui.common import (
     create_and_launch,
     db_path,
     estimate_run,
-    launch,
     page_link,
     params_form,
     registered_optimizers,
     report_calls,
+    resume,
     run_link,
     selected_run,
     store,
     validation_messages,
-    worker_alive,
 )
 from ui.diff import diff_stats, render_markers
 
@@ -40,11 +41,9 @@ connection_sidebar()
 st.title("Optimize")
 
 PREFERRED = ["protegi", "opro", "ape", "pe2", "gpo", "baseline"]
-RESUMABLE = ("stopped", "paused", "failed")
-LIVE = ("created", "running")
 STATUS_TEXT = {"created": "waiting for the worker", "running": "running", "done": "finished",
                "budget": "budget reached", "stopped": "stopped by the user", "paused": "paused (endpoint down)",
-               "failed": "failed"}
+               "failed": "failed", "crashed": "crashed (the worker process is gone)"}
 
 S: Store = store()
 optimizers = registered_optimizers()
@@ -167,20 +166,16 @@ def _frames(db: str, run_id: str, n_events: int) -> dict:
             "spend": charts.spend(s, run_id)}
 
 
-def _controls(run: dict) -> None:
-    rid, status = run["id"], run["status"]
+def _controls(run: dict, status: RunStatus) -> None:
+    rid = run["id"]
     c1, c2, c3 = st.columns([1, 1, 3])
-    if status in LIVE:
+    if status.live:
         if run["stop_requested"]:
             c1.button("Stopping...", disabled=True, key="opt_stopping")
         elif c1.button("Stop", key="opt_stop", help="The run stops after the current step; resume it later."):
             S.request_stop(rid)
             st.rerun(scope="fragment")
-        if status == "running" and not worker_alive(run):
-            c3.warning("The worker process is gone (crashed or killed): resume the run.")
-            if c2.button("Resume", key="opt_resume_dead"):
-                _resume(rid)
-    elif status == "budget":
+    elif status is RunStatus.BUDGET:
         old = (run["config"].get("budget") or {}).get("max_calls") or 0
         more = c3.number_input("New call budget", min_value=int(old) + 1, value=int(old) * 2 or 100, step=50,
                                key="opt_more_calls", help="Raise the budget and continue from the stored steps.")
@@ -188,7 +183,7 @@ def _controls(run: dict) -> None:
                      help="Replays the stored steps from the cache (free) and continues with the new budget."):
             S.set_budget(rid, {"max_calls": int(more)})
             _resume(rid)
-    elif status in RESUMABLE:
+    elif status.resumable:
         if c1.button("Resume", type="primary", key="opt_resume",
                      help="Replays the stored steps from the cache (free) and continues."):
             _resume(rid)
@@ -196,8 +191,7 @@ def _controls(run: dict) -> None:
 
 def _resume(rid: str) -> None:
     try:
-        S.set_status(rid, "created", "resume requested")
-        launch(rid)
+        resume(rid)
     except Exception as e:
         st.error(f"Could not resume: {type(e).__name__}: {e}")
         return
@@ -217,23 +211,24 @@ def _spend_view(sp: dict) -> None:
 
 
 def _report_view(run: dict) -> None:
-    res = run.get("result") or {}
-    scores = res.get("scores") or {}
+    res = stored_result(run)
+    if res is None:
+        return
     rows = []
     for which in ("initial", "best"):
         row = {"prompt": which}
         for split in ("train", "dev", "test"):
-            s = (scores.get(which) or {}).get(split)
-            row[split] = (f"{s['score']:.3f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] n={s['n']}" if s else "")
+            s = res.scores[which].get(split)
+            row[split] = (f"{s.score:.3f} [{s.ci[0]:.2f}, {s.ci[1]:.2f}] n={s.n}" if s else "")
         rows.append(row)
     if any(r["test"] or r["train"] for r in rows):
         st.subheader("Report (initial vs best, scored once after the run; test is held out)")
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    if res.get("report_error"):
-        st.warning(f"The report is incomplete: {res['report_error']}")
-    if res.get("best_prompt"):
+    if res.report_error:
+        st.warning(f"The report is incomplete: {res.report_error}")
+    if res.best_prompt:
         st.caption("Best prompt:")
-        st.text(res["best_prompt"])
+        st.text(res.best_prompt)
 
 
 def _candidates_view(f: dict) -> None:
@@ -275,7 +270,7 @@ def run_view(rid: str) -> None:
     st.caption(f"created {dt.datetime.fromtimestamp(run['created']):%Y-%m-%d %H:%M:%S}, seed {run['seed']}, backend "
                f"{cfg.get('base_url') or 'embedded model'}, task model {cfg.get('task_model') or 'default'}")
     run_link(rid, label="Link to this run (share or bookmark)")
-    interval = 2 if run["status"] in LIVE else None
+    interval = 2 if observed_status(run).live else None
 
     @st.fragment(run_every=interval)
     def live() -> None:
@@ -283,26 +278,26 @@ def run_view(rid: str) -> None:
         if r is None:
             st.error("The run was deleted.")
             return
-        status = r["status"]
-        if interval and status not in LIVE:
-            st.rerun(scope="app")  # finished: draw the final view once, and stop polling
+        status = observed_status(r)
+        if interval and not status.live:
+            st.rerun(scope="app")  # finished or crashed: draw the final view once, and stop polling
         text = STATUS_TEXT.get(status, status)
         reason = r.get("reason") or ""
         msg = f"Status: **{text}**" + (f": {reason}" if reason and reason != text else "")
-        {"failed": st.error, "paused": st.warning, "budget": st.info, "stopped": st.info,
+        {"failed": st.error, "crashed": st.error, "paused": st.warning, "budget": st.info, "stopped": st.info,
          "done": st.success}.get(status, st.info)(msg)
-        _controls(r)
+        _controls(r, status)
         f = _frames(db_path(), rid, S.event_count(rid))
         _spend_view(f["spend"])
         if f["points"].empty and f["best"].empty:
-            st.caption("No scores yet." + (" The worker is starting..." if status in LIVE else ""))
+            st.caption("No scores yet." + (" The worker is starting..." if status.live else ""))
         else:
             st.plotly_chart(charts.score_figure(f["points"], f["best"], beam=f["beam"],
                                                 initial_score=f["init_score"], texts=f["texts"]), width="stretch",
                             key=f"opt_chart_{rid}")
             if f["beam"]:
                 st.caption("Current beam: " + ", ".join(f["beam"]))
-        if status not in LIVE:
+        if not status.live:
             _report_view(r)
         _candidates_view(f)
 

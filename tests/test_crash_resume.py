@@ -109,7 +109,7 @@ def test_two_runs_at_once_do_not_mix(tmp_path):
             t.start()
         for t in threads:
             t.join(120)
-        assert results[a]["status"] == results[b]["status"] == "done"
+        assert results[a].status == results[b].status == "done"
         consistent(db)
         for rid in (a, b):
             other = b if rid == a else a

@@ -445,7 +445,7 @@ def test_runner_end_to_end_with_an_empty_initial_instruction(tmp_path):
                         toy_examples(6, seed=2, start=201))
         rid = runner.create(cfg, splits)
         res = runner.execute(rid)
-        assert res["status"] == "done", res
-        assert res["initial_prompt"] == "" and "level" in res["best_prompt"].lower()
+        assert res.status == "done", res
+        assert res.initial_prompt == "" and "level" in res.best_prompt.lower()
         ks = [e.kind for _, e in store.events(rid)]
         assert ks.count("step_done") == 3 and ks.count("meta_prompt") == 6 and ks.count("selection") == 2

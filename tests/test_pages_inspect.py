@@ -87,13 +87,13 @@ def run_config(tmp_path, optimizer: str = "baseline", params: dict | None = None
 
 def make_protegi_run(runner: Runner, tmp_path) -> str:
     rid = runner.create(run_config(tmp_path, "protegi", PROTEGI_PARAMS), toy_splits())
-    assert runner.execute(rid)["status"] == "done"
+    assert runner.execute(rid).status == "done"
     return rid
 
 
 def make_baseline_run(runner: Runner, tmp_path, initial: str = INITIAL) -> str:
     rid = runner.create(run_config(tmp_path, "baseline", initial_prompt=initial), toy_splits())
-    assert runner.execute(rid)["status"] == "done"
+    assert runner.execute(rid).status == "done"
     return rid
 
 

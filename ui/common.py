@@ -361,15 +361,12 @@ def create_and_launch(config: Any, splits: Any) -> str:
     return rid
 
 
-def worker_alive(run: dict[str, Any]) -> bool:
-    pid = run.get("worker_pid")
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
-        return False
-    return True
+def resume(run_id: str) -> None:
+    """Hand a stored run back to a worker: it replays the stored part from the cache and continues."""
+    from optimizers.status import RunStatus
+
+    store().set_status(run_id, RunStatus.CREATED, "resume requested")
+    launch(run_id)
 
 
 # --- Data page helpers (pure) -------------------------------------------------------------------------------------
