@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .data import BUNDLED, DataError, build_examples, load_bundled, read_table, split_examples
+from .data import BUNDLED, DataError, read_table
 from .llm import Budget, LLMError
 from .result import SCORE_DIGITS, RunResult, stored_result
 from .status import observed_status
-
-MAX_LABELS = 50
 
 
 class UsageError(Exception):
@@ -56,52 +54,31 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="response cache folder (default ~/.cache/promptopt/llm)")
 
 
-def _template_for(input_cols: list[str]) -> str:
-    if len(input_cols) == 1:
-        return "{prompt}\n\nInput: {" + input_cols[0] + "}\nAnswer:"
-    return "{prompt}\n\n" + "\n".join(f"{c}: {{{c}}}" for c in input_cols) + "\nAnswer:"
+def load_task_data(a: argparse.Namespace, initial_prompt: str | None, prompt_flag: str):
+    """The task-ready data the arguments name (optimizers.prepare); a bundled set brings its own columns, template,
+    labels and prompt, a file needs them as arguments."""
+    from .config import SplitConfig
+    from .prepare import prepare_task
 
-
-def load_task_data(a: argparse.Namespace):
-    """Examples, splits, task and data config from the arguments (bundled sets fill in their own defaults)."""
-    from .config import DataConfig, SplitConfig
-    from .task import Task
-
-    bundled = None
     if a.data in BUNDLED and not Path(a.data).exists():
-        df, bundled = load_bundled(a.data)
-        source = str(bundled.path)
+        data, name, source = a.data, None, None
     else:
         path = Path(a.data)
         if not path.exists():
             raise UsageError(f"--data: no such file or bundled set {a.data!r} (bundled: {', '.join(BUNDLED)})")
-        df = read_table(path)
-        source = str(path.resolve())
-    input_cols = a.input_cols or (bundled.input_cols if bundled else None)
-    label_col = a.label_col or (bundled.label_col if bundled else None)
-    if not input_cols or not label_col:
-        raise UsageError(f"--input-col and --label-col are required; the file's columns are: {', '.join(df.columns)}")
-    extraction = a.extraction or "label"
-    examples, warnings = build_examples(df, input_cols, label_col,
-                                        max_labels=MAX_LABELS if extraction == "label" else None)
-    for w in warnings:
+        data, name, source = read_table(path), path.name, str(path.resolve())
+        if initial_prompt is None:
+            raise UsageError(f"{prompt_flag} is required")
+    split = SplitConfig(train=a.train, dev=a.dev, test=a.test, seed=a.split_seed, max_train=a.max_train,
+                        max_dev=a.max_dev, max_test=a.max_test)
+    prepared = prepare_task(data, name=name, source=source, input_cols=a.input_cols, label_col=a.label_col,
+                            template=a.template, initial_prompt=initial_prompt,
+                            labels=[s.strip() for s in a.labels.split(",")] if a.labels else None,
+                            extraction=a.extraction or "label", regex=a.regex, metric=a.metric,
+                            max_tokens=a.task_max_tokens, constrain_labels=a.constrain_labels, split=split)
+    for w in prepared.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    labels = [s.strip() for s in a.labels.split(",")] if a.labels else (
-        bundled.labels if bundled else sorted({e.label for e in examples}))
-    template = a.template or (bundled.template if bundled else _template_for(input_cols))
-    try:
-        task = Task(template=template, input_cols=input_cols, labels=labels if extraction == "label" else None,
-                    extraction=extraction, regex=a.regex, metric=a.metric or "accuracy",
-                    max_tokens=a.task_max_tokens, constrain_labels=a.constrain_labels)
-    except ValueError as e:
-        raise UsageError(_short(e)) from None
-    split_cfg = SplitConfig(train=a.train, dev=a.dev, test=a.test, seed=a.split_seed, max_train=a.max_train,
-                            max_dev=a.max_dev, max_test=a.max_test)
-    splits = split_examples(examples, train=a.train, dev=a.dev, test=a.test, seed=a.split_seed,
-                            max_train=a.max_train, max_dev=a.max_dev, max_test=a.max_test)
-    data_cfg = DataConfig(name=bundled.name if bundled else Path(a.data).name, input_cols=input_cols,
-                          label_col=label_col, source=source)
-    return examples, splits, task, data_cfg, split_cfg, bundled
+    return prepared
 
 
 def _progress(total: int | None, desc: str, quiet: bool):
@@ -116,11 +93,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import Evaluator
     from .llm import LLM, Meter, ResponseCache
 
-    examples, splits, task, _, _, bundled = load_task_data(a)
-    prompt = a.prompt if a.prompt is not None else (bundled.initial_prompt if bundled else None)
-    if prompt is None:
-        raise UsageError("--prompt is required")
-    exs = examples if a.split == "all" else getattr(splits, a.split)
+    prepared = load_task_data(a, a.prompt, "--prompt")
+    exs = prepared.examples if a.split == "all" else getattr(prepared.splits, a.split)
     if a.limit:
         exs = exs[: a.limit]
     backend = open_backend(a.base_url, max_concurrency=a.concurrency)
@@ -128,7 +102,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     cache = ResponseCache(a.cache_dir)
     llm = LLM(backend.endpoint, a.model or backend.model, role="task", meter=meter, cache=cache)
     bar = _progress(len(exs), "scoring", a.json)
-    res = Evaluator(llm, task).evaluate(prompt, exs, progress=bar.update)
+    res = Evaluator(llm, prepared.task).evaluate(prepared.initial_prompt, exs, progress=bar.update)
     bar.close()
     c = meter.snapshot()
     if a.predictions:
@@ -212,23 +186,19 @@ def _print_result(r: RunResult, as_json: bool) -> None:
 def cmd_run(a: argparse.Namespace) -> int:
     from . import optimizers_all  # noqa: F401  (registers the optimizers)
     from .base import REGISTRY
-    from .config import RunConfig
     from .runner import Runner
 
     if a.optimizer not in REGISTRY:
         raise UsageError(f"--optimizer: unknown {a.optimizer!r}; choose one of {', '.join(sorted(REGISTRY))}")
-    _, splits, task, data_cfg, split_cfg, bundled = load_task_data(a)
-    prompt = a.initial_prompt if a.initial_prompt is not None else (bundled.initial_prompt if bundled else None)
-    if prompt is None:
-        raise UsageError("--initial-prompt is required")
+    prepared = load_task_data(a, a.initial_prompt, "--initial-prompt")
     try:
-        cfg = RunConfig(optimizer=a.optimizer, params=_parse_params(a.param), initial_prompt=prompt, task=task,
-                        data=data_cfg, split=split_cfg, seed=a.seed, base_url=a.base_url, task_model=a.model,
-                        optimizer_model=a.optimizer_model, max_concurrency=a.concurrency, cache_dir=a.cache_dir,
-                        budget=Budget(max_calls=a.max_calls, max_tokens=a.max_tokens, max_cost=a.max_cost))
+        cfg = prepared.run_config(REGISTRY[a.optimizer], params=_parse_params(a.param), seed=a.seed,
+                                  base_url=a.base_url, task_model=a.model, optimizer_model=a.optimizer_model,
+                                  max_concurrency=a.concurrency, cache_dir=a.cache_dir,
+                                  budget=Budget(max_calls=a.max_calls, max_tokens=a.max_tokens, max_cost=a.max_cost))
         store = _store(a)
         runner = Runner(store)
-        run_id = runner.create(cfg, splits)
+        run_id = runner.create(cfg, prepared.splits)
     except ValueError as e:
         raise UsageError(_short(e)) from None
     print(f"run {run_id} stored in {store.path}", file=sys.stderr)

@@ -12,6 +12,8 @@ import datetime as dt
 import pandas as pd
 import streamlit as st
 
+from optimizers.data import DataError
+from optimizers.prepare import prepare_task
 from optimizers.result import stored_result
 from optimizers.status import RunStatus, observed_status
 from optimizers.store import Store
@@ -19,7 +21,6 @@ from ui import charts
 from ui.common import (
     _store_at,
     base_url,
-    bundled_po_data,
     connection_sidebar,
     create_and_launch,
     db_path,
@@ -63,12 +64,13 @@ def new_run_form() -> None:
         c1, c2 = st.columns(2)
         page_link("pages/1_Data.py", label="Go to Data")
         if c2.button("Load the bundled sentiment set (60 reviews: train 28, dev 16, test 16)", key="opt_load_sample"):
-            st.session_state["po_data"] = bundled_po_data("sentiment", max_train=40, max_dev=20, max_test=40)
+            st.session_state["po_data"] = prepare_task("sentiment", split={"max_train": 40, "max_dev": 20,
+                                                                           "max_test": 40})
             st.rerun()
         return
-    sz = po["splits"].sizes()
-    st.write(f"Data: **{po['name']}**: train {sz['train']}, dev {sz['dev']}, test {sz['test']} "
-             f"(seed {po['split_config'].seed}).")
+    sz = po.splits.sizes()
+    st.write(f"Data: **{po.name}**: train {sz['train']}, dev {sz['dev']}, test {sz['test']} "
+             f"(seed {po.split_config.seed}).")
     if not optimizers:
         st.error("No optimizer is registered (optimizers.optimizers_all imported none).")
         return
@@ -94,7 +96,7 @@ def new_run_form() -> None:
     if changed:
         st.caption("Changed from the defaults: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
 
-    prompt = st.text_area("Initial prompt", value=po.get("initial_prompt", ""), key=f"opt_prompt.{po['name']}")
+    prompt = st.text_area("Initial prompt", value=po.initial_prompt, key=f"opt_prompt.{po.name}")
     url = base_url()
     task_model = (st.session_state.get("task_model") or "").strip() or None
     opt_model = (st.session_state.get("optimizer_model") or "").strip() or None
@@ -112,7 +114,7 @@ def new_run_form() -> None:
 
     est = estimate_run(name, params.model_dump(), po, prompt.strip(), seed,
                        Budget(max_calls or None, max_tokens or None, max_cost or None))
-    rep = report_calls(po["splits"])
+    rep = report_calls(po.splits)
     if est is None:
         msg = (f"No estimate for {name} with these settings: the run makes **at most {max_calls:,} calls** (the budget)"
                if max_calls else f"No estimate for {name} with these settings and no call budget")
@@ -129,18 +131,16 @@ def new_run_form() -> None:
         st.warning("No budget set: the run stops only when the optimizer finishes or you stop it.")
 
     if st.button("Start the run", type="primary", key="opt_start"):
-        from optimizers.config import RunConfig
         from optimizers.llm import Budget
 
         try:
-            cfg = RunConfig(optimizer=name, params=params.model_dump(), initial_prompt=prompt.strip(),
-                            task=po["task"], data=po["data_config"], split=po["split_config"], seed=seed,
-                            base_url=url or None, task_model=task_model, optimizer_model=opt_model,
-                            budget=Budget(max_calls or None, max_tokens or None, max_cost or None))
-            if not cfg.initial_prompt:
-                st.error("The initial prompt is empty.")
-                return
-            rid = create_and_launch(cfg, po["splits"])
+            cfg = po.run_config(cls, initial_prompt=prompt, params=params.model_dump(), seed=seed,
+                                base_url=url or None, task_model=task_model, optimizer_model=opt_model,
+                                budget=Budget(max_calls or None, max_tokens or None, max_cost or None))
+            rid = create_and_launch(cfg, po.splits)
+        except DataError as e:
+            st.error(f"Could not start the run: {e}")
+            return
         except Exception as e:
             st.error(f"Could not start the run: {type(e).__name__}: {e}")
             return

@@ -84,7 +84,7 @@ if src == "run":
     default_model = C.run_task_model(S, run_id)
 else:
     po = st.session_state["po_data"]
-    task, test, data_name = po["task"], list(po["splits"].test), po.get("name", "session data")
+    task, test, data_name = po.task, list(po.splits.test), po.name
     default_model = None
     if not test:
         st.error("The session data has an empty test split: change the split on the Data page.")

@@ -308,11 +308,11 @@ def estimate_run(name: str, params: dict[str, Any], po: dict[str, Any], prompt: 
     from optimizers.estimate import dry_run
 
     key = "est:" + hashlib.sha256(json.dumps(
-        [name, params, po["name"], po["splits"].sizes(), prompt, seed, str(budget)], sort_keys=True,
+        [name, params, po.name, po.splits.sizes(), prompt, seed, str(budget)], sort_keys=True,
         default=str).encode()).hexdigest()
     if key not in st.session_state:
         try:
-            st.session_state[key] = dry_run(name, params, po["task"], po["splits"], prompt or "Answer.", seed=seed,
+            st.session_state[key] = dry_run(name, params, po.task, po.splits, prompt or "Answer.", seed=seed,
                                             budget=budget)
         except Exception:  # an estimate must never break the form
             st.session_state[key] = None
@@ -367,79 +367,6 @@ def resume(run_id: str) -> None:
 
     store().set_status(run_id, RunStatus.CREATED, "resume requested")
     launch(run_id)
-
-
-# --- Data page helpers (pure) -------------------------------------------------------------------------------------
-
-LABEL_NAMES = ("label", "labels", "target", "answer", "class", "category", "y", "output", "gold")
-
-
-def guess_label_col(columns: list[str]) -> str:
-    for c in columns:
-        if c.strip().lower() in LABEL_NAMES:
-            return c
-    return columns[-1]
-
-
-def default_template(input_cols: list[str]) -> str:
-    if len(input_cols) == 1:
-        return "{prompt}\n\nInput: {" + input_cols[0] + "}\nAnswer:"
-    return "{prompt}\n\n" + "\n".join(f"{c}: {{{c}}}" for c in input_cols) + "\nAnswer:"
-
-
-def make_po_data(df: Any, *, name: str, input_cols: list[str], label_col: str, template: str, initial_prompt: str,
-                 extraction: str = "label", split: dict[str, Any] | None = None, source: str | None = None,
-                 labels: list[str] | None = None, max_tokens: int = 32) -> tuple[dict[str, Any], list[str]]:
-    """Validate the mapping and split the data; returns (po_data, warnings). Raises DataError with every problem."""
-    from pydantic import ValidationError
-
-    from optimizers.config import DataConfig, SplitConfig
-    from optimizers.data import DataError, build_examples, split_examples
-    from optimizers.task import Task
-
-    problems: list[str] = []
-    max_labels = 50 if extraction == "label" else None
-    examples, warnings = build_examples(df, input_cols, label_col, max_labels=max_labels)
-    if labels is None and extraction == "label":
-        labels = sorted({e.label for e in examples})
-    try:
-        task = Task(template=template, input_cols=input_cols, labels=labels if extraction == "label" else None,
-                    extraction=extraction, metric="exact_match" if extraction in ("exact",) else "accuracy",
-                    max_tokens=max_tokens)
-    except ValidationError as e:
-        problems += [f"template / task: {m.split(': ', 1)[-1]}" for m in validation_messages(e)]
-        task = None
-    except ValueError as e:
-        problems.append(f"template / task: {e}")
-        task = None
-    if not (initial_prompt or "").strip():
-        problems.append("the initial prompt is empty: write the instruction the optimizers start from")
-    try:
-        sc = SplitConfig(**(split or {}))
-    except ValidationError as e:
-        raise DataError([f"split: {m}" for m in validation_messages(e)]) from None
-    if problems:
-        raise DataError(problems)
-    splits = split_examples(examples, train=sc.train, dev=sc.dev, test=sc.test, seed=sc.seed, stratify=sc.stratify,
-                            max_train=sc.max_train, max_dev=sc.max_dev, max_test=sc.max_test)
-    if not splits.train:
-        raise DataError("the train split is empty: raise its fraction or add examples")
-    if sc.stratify and not splits.stratified:
-        warnings.append("some label has fewer than 3 examples: the split is not stratified")
-    po = {"name": name, "task": task, "splits": splits, "initial_prompt": initial_prompt.strip(),
-          "data_config": DataConfig(name=name, input_cols=input_cols, label_col=label_col, source=source),
-          "split_config": sc}
-    return po, warnings
-
-
-def bundled_po_data(name: str, **split: Any) -> dict[str, Any]:
-    """po_data for a bundled set with its own template, labels and initial prompt."""
-    from optimizers.data import load_bundled
-
-    df, b = load_bundled(name)
-    po, _ = make_po_data(df, name=b.name, input_cols=b.input_cols, label_col=b.label_col, template=b.template,
-                         initial_prompt=b.initial_prompt, labels=b.labels, split=split, source=f"bundled:{b.name}")
-    return po
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
