@@ -14,18 +14,8 @@ import streamlit as st
 
 from optimizers.data import BUNDLED
 from optimizers.prepare import prepare_task
-from ui.common import (
-    api_key,
-    backend,
-    base_url,
-    connection_sidebar,
-    create_and_launch,
-    embedded_running,
-    list_models,
-    page_link,
-    registered_optimizers,
-    store,
-)
+from ui.launch import create_and_launch, registered_optimizers
+from ui.session import api_key, backend, base_url, connection_sidebar, embedded_running, list_models, page_link, store
 
 st.set_page_config(page_title="PromptOpt", layout="wide")
 

@@ -12,7 +12,7 @@ import streamlit as st
 from optimizers.data import BUNDLED, DataError, load_bundled, read_table, render_template
 from optimizers.prepare import PreparedTask, default_template, guess_label_col, prepare_task
 from ui import charts
-from ui.common import connection_sidebar, page_link
+from ui.session import connection_sidebar, page_link
 
 st.set_page_config(page_title="PromptOpt: Data", layout="wide")
 connection_sidebar()

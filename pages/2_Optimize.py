@@ -18,24 +18,10 @@ from optimizers.result import stored_result
 from optimizers.status import RunStatus, observed_status
 from optimizers.store import Store
 from ui import charts
-from ui.common import (
-    _store_at,
-    base_url,
-    connection_sidebar,
-    create_and_launch,
-    db_path,
-    estimate_run,
-    page_link,
-    params_form,
-    registered_optimizers,
-    report_calls,
-    resume,
-    run_link,
-    selected_run,
-    store,
-    validation_messages,
-)
 from ui.diff import diff_stats, render_markers
+from ui.launch import create_and_launch, estimate_run, registered_optimizers, report_calls, resume
+from ui.params_form import params_form, validation_messages
+from ui.session import _store_at, base_url, connection_sidebar, db_path, page_link, run_link, selected_run, store
 
 st.set_page_config(page_title="PromptOpt: Optimize", layout="wide")
 connection_sidebar()

@@ -11,8 +11,8 @@ import streamlit as st
 
 from optimizers.result import SCORE_DIGITS, stored_result
 from optimizers.status import RunStatus, observed_status
-from ui.common import cached_events, connection_sidebar, runs_or_stop
 from ui.inspectors import render_step, steps_of
+from ui.session import cached_events, connection_sidebar, runs_or_stop
 
 st.set_page_config(page_title="PromptOpt: Inspect", layout="wide")
 

@@ -12,9 +12,10 @@ import streamlit as st
 from optimizers.export import candidate_rows, run_json, to_csv, to_json
 from optimizers.result import SCORE_DIGITS, stored_result
 from optimizers.status import RunStatus, observed_status
-from ui.common import cached_events, connection_sidebar, resume, run_link, runs_or_stop
-from ui.common import store as _store
+from ui.launch import resume
 from ui.replay import render_replay
+from ui.session import cached_events, connection_sidebar, run_link, runs_or_stop
+from ui.session import store as _store
 
 st.set_page_config(page_title="PromptOpt: Runs", layout="wide")
 

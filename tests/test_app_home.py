@@ -35,7 +35,7 @@ def test_home_embedded_model_is_not_started_at_app_start(monkeypatch, tmp_path):
     def boom():
         raise AssertionError("the embedded model must start lazily")
 
-    monkeypatch.setattr("ui.common.embedded_server", boom)
+    monkeypatch.setattr("ui.session.embedded_server", boom)
     at = AppTest.from_file("../app.py", default_timeout=30).run()
     assert not at.exception
     assert "not started" in " ".join(m.value for m in at.markdown)

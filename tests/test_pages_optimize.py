@@ -18,8 +18,8 @@ from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.stub_server import StubServer
 from ui import charts
-from ui.common import field_kind, parse_field_text
 from ui.diff import diff_stats, render_markers, word_diff
+from ui.params_form import field_kind, parse_field_text
 
 PAGE = "../pages/2_Optimize.py"
 SMALL_PROTEGI = {"rounds": 2, "beam_size": 2, "minibatch_size": 8, "n_gradients": 1, "mc_samples_per_step": 1,
@@ -192,7 +192,7 @@ def test_embedded_server_url_is_passed_to_workers(env, monkeypatch):
     class FakeServer:
         base_url, model_alias = "http://127.0.0.1:9/v1", "tiny-model"
 
-    monkeypatch.setattr("ui.common.embedded_server", lambda: FakeServer())
+    monkeypatch.setattr("ui.session.embedded_server", lambda: FakeServer())
     env["spawn"].execute = False
     at = AppTest.from_file(PAGE, default_timeout=30)
     at.session_state["po_data"] = small_data()
@@ -201,6 +201,26 @@ def test_embedded_server_url_is_passed_to_workers(env, monkeypatch):
     assert not at.exception
     assert env["calls"][-1]["embedded_url"] == "http://127.0.0.1:9/v1"
     assert env["store"].list_runs()[0]["config"]["base_url"] is None
+
+
+def test_the_session_and_a_worker_build_the_same_embedded_endpoint(monkeypatch):
+    """optimizers.backend builds the embedded endpoint; the dashboard no longer builds its own (it had other
+    patience and timeouts than the worker's)."""
+    from optimizers.backend import open_backend
+    from ui import session
+
+    class FakeServer:
+        base_url, model_alias = "http://127.0.0.1:9/v1", "tiny-model"
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setattr(session, "embedded_server", lambda: FakeServer())
+    monkeypatch.setenv("PROMPTOPT_EMBEDDED_URL", FakeServer.base_url)
+    monkeypatch.setenv("PROMPTOPT_EMBEDDED_ALIAS", FakeServer.model_alias)
+    ours, workers = session.backend(), open_backend()
+    assert (ours.embedded, ours.model, ours.cache_id) == (True, workers.model, workers.cache_id)
+    for attr in ("base_url", "max_concurrency", "patience", "llamacpp"):
+        assert getattr(ours.endpoint, attr) == getattr(workers.endpoint, attr), attr
+    assert ours.endpoint.client.timeout == workers.endpoint.client.timeout
 
 
 # --- charts on a real run -----------------------------------------------------------------------------------------

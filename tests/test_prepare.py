@@ -96,6 +96,9 @@ def test_the_cli_and_the_data_page_prepare_through_it(spy, toy_csv, monkeypatch,
     assert cli.main(["run", "--data", str(toy_csv), "--input-col", "text", "--label-col", "label", "--optimizer",
                      "protegi", "--initial-prompt", "", "--db", str(tmp_path / "runs.sqlite")]) == 2
     assert spy[-1]["extraction"] == "label" and spy[-1]["initial_prompt"] == ""
+    import streamlit as st
+
+    st.cache_data.clear()  # the Data page caches what it prepared
     monkeypatch.setenv("PROMPTOPT_DB", str(tmp_path / "runs.sqlite"))
     at = AppTest.from_file("../pages/1_Data.py", default_timeout=30).run()
     assert not at.exception and spy[-1]["name"] == "sentiment"
