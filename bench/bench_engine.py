@@ -92,7 +92,8 @@ sys.path.insert(0, sys.argv[4])
 from bench.bench_engine import examples, TASK
 from optimizers import methods
 from optimizers.data import Splits
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.config import DataConfig, RunConfig
+from optimizers.runner import Runner
 from optimizers.store import Store
 n, url, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 exs = examples(n)

@@ -149,6 +149,7 @@ class Optimizer(ABC):
     title: ClassVar[str]
     paper: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
+    allows_empty_prompt: ClassVar[bool] = False  # may a run start from an empty initial prompt?
 
     def __init__(self, ctx: Context, params: Params | dict[str, Any] | None = None):
         self.ctx = ctx

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from optimizers.backend import Backend
+from optimizers.config import DataConfig, RunConfig
 from optimizers.data import Example, Splits
 from optimizers.likelihood import LikelihoodUnavailable, gold_logprob
 from optimizers.llm import Budget, BudgetExceeded, Endpoint
@@ -24,7 +25,7 @@ from optimizers.methods.ape import (
     is_echo,
 )
 from optimizers.methods.strategies import rank_arms, ucb1_values
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.conftest import (
     _POS,
@@ -480,14 +481,14 @@ def test_runner_budget_then_resume_replays(tmp_path, score_method):
         sp = Splits(toy_examples(16), toy_examples(6, seed=1, start=100), toy_examples(4, seed=2, start=200))
         rid = runner.create(cfg, sp)
         res = runner.execute(rid)
-        assert res["status"] == "budget" and res["optimization_usage"]["calls"] <= 30
+        assert res.status == "budget" and res.optimization_usage.calls <= 30
         n_before = len(stub.chat_requests())
         with store._tx() as c:
             conf = store.get_run(rid)["config"]
             conf["budget"]["max_calls"] = None
             c.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(conf), rid))
         res2 = runner.execute(rid)
-        assert res2["status"] == "done", res2["reason"]
+        assert res2.status == "done", res2.reason
         steps = [e.step for _, e in store.events(rid, kinds=["step_done"])]
         assert steps == sorted(set(steps)) and steps[0] == 0  # no step stored twice
         def key(r):
@@ -495,6 +496,6 @@ def test_runner_budget_then_resume_replays(tmp_path, score_method):
 
         first = {key(r) for r in stub.chat_requests()[:n_before]}
         assert not any(key(r) in first for r in stub.chat_requests()[n_before:])  # the stored part came from the cache
-        assert "sentiment" in res2["best_prompt"]
+        assert "sentiment" in res2.best_prompt
         sel = [e for _, e in store.events(rid, kinds=["selection"])]
         assert sel and sel[-1].method == "final"

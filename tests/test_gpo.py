@@ -618,9 +618,10 @@ def test_same_seed_same_trajectory_other_seed_differs():
 
 def test_runner_stores_a_gpo_run_and_resumes_by_replay(tmp_path):
     from optimizers.backend import Backend
+    from optimizers.config import DataConfig, RunConfig
     from optimizers.data import Splits
     from optimizers.llm import Endpoint
-    from optimizers.runner import DataConfig, RunConfig, Runner
+    from optimizers.runner import Runner
     from optimizers.store import Store
     from tests.conftest import TOY_TASK
 
@@ -638,7 +639,7 @@ def test_runner_stores_a_gpo_run_and_resumes_by_replay(tmp_path):
         sp = Splits(toy_examples(16), toy_examples(8, seed=1, start=100), toy_examples(4, seed=2, start=200))
         rid = runner.create(cfg, sp)
         res = runner.execute(rid)
-        assert res["status"] == "budget"
+        assert res.status == "budget"
         n_before = len(stub.chat_requests())
         run_ = store.get_run(rid)
         conf = run_["config"]
@@ -646,7 +647,7 @@ def test_runner_stores_a_gpo_run_and_resumes_by_replay(tmp_path):
         with store._tx() as c:
             c.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(conf), rid))
         res2 = runner.execute(rid)
-        assert res2["status"] == "done"
+        assert res2.status == "done"
         ev_kinds = [e.kind for _, e in store.events(rid)]
         assert ev_kinds.count("step_done") == 3 and "retrieval" in ev_kinds and "edit_budget" in ev_kinds
         first = {str(r["messages"]) + str(r.get("seed")) + r["model"] for r in stub.chat_requests()[:n_before]}

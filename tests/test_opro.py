@@ -18,6 +18,7 @@ import pytest
 
 import optimizers.methods.opro  # noqa: F401  (registers "opro")
 from optimizers.base import candidate_id
+from optimizers.config import DataConfig, RunConfig
 from optimizers.llm import Budget, BudgetExceeded
 from optimizers.methods.opro import (
     EXEMPLAR,
@@ -29,7 +30,6 @@ from optimizers.methods.opro import (
     parse_instruction,
     render_exemplar,
 )
-from optimizers.runner import DataConfig, RunConfig
 from tests.conftest import OPT_MODEL, TASK_MODEL, TOY_TASK, kinds, last_user, make_ctx, scripted, toy_examples
 from tests.stub_server import StubReply, StubServer
 
@@ -443,7 +443,7 @@ def test_runner_end_to_end_with_an_empty_initial_instruction(tmp_path):
                         toy_examples(6, seed=2, start=201))
         rid = runner.create(cfg, splits)
         res = runner.execute(rid)
-        assert res["status"] == "done", res
-        assert res["initial_prompt"] == "" and "level" in res["best_prompt"].lower()
+        assert res.status == "done", res
+        assert res.initial_prompt == "" and "level" in res.best_prompt.lower()
         ks = [e.kind for _, e in store.events(rid)]
         assert ks.count("step_done") == 3 and ks.count("meta_prompt") == 6 and ks.count("selection") == 2

@@ -124,6 +124,7 @@ class OPRO(Optimizer):
     name = "opro"
     title = "OPRO (optimization by prompting)"
     paper = "Yang et al., Large Language Models as Optimizers, ICLR 2024"
+    allows_empty_prompt = True  # "" is one of the paper's starting points
 
     class Params(Params):
         num_search_steps: int = Field(200, ge=0, description="Search steps after step 0 (paper 200; the budget "
