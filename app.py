@@ -12,20 +12,10 @@ import time
 import pandas as pd
 import streamlit as st
 
-from optimizers.data import BUNDLED, build_examples, load_bundled, split_examples
-from ui.common import (
-    api_key,
-    backend,
-    base_url,
-    bundled_po_data,
-    connection_sidebar,
-    create_and_launch,
-    embedded_running,
-    list_models,
-    page_link,
-    registered_optimizers,
-    store,
-)
+from optimizers.data import BUNDLED
+from optimizers.prepare import prepare_task
+from ui.launch import create_and_launch, registered_optimizers
+from ui.session import api_key, backend, base_url, connection_sidebar, embedded_running, list_models, page_link, store
 
 st.set_page_config(page_title="PromptOpt", layout="wide")
 
@@ -49,20 +39,18 @@ def quick_start() -> None:
         st.error("No optimizer is registered.")
         return
     from optimizers.llm import Budget
-    from optimizers.runner import RunConfig
 
-    po = bundled_po_data(QUICK_DATA, **QUICK_CAPS)
+    po = prepare_task(QUICK_DATA, split=QUICK_CAPS)
     st.session_state["po_data"] = po
     fields = opts[name].Params.model_fields
     params = {k: v for k, v in QUICK_PARAMS.get(name, {}).items() if k in fields}
     url = base_url()
     try:
-        cfg = RunConfig(optimizer=name, params=params, initial_prompt=po["initial_prompt"], task=po["task"],
-                        data=po["data_config"], split=po["split_config"], base_url=url or None,
-                        task_model=(st.session_state.get("task_model") or "").strip() or None,
-                        optimizer_model=(st.session_state.get("optimizer_model") or "").strip() or None,
-                        budget=Budget(max_calls=QUICK_BUDGET))
-        rid = create_and_launch(cfg, po["splits"])
+        cfg = po.run_config(opts[name], params=params, base_url=url or None,
+                            task_model=(st.session_state.get("task_model") or "").strip() or None,
+                            optimizer_model=(st.session_state.get("optimizer_model") or "").strip() or None,
+                            budget=Budget(max_calls=QUICK_BUDGET))
+        rid = create_and_launch(cfg, po.splits)
     except Exception as e:
         st.error(f"Could not start the quick-start run: {type(e).__name__}: {e}")
         return
@@ -121,18 +109,15 @@ n = st.slider("Test examples to score", 4, 40, 10)
 if st.button("Score on the test split", key="home_score"):
     from optimizers.evaluate import Evaluator
     from optimizers.llm import LLM, Meter, ResponseCache
-    from optimizers.task import Task
 
-    df, b = load_bundled(name)
-    exs, _ = build_examples(df, b.input_cols, b.label_col)
-    test = split_examples(exs, seed=0).test[:n]
+    prepared = prepare_task(name)
+    test = prepared.splits.test[:n]
     try:
         be = backend()
         meter = Meter()
         model = (st.session_state.get("task_model") or "").strip() or os.environ.get("PROMPTOPT_TASK_MODEL") \
             or be.model
         llm = LLM(be.endpoint, model, meter=meter, cache=ResponseCache())
-        task = Task(template=b.template, input_cols=b.input_cols, labels=b.labels)
         bar = st.progress(0.0, text="scoring...")
         done = [0]
 
@@ -141,7 +126,7 @@ if st.button("Score on the test split", key="home_score"):
             bar.progress(done[0] / len(test), text=f"scored {done[0]}/{len(test)}")
 
         t0 = time.monotonic()
-        res = Evaluator(llm, task).evaluate(prompt, test, progress=tick)
+        res = Evaluator(llm, prepared.task).evaluate(prompt, test, progress=tick)
         wall = max(time.monotonic() - t0, 1e-6)
     except Exception as e:  # shown as a message, never a traceback
         st.error(f"Could not score: {type(e).__name__}: {e}")

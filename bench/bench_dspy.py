@@ -50,9 +50,11 @@ sys.path.insert(0, str(ROOT))
 from bench_optimizers import SPLIT_CAPS  # noqa: E402  (same split caps as PromptOpt's runs)
 
 from optimizers.backend import open_backend  # noqa: E402
-from optimizers.data import Example, build_examples, load_bundled, split_examples  # noqa: E402
+from optimizers.config import SplitConfig  # noqa: E402
+from optimizers.data import Example  # noqa: E402
 from optimizers.evaluate import Evaluator  # noqa: E402
 from optimizers.llm import LLM, Meter, ResponseCache  # noqa: E402
+from optimizers.prepare import prepare_task  # noqa: E402
 from optimizers.task import Task  # noqa: E402
 
 log = logging.getLogger("bench_dspy")
@@ -308,11 +310,9 @@ def main() -> None:
 
     import dspy  # from the separate venv
 
-    df, bundled = load_bundled(a.task)
-    examples, _ = build_examples(df, bundled.input_cols, bundled.label_col)
-    splits = split_examples(examples, train=0.5, dev=0.25, test=0.25, seed=a.split_seed, max_train=a.max_train,
-                            max_dev=a.max_dev, max_test=a.max_test)
-    task = Task(template=bundled.template, input_cols=bundled.input_cols, labels=bundled.labels)
+    prepared = prepare_task(a.task, split=SplitConfig(seed=a.split_seed, max_train=a.max_train, max_dev=a.max_dev,
+                                                      max_test=a.max_test))
+    task, splits = prepared.task, prepared.splits
     out_name = output_field_name(task.template, task.input_cols)
 
     t_server = time.perf_counter()
@@ -352,7 +352,7 @@ def main() -> None:
     cache = ResponseCache(a.test_cache or tempfile.mkdtemp(prefix="promptopt-bench-dspy-cache-"))
     ev_meter = Meter()
     evaluator = Evaluator(LLM(backend.endpoint, model, role="task", meter=ev_meter, cache=cache), task)
-    initial = bundled.initial_prompt
+    initial = prepared.initial_prompt
     init_res = evaluator.evaluate(initial, splits.test)
 
     copro_knobs, mipro_knobs = size_knobs(a.max_calls, len(trainset), len(devset))

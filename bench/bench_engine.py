@@ -90,9 +90,10 @@ def run_memory(n: int, url: str, tmp: Path) -> tuple[float, float]:
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[4])
 from bench.bench_engine import examples, TASK
-from optimizers import optimizers_all
+from optimizers import methods
 from optimizers.data import Splits
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.config import DataConfig, RunConfig
+from optimizers.runner import Runner
 from optimizers.store import Store
 n, url, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 exs = examples(n)

@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from optimizers.result import RunResult, Score  # noqa: E402
 
 BUDGET_KNOBS: dict[str, dict[str, object]] = {
     "ape": {"num_subsamples": 3, "num_prompts_per_subsample": 3},
@@ -115,29 +118,30 @@ def main() -> None:
                 rows.append(f"| {task} | {name} | error: {r.stderr.strip().splitlines()[-1][:150]} |||||||")
                 print(rows[-1], file=sys.stderr, flush=True)
                 continue
-            res = json.loads((out / f"{task}-{name}" / "result.json").read_text())
-            i, b = res["scores"]["initial"].get("test"), res["scores"]["best"].get("test")
-            opt = res["optimization_usage"]
-            c90, first, final = calls_to_90(db, res["run_id"])
+            res = RunResult.model_validate_json((out / f"{task}-{name}" / "result.json").read_text())
+            i, b = res.scores["initial"].get("test"), res.scores["best"].get("test")
+            opt = res.optimization_usage
+            c90, first, final = calls_to_90(db, res.run_id)
 
-            def fmt(s):
-                return f"{s['score']:.3f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]" if s else "-"
+            def fmt(s: Score | None) -> str:
+                return f"{s.score:.3f} [{s.ci[0]:.2f}, {s.ci[1]:.2f}]" if s else "-"
 
             sel = f"{first:.3f} -> {final:.3f}" if first is not None else "-"
-            records.append({"task": task, "optimizer": name, "run_id": res["run_id"], "initial": i, "best": b,
+            records.append({"task": task, "optimizer": name, "run_id": res.run_id,
+                            "initial": i.model_dump() if i else None, "best": b.model_dump() if b else None,
                             "selection": [first, final],
-                            "selection_split": res.get("selection_split"), "calls": opt["calls"],
-                            "tokens": opt["prompt_tokens"] + opt["completion_tokens"],
-                            "cache_hits": opt.get("cache_hits", 0), "calls_to_90": c90,
+                            "selection_split": res.selection_split, "calls": opt.calls,
+                            "tokens": opt.prompt_tokens + opt.completion_tokens,
+                            "cache_hits": opt.cache_hits, "calls_to_90": c90,
                             # the optimization's own time (as DSPy's compile() is timed), without the process start
                             # and the report's scoring of the initial and best prompts on every split
-                            "wall": res["wall_time_s"], "wall_process": wall,
-                            "status": res["status"], "best_prompt": res.get("best_prompt"),
+                            "wall": res.wall_time_s, "wall_process": wall,
+                            "status": res.status.value, "best_prompt": res.best_prompt,
                             "knobs": knobs})
-            rows.append(f"| {task} | {name} | {fmt(i)} | {fmt(b)} | {i['n'] if i else '-'} | {sel} "
-                        f"({res.get('selection_split')}) | {opt['calls']} | "
-                        f"{opt['prompt_tokens'] + opt['completion_tokens']:,} | {c90 if c90 is not None else '-'} "
-                        f"| {res['wall_time_s']:.0f} ({wall:.0f}) | {res['status']} |")
+            rows.append(f"| {task} | {name} | {fmt(i)} | {fmt(b)} | {i.n if i else '-'} | {sel} "
+                        f"({res.selection_split}) | {opt.calls} | "
+                        f"{opt.prompt_tokens + opt.completion_tokens:,} | {c90 if c90 is not None else '-'} "
+                        f"| {res.wall_time_s:.0f} ({wall:.0f}) | {res.status} |")
             print(rows[-1], file=sys.stderr, flush=True)
     print(f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
           f"{time.strftime('%Y-%m-%d')}; budget {a.max_calls} calls, seed {a.seed}, "

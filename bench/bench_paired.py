@@ -26,12 +26,12 @@ from bench_trajectory import run_id_of  # noqa: E402
 from run_all import NAMES  # noqa: E402  (the same method names as the report)
 
 from optimizers.backend import open_backend  # noqa: E402
-from optimizers.data import build_examples, load_bundled, split_examples  # noqa: E402
 from optimizers.evaluate import Evaluator  # noqa: E402
 from optimizers.llm import LLM, Meter, ResponseCache  # noqa: E402
 from optimizers.metrics import mcnemar  # noqa: E402
+from optimizers.prepare import prepare_task  # noqa: E402
+from optimizers.result import RunResult  # noqa: E402
 from optimizers.store import Store  # noqa: E402
-from optimizers.task import Task  # noqa: E402
 from ui.compare import run_task_model, run_test_data  # noqa: E402
 
 
@@ -56,16 +56,6 @@ def paired(ev: Evaluator, initial: str, best: str, test) -> dict:
             "majority_share": majority[1] / max(len(test), 1)}
 
 
-def dspy_test_split(task_name: str, split: dict | None = None):
-    """The split bench_dspy.py built (the CLI's stratified 0.5 / 0.25 / 0.25; seed and caps as recorded in dspy.json,
-    else its defaults)."""
-    sp = {"seed": 0, **SPLIT_CAPS, **(split or {})}
-    df, bundled = load_bundled(task_name)
-    examples, _ = build_examples(df, bundled.input_cols, bundled.label_col)
-    splits = split_examples(examples, train=0.5, dev=0.25, test=0.25, **sp)
-    return Task(template=bundled.template, input_cols=bundled.input_cols, labels=bundled.labels), splits.test, bundled
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("task_dir", type=Path)
@@ -82,12 +72,12 @@ def main() -> None:
             if rec.get("status") == "error":
                 continue
             rec["run_id"] = run_id_of(store, rec)
-            res = json.loads((po / f"{rec['task']}-{rec['optimizer']}" / "result.json").read_text())
+            res = RunResult.model_validate_json((po / f"{rec['task']}-{rec['optimizer']}" / "result.json").read_text())
             task, test = run_test_data(store, rec["run_id"])
             meter = Meter()
             llm = LLM(backend.endpoint, a.model or run_task_model(store, rec["run_id"]) or backend.model, role="task",
                       meter=meter, cache=ResponseCache(po / "cache" / f"{rec['task']}-{rec['optimizer']}"))
-            p = paired(Evaluator(llm, task), res["initial_prompt"], res["best_prompt"], test)
+            p = paired(Evaluator(llm, task), res.initial_prompt, res.best_prompt, test)
             reported = rec["best"]["score"] if rec.get("best") else None
             records.append({"task": rec["task"], "tool": "PromptOpt", "optimizer": NAMES.get(rec["optimizer"],
                                                                                             rec["optimizer"]),
@@ -96,7 +86,9 @@ def main() -> None:
     if ds.exists():
         rows = json.loads(ds.read_text())
         if rows:
-            task, test, bundled = dspy_test_split(rows[0]["task"], rows[0].get("split"))
+            # the split bench_dspy.py built: seed and caps as recorded in dspy.json, else its defaults
+            prepared = prepare_task(rows[0]["task"], split={"seed": 0, **SPLIT_CAPS, **(rows[0].get("split") or {})})
+            task, test = prepared.task, prepared.splits.test
             meter = Meter()
             llm = LLM(backend.endpoint, a.model or backend.model, role="task", meter=meter,
                       cache=ResponseCache(d / "cache" / "dspy-test"))
@@ -105,7 +97,7 @@ def main() -> None:
                 if r.get("final") is None:
                     continue
                 before = meter.snapshot().calls
-                p = paired(ev, bundled.initial_prompt, r["final"], test)
+                p = paired(ev, prepared.initial_prompt, r["final"], test)
                 records.append({"task": r["task"], "tool": "DSPy", "optimizer": r["optimizer"].removeprefix("DSPy "),
                                 **p, "reported_best": (r.get("best") or {}).get("score"),
                                 "reported_initial": (r.get("initial") or {}).get("score"),

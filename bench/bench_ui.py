@@ -26,10 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from optimizers import optimizers_all  # noqa: E402,F401
+from optimizers import methods  # noqa: E402,F401
+from optimizers.config import DataConfig, RunConfig  # noqa: E402
 from optimizers.data import Splits  # noqa: E402
 from optimizers.events import CandidateProposed, CandidateScored, StepDone  # noqa: E402
-from optimizers.runner import DataConfig, RunConfig, Runner  # noqa: E402
+from optimizers.runner import Runner  # noqa: E402
 from optimizers.store import Store  # noqa: E402
 from tests.conftest import TOY_TASK, toy_examples  # noqa: E402
 from tests.e2e.conftest import COUNT_POINTS_JS, E2EResponder, start_app  # noqa: E402

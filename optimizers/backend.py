@@ -26,14 +26,17 @@ def embedded_model_alias() -> str:
     return os.environ.get("PROMPTOPT_MODEL", DEFAULT_MODEL)
 
 
+def _patience(patience: float | None) -> float:
+    return float(os.environ.get("PROMPTOPT_PATIENCE", 120)) if patience is None else patience
+
+
 def open_backend(base_url: str | None = None, api_key: str | None = None, *, max_concurrency: int | None = None,
                  patience: float | None = None, timeout: float = 300.0) -> Backend:
     """patience: how long transient faults are retried before a run pauses (env PROMPTOPT_PATIENCE, default 120 s)."""
-    if patience is None:
-        patience = float(os.environ.get("PROMPTOPT_PATIENCE", 120))
     base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
     if base_url:
-        ep = Endpoint(base_url, api_key, max_concurrency=max_concurrency or 4, patience=patience, timeout=timeout)
+        ep = Endpoint(base_url, api_key, max_concurrency=max_concurrency or 4, patience=_patience(patience),
+                      timeout=timeout)
         model = os.environ.get("PROMPTOPT_TASK_MODEL", "gpt-4o-mini")
         return Backend(ep, False, model, ep.base_url)
     url = os.environ.get("PROMPTOPT_EMBEDDED_URL")
@@ -44,7 +47,13 @@ def open_backend(base_url: str | None = None, api_key: str | None = None, *, max
 
         server = shared_server()
         url, alias = server.base_url, server.model_alias
+    return embedded_backend(url, alias, max_concurrency=max_concurrency, patience=patience, timeout=timeout)
+
+
+def embedded_backend(url: str, alias: str, *, max_concurrency: int | None = None, patience: float | None = None,
+                     timeout: float = 300.0) -> Backend:
+    """The embedded llama.cpp server at `url`, whichever process started it (the dashboard starts it once)."""
     # llama.cpp serialises requests: more than 2 in flight only queues them; 2 overlaps HTTP with decoding.
-    ep = Endpoint(url, "local", max_concurrency=max_concurrency or 2, patience=patience, timeout=timeout,
+    ep = Endpoint(url, "local", max_concurrency=max_concurrency or 2, patience=_patience(patience), timeout=timeout,
                   llamacpp=True, cache_id=f"embedded:{alias}")
     return Backend(ep, True, alias, ep.cache_id)

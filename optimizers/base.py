@@ -20,26 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from .data import Example
 from .evaluate import EvalResult, Evaluator
 from .events import CandidateProposed, CandidateRejected, CandidateScored, Event, MetaPrompt, StepDone
-from .llm import LLM, Completion
+from .lm import Completion, LanguageModel
 from .task import Task
 
 Gen = Generator[Event, None, Any]
-
-
-def input_text(ex: Example) -> str:
-    """An example's input as the optimizer model is shown it: the value alone, or 'column: value' lines."""
-    f = ex.fields
-    if len(f) == 1:
-        return str(next(iter(f.values()))).strip()
-    return "\n".join(f"{k}: {v}" for k, v in f.items()).strip()
-
-
-def pred_text(pr: Any) -> str:
-    """A prediction as shown in error lists: the extracted label, else the raw reply squashed and cut."""
-    if pr.pred is not None:
-        return pr.pred
-    raw = " ".join((pr.raw or "").split())
-    return (raw[:200] + "...") if len(raw) > 200 else (raw or "(no answer)")
 
 
 def candidate_id(text: str) -> str:
@@ -75,7 +59,7 @@ class Candidate:
 
 class Context:
     def __init__(self, *, task: Task, train: Sequence[Example], dev: Sequence[Example], initial_prompt: str,
-                 evaluator: Evaluator, optimizer_llm: LLM, seed: int = 0):
+                 evaluator: Evaluator, optimizer_llm: LanguageModel, seed: int = 0):
         self.task, self.train, self.dev = task, list(train), list(dev)
         self.initial_prompt = initial_prompt
         self.evaluator, self.llm = evaluator, optimizer_llm
@@ -148,11 +132,7 @@ class Context:
             bucket[p.example_id] = p.correct
         if split in ("train", "dev") and len(examples) == len(getattr(self, split)):
             cand.last[split] = res.score
-        ev = CandidateScored(step=step, candidate_id=cand.id, split=split, n=res.n, score=res.score,
-                             ci_low=res.ci_low, ci_high=res.ci_high, metric=res.metric,
-                             example_ids=[p.example_id for p in res.predictions], correct=res.correct, purpose=purpose)
-        ev._predictions = [p.as_dict() for p in res.predictions]  # stored beside the event by the runner
-        yield ev
+        yield CandidateScored.from_eval(res, step=step, candidate_id=cand.id, split=split, purpose=purpose)
         return res
 
     def sample(self, population: Sequence[Any], k: int) -> list[Any]:
@@ -169,6 +149,7 @@ class Optimizer(ABC):
     title: ClassVar[str]
     paper: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
+    allows_empty_prompt: ClassVar[bool] = False  # may a run start from an empty initial prompt?
 
     def __init__(self, ctx: Context, params: Params | dict[str, Any] | None = None):
         self.ctx = ctx

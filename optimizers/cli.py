@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .data import BUNDLED, DataError, build_examples, load_bundled, read_table, split_examples
+from .data import BUNDLED, DataError, read_table
 from .llm import Budget, LLMError
-
-MAX_LABELS = 50
+from .result import SCORE_DIGITS, RunResult, stored_result
+from .status import observed_status
 
 
 class UsageError(Exception):
@@ -54,52 +54,31 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="response cache folder (default ~/.cache/promptopt/llm)")
 
 
-def _template_for(input_cols: list[str]) -> str:
-    if len(input_cols) == 1:
-        return "{prompt}\n\nInput: {" + input_cols[0] + "}\nAnswer:"
-    return "{prompt}\n\n" + "\n".join(f"{c}: {{{c}}}" for c in input_cols) + "\nAnswer:"
+def load_task_data(a: argparse.Namespace, initial_prompt: str | None, prompt_flag: str):
+    """The task-ready data the arguments name (optimizers.prepare); a bundled set brings its own columns, template,
+    labels and prompt, a file needs them as arguments."""
+    from .config import SplitConfig
+    from .prepare import prepare_task
 
-
-def load_task_data(a: argparse.Namespace):
-    """Examples, splits, task and data config from the arguments (bundled sets fill in their own defaults)."""
-    from .runner import DataConfig, SplitConfig
-    from .task import Task
-
-    bundled = None
     if a.data in BUNDLED and not Path(a.data).exists():
-        df, bundled = load_bundled(a.data)
-        source = str(bundled.path)
+        data, name, source = a.data, None, None
     else:
         path = Path(a.data)
         if not path.exists():
             raise UsageError(f"--data: no such file or bundled set {a.data!r} (bundled: {', '.join(BUNDLED)})")
-        df = read_table(path)
-        source = str(path.resolve())
-    input_cols = a.input_cols or (bundled.input_cols if bundled else None)
-    label_col = a.label_col or (bundled.label_col if bundled else None)
-    if not input_cols or not label_col:
-        raise UsageError(f"--input-col and --label-col are required; the file's columns are: {', '.join(df.columns)}")
-    extraction = a.extraction or "label"
-    examples, warnings = build_examples(df, input_cols, label_col,
-                                        max_labels=MAX_LABELS if extraction == "label" else None)
-    for w in warnings:
+        data, name, source = read_table(path), path.name, str(path.resolve())
+        if initial_prompt is None:
+            raise UsageError(f"{prompt_flag} is required")
+    split = SplitConfig(train=a.train, dev=a.dev, test=a.test, seed=a.split_seed, max_train=a.max_train,
+                        max_dev=a.max_dev, max_test=a.max_test)
+    prepared = prepare_task(data, name=name, source=source, input_cols=a.input_cols, label_col=a.label_col,
+                            template=a.template, initial_prompt=initial_prompt,
+                            labels=[s.strip() for s in a.labels.split(",")] if a.labels else None,
+                            extraction=a.extraction or "label", regex=a.regex, metric=a.metric,
+                            max_tokens=a.task_max_tokens, constrain_labels=a.constrain_labels, split=split)
+    for w in prepared.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    labels = [s.strip() for s in a.labels.split(",")] if a.labels else (
-        bundled.labels if bundled else sorted({e.label for e in examples}))
-    template = a.template or (bundled.template if bundled else _template_for(input_cols))
-    try:
-        task = Task(template=template, input_cols=input_cols, labels=labels if extraction == "label" else None,
-                    extraction=extraction, regex=a.regex, metric=a.metric or "accuracy",
-                    max_tokens=a.task_max_tokens, constrain_labels=a.constrain_labels)
-    except ValueError as e:
-        raise UsageError(_short(e)) from None
-    split_cfg = SplitConfig(train=a.train, dev=a.dev, test=a.test, seed=a.split_seed, max_train=a.max_train,
-                            max_dev=a.max_dev, max_test=a.max_test)
-    splits = split_examples(examples, train=a.train, dev=a.dev, test=a.test, seed=a.split_seed,
-                            max_train=a.max_train, max_dev=a.max_dev, max_test=a.max_test)
-    data_cfg = DataConfig(name=bundled.name if bundled else Path(a.data).name, input_cols=input_cols,
-                          label_col=label_col, source=source)
-    return examples, splits, task, data_cfg, split_cfg, bundled
+    return prepared
 
 
 def _progress(total: int | None, desc: str, quiet: bool):
@@ -114,11 +93,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import Evaluator
     from .llm import LLM, Meter, ResponseCache
 
-    examples, splits, task, _, _, bundled = load_task_data(a)
-    prompt = a.prompt if a.prompt is not None else (bundled.initial_prompt if bundled else None)
-    if prompt is None:
-        raise UsageError("--prompt is required")
-    exs = examples if a.split == "all" else getattr(splits, a.split)
+    prepared = load_task_data(a, a.prompt, "--prompt")
+    exs = prepared.examples if a.split == "all" else getattr(prepared.splits, a.split)
     if a.limit:
         exs = exs[: a.limit]
     backend = open_backend(a.base_url, max_concurrency=a.concurrency)
@@ -126,7 +102,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     cache = ResponseCache(a.cache_dir)
     llm = LLM(backend.endpoint, a.model or backend.model, role="task", meter=meter, cache=cache)
     bar = _progress(len(exs), "scoring", a.json)
-    res = Evaluator(llm, task).evaluate(prompt, exs, progress=bar.update)
+    res = Evaluator(llm, prepared.task).evaluate(prepared.initial_prompt, exs, progress=bar.update)
     bar.close()
     c = meter.snapshot()
     if a.predictions:
@@ -163,7 +139,7 @@ def _store(a: argparse.Namespace):
     return Store(a.db)
 
 
-def _execute(runner, run_id: str, quiet: bool) -> dict[str, Any]:
+def _execute(runner, run_id: str, quiet: bool) -> RunResult:
     from .events import CandidateScored, StepDone, Usage
 
     bar = _progress(None, "optimizing", quiet)
@@ -184,61 +160,56 @@ def _execute(runner, run_id: str, quiet: bool) -> dict[str, Any]:
         bar.close()
 
 
-def _write_result(result: dict[str, Any], out: str | None) -> None:
+def _write_result(result: RunResult, out: str | None) -> None:
     if out:
         d = Path(out)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        (d / "result.json").write_text(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
 
 
-def _print_result(result: dict[str, Any], as_json: bool) -> None:
+def _print_result(r: RunResult, as_json: bool) -> None:
     if as_json:
-        slim = {k: v for k, v in result.items() if k != "config"}
-        print(json.dumps(slim))
+        print(json.dumps(r.model_dump(mode="json", exclude={"config"})))
         return
-    print(f"run {result['run_id']}: {result['status']}{' - ' + result['reason'] if result['reason'] else ''}")
-    print(f"initial: {result['initial_prompt']!r}")
-    print(f"best:    {result['best_prompt']!r}")
+    print(f"run {r.run_id}: {r.status}{' - ' + r.reason if r.reason else ''}")
+    print(f"initial: {r.initial_prompt!r}")
+    print(f"best:    {r.best_prompt!r}")
     for split in ("train", "dev", "test"):
-        i, b = result["scores"]["initial"].get(split), result["scores"]["best"].get(split)
+        i, b = r.scores["initial"].get(split), r.scores["best"].get(split)
         if i and b:
-            print(f"  {split:5} initial {i['score']:.3f} [{i['ci'][0]:.2f}, {i['ci'][1]:.2f}]  ->  best {b['score']:.3f}"
-                  f" [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}]  (n={b['n']})")
-    print(f"calls {result['calls']} (optimization {result['optimization_usage']['calls']}, "
-          f"report {result['report_usage']['calls']}), cache hits {result['cache_hits']}, tokens "
-          f"{result['prompt_tokens']}+{result['completion_tokens']}, {result['wall_time_s']} s")
+            print(f"  {split:5} initial {i.score:.3f} [{i.ci[0]:.2f}, {i.ci[1]:.2f}]  ->  best {b.score:.3f}"
+                  f" [{b.ci[0]:.2f}, {b.ci[1]:.2f}]  (n={b.n})")
+    print(f"calls {r.calls} (optimization {r.optimization_usage.calls}, report {r.report_usage.calls}), cache hits "
+          f"{r.cache_hits}, tokens {r.prompt_tokens}+{r.completion_tokens}, {r.wall_time_s} s")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from . import optimizers_all  # noqa: F401  (registers the optimizers)
+    from . import methods  # noqa: F401  (registers the optimizers)
     from .base import REGISTRY
-    from .runner import RunConfig, Runner
+    from .runner import Runner
 
     if a.optimizer not in REGISTRY:
         raise UsageError(f"--optimizer: unknown {a.optimizer!r}; choose one of {', '.join(sorted(REGISTRY))}")
-    _, splits, task, data_cfg, split_cfg, bundled = load_task_data(a)
-    prompt = a.initial_prompt if a.initial_prompt is not None else (bundled.initial_prompt if bundled else None)
-    if prompt is None:
-        raise UsageError("--initial-prompt is required")
+    prepared = load_task_data(a, a.initial_prompt, "--initial-prompt")
     try:
-        cfg = RunConfig(optimizer=a.optimizer, params=_parse_params(a.param), initial_prompt=prompt, task=task,
-                        data=data_cfg, split=split_cfg, seed=a.seed, base_url=a.base_url, task_model=a.model,
-                        optimizer_model=a.optimizer_model, max_concurrency=a.concurrency, cache_dir=a.cache_dir,
-                        budget=Budget(max_calls=a.max_calls, max_tokens=a.max_tokens, max_cost=a.max_cost))
+        cfg = prepared.run_config(REGISTRY[a.optimizer], params=_parse_params(a.param), seed=a.seed,
+                                  base_url=a.base_url, task_model=a.model, optimizer_model=a.optimizer_model,
+                                  max_concurrency=a.concurrency, cache_dir=a.cache_dir,
+                                  budget=Budget(max_calls=a.max_calls, max_tokens=a.max_tokens, max_cost=a.max_cost))
         store = _store(a)
         runner = Runner(store)
-        run_id = runner.create(cfg, splits)
+        run_id = runner.create(cfg, prepared.splits)
     except ValueError as e:
         raise UsageError(_short(e)) from None
     print(f"run {run_id} stored in {store.path}", file=sys.stderr)
     result = _execute(runner, run_id, a.json)
     _write_result(result, a.out)
     _print_result(result, a.json)
-    return 0 if result["status"] in ("done", "budget", "stopped") else 1
+    return 0 if result.status.ok else 1
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
-    from . import optimizers_all  # noqa: F401
+    from . import methods  # noqa: F401
     from .runner import Runner
 
     store = _store(a)
@@ -250,11 +221,11 @@ def cmd_resume(a: argparse.Namespace) -> int:
     result = _execute(Runner(store), run["id"], a.json)
     _write_result(result, a.out)
     _print_result(result, a.json)
-    return 0 if result["status"] in ("done", "budget", "stopped") else 1
+    return 0 if result.status.ok else 1
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
-    from . import optimizers_all  # noqa: F401
+    from . import methods  # noqa: F401
     from .runner import Runner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -275,27 +246,25 @@ def _find(store, run_id: str) -> dict[str, Any]:
 def cmd_runs(a: argparse.Namespace) -> int:
     store = _store(a)
     runs = store.list_runs()
+    rows = []
+    for r in runs:
+        result = stored_result(r)
+        rows.append({"id": r["id"], "status": observed_status(r), "optimizer": r["optimizer"],
+                     "data_name": r["data_name"], "seed": r["seed"], "created": r["created"],
+                     "best_test": result.best_test if result else None})
     if a.json:
-        print(json.dumps([{k: r[k] for k in ("id", "status", "optimizer", "data_name", "seed", "created")}
-                          | {"best_test": _best_test(r)} for r in runs]))
+        print(json.dumps(rows))
         return 0
     if not runs:
         print(f"no runs in {store.path}")
     import datetime as dt
 
-    for r in runs:
+    for r in rows:
         t = dt.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M")
-        bt = _best_test(r)
+        bt = r["best_test"]
         print(f"{r['id']}  {t}  {r['status']:8} {r['optimizer']:9} {r['data_name'] or '':24} "
-              f"best test {'-' if bt is None else f'{bt:.3f}'}")
+              f"best test {'-' if bt is None else f'{bt:.{SCORE_DIGITS}f}'}")
     return 0
-
-
-def _best_test(r: dict[str, Any]) -> float | None:
-    try:
-        return r["result"]["scores"]["best"]["test"]["score"]
-    except (TypeError, KeyError):
-        return None
 
 
 def cmd_show(a: argparse.Namespace) -> int:
@@ -303,8 +272,9 @@ def cmd_show(a: argparse.Namespace) -> int:
 
     store = _store(a)
     run = _find(store, a.run_id)
-    if run["result"]:
-        _print_result(run["result"], a.json)
+    result = stored_result(run)
+    if result:
+        _print_result(result, a.json)
     else:
         print(f"run {run['id']}: {run['status']} ({store.event_count(run['id'])} events so far)")
     if not a.json:
@@ -332,7 +302,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_optimizers(a: argparse.Namespace) -> int:
-    from . import optimizers_all  # noqa: F401
+    from . import methods  # noqa: F401
     from .base import REGISTRY
 
     for name, cls in sorted(REGISTRY.items()):

@@ -8,13 +8,15 @@ errors). Hand-written formulas per optimizer drift from the code; this cannot.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .base import REGISTRY, Context
 from .data import Splits
 from .evaluate import Evaluator
-from .llm import LLM, Budget, BudgetExceeded, Completion, Meter
+from .llm import Budget, BudgetExceeded, LLMError, Meter
+from .lm import Completion
 from .task import Task
 
 MAX_DRY_CALLS = 20_000  # beyond this the estimate says "at least" (a dry call costs ~0.1 ms of our own code)
@@ -42,36 +44,40 @@ class _Capped(Exception):
     pass
 
 
-class _DryEndpoint:
-    base_url = cache_id = "dry-run"
+class _DryModel:
+    """A `LanguageModel` that answers at once: task requests with a label (right about half the time,
+    deterministically), optimizer requests with a new instruction each time in the tag style the request asks for.
+    It spends the run's meter like a real model, so the budget stops the dry run where it would stop the real one."""
+
     max_concurrency = 1
-    llamacpp = False
-    client = None  # GPO's embeddings fall back to lexical similarity
+    accepts_extras = False
 
-    def call(self, fn):
-        return fn()
+    def __init__(self, model: str, role: str, meter: Meter, labels: list[str] | None, tally: dict[str, Any],
+                 max_tokens: int = 256):
+        self.model, self.role, self.meter = model, role, meter
+        self.labels, self.tally, self.max_tokens = labels or ["yes", "no"], tally, max_tokens
 
-    @staticmethod
-    def redact(text: str) -> str:
-        return text
+    def complete(self, messages: list[dict[str, str]], **params: Any) -> Completion:
+        self.meter.reserve()
+        try:
+            comp = self._answer(messages, int(params.get("max_tokens") or self.max_tokens))
+        finally:
+            self.meter.release()
+        self.meter.record(self.role, self.model, cached=False, prompt_tokens=comp.prompt_tokens,
+                          completion_tokens=comp.completion_tokens)
+        return comp
 
+    def embed(self, texts: Sequence[str], *, model: str | None = None, patient: bool = False) -> list[list[float]]:
+        raise LLMError("the dry run has no embeddings")  # GPO falls back to lexical similarity
 
-class _DryLLM(LLM):
-    """Answers at once: task requests with a label (right about half the time, deterministically), optimizer requests
-    with a new instruction each time in the tag style the request asks for."""
-
-    def __init__(self, model: str, role: str, meter: Meter, labels: list[str] | None, tally: dict[str, Any]):
-        super().__init__(_DryEndpoint(), model, role=role, meter=meter, cache=None)  # type: ignore[arg-type]
-        self.labels, self.tally = labels or ["yes", "no"], tally
-
-    def _request(self, messages: list[dict[str, str]], p: dict[str, Any]) -> Completion:
+    def _answer(self, messages: list[dict[str, str]], max_tokens: int) -> Completion:
         t = self.tally
         t["calls"] += 1
         if t["calls"] > MAX_DRY_CALLS:
             raise _Capped()
         text_in = "\n".join(m.get("content") or "" for m in messages)
         t["prompt_tokens"] += len(text_in) // 4
-        t["max_completion_tokens"] += int(p.get("max_tokens") or 256)
+        t["max_completion_tokens"] += max_tokens
         t[self.role] += 1
         if self.role == "task":
             h = int(hashlib.md5(text_in.encode()).hexdigest()[:8], 16)
@@ -90,12 +96,12 @@ def dry_run(optimizer: str, params: dict[str, Any], task: Task, splits: Splits, 
     tally: dict[str, Any] = {"calls": 0, "prompt_tokens": 0, "max_completion_tokens": 0, "task": 0, "optimizer": 0, "k": 0}
     meter = Meter(budget or Budget())
     labels = list(task.labels) if task.labels else sorted({e.label for e in splits.train + splits.dev})[:20]
-    task_llm = _DryLLM("dry-task", "task", meter, labels, tally)
-    opt_llm = _DryLLM("dry-optimizer", "optimizer", meter, None, tally)
+    p = REGISTRY[optimizer].Params(**params)
+    task_llm = _DryModel("dry-task", "task", meter, labels, tally)
+    opt_llm = _DryModel("dry-optimizer", "optimizer", meter, None, tally, max_tokens=p.optimizer_max_tokens)
     ctx = Context(task=task, train=splits.train, dev=splits.dev, initial_prompt=initial_prompt,
                   evaluator=Evaluator(task_llm, task, max_workers=1), optimizer_llm=opt_llm, seed=seed)
-    opt = REGISTRY[optimizer](ctx, params)
-    opt_llm.defaults["max_tokens"] = opt.p.optimizer_max_tokens
+    opt = REGISTRY[optimizer](ctx, p)
     stopped = capped = False
     try:
         for _ in opt.run():

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import metrics
 from .data import Example
-from .llm import LLM
+from .lm import LanguageModel
 from .task import Task
 
 
@@ -52,10 +52,10 @@ class EvalResult:
 
 
 class Evaluator:
-    def __init__(self, llm: LLM, task: Task, max_workers: int | None = None):
+    def __init__(self, llm: LanguageModel, task: Task, max_workers: int | None = None):
         self.llm, self.task = llm, task
-        self.max_workers = max_workers or llm.endpoint.max_concurrency
-        self._params = task.request_params(llamacpp=llm.endpoint.llamacpp)
+        self.max_workers = max_workers or llm.max_concurrency
+        self._params = task.request_params(llamacpp=llm.accepts_extras)
 
     def predict(self, prompt: str, ex: Example) -> Prediction:
         comp = self.llm.complete(self.task.messages(prompt, ex), **self._params)

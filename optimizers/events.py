@@ -7,9 +7,12 @@ inspectors, export, replay and resume are all projections of the stored sequence
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
+
+if TYPE_CHECKING:
+    from .evaluate import EvalResult
 
 
 class _Event(BaseModel):
@@ -72,6 +75,15 @@ class CandidateScored(_Event):
     correct: list[bool] = []  # per example, aligned with example_ids (bandits and the inspectors need it)
     purpose: str = ""  # e.g. "selection", "minibatch", "report", "bandit"
     _predictions: list[dict[str, Any]] = PrivateAttr(default_factory=list)  # stored in their own table
+
+    @classmethod
+    def from_eval(cls, res: EvalResult, *, step: int, candidate_id: str, split: str, purpose: str) -> CandidateScored:
+        """The one way a score becomes an event, its per-example predictions attached for the store."""
+        ev = cls(step=step, candidate_id=candidate_id, split=split, n=res.n, score=res.score, ci_low=res.ci_low,
+                 ci_high=res.ci_high, metric=res.metric, example_ids=[p.example_id for p in res.predictions],
+                 correct=res.correct, purpose=purpose)
+        ev._predictions = [p.as_dict() for p in res.predictions]
+        return ev
 
 
 class Gradient(_Event):

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .data import Example
-from .evaluate import Prediction
-from .llm import LLM
+from .evaluate import EvalResult, Prediction
+from .lm import LanguageModel
 from .task import Task
 
 FLOOR = -20.0
@@ -53,25 +53,14 @@ def gold_logprob(top: Sequence[dict], gold: str, floor: float = FLOOR) -> tuple[
 
 
 @dataclass
-class LikelihoodResult:
-    prompt: str
-    score: float
-    ci_low: float
-    ci_high: float
+class LikelihoodResult(EvalResult):
+    """An evaluation whose score is the mean gold log-probability; `correct` is whether the greedy token begins the
+    gold label."""
+
     logprobs: list[float] = field(default_factory=list)
-    predictions: list[Prediction] = field(default_factory=list)
-    metric: str = METRIC
-
-    @property
-    def n(self) -> int:
-        return len(self.predictions)
-
-    @property
-    def correct(self) -> list[bool]:
-        return [p.correct for p in self.predictions]
 
 
-def _predict(llm: LLM, task: Task, prompt: str, ex: Example, floor: float) -> tuple[float, Prediction]:
+def _predict(llm: LanguageModel, task: Task, prompt: str, ex: Example, floor: float) -> tuple[float, Prediction]:
     comp = llm.complete(task.messages(prompt, ex), logprobs=True, top_logprobs=TOP_LOGPROBS, max_tokens=1,
                         temperature=0, seed=0)
     if not comp.logprobs:
@@ -91,7 +80,7 @@ def _predict(llm: LLM, task: Task, prompt: str, ex: Example, floor: float) -> tu
     return lp, pred
 
 
-def score(llm: LLM, task: Task, prompt: str, examples: Sequence[Example], *, floor: float = FLOOR,
+def score(llm: LanguageModel, task: Task, prompt: str, examples: Sequence[Example], *, floor: float = FLOOR,
           max_workers: int = 1) -> LikelihoodResult:
     """Mean gold-label log-probability of `prompt` over `examples`; order of results follows `examples`."""
     if max_workers <= 1 or len(examples) <= 1:
@@ -107,7 +96,7 @@ def score(llm: LLM, task: Task, prompt: str, examples: Sequence[Example], *, flo
                 raise
     lps = [lp for lp, _ in out]
     mean, lo, hi = mean_ci(lps)
-    return LikelihoodResult(prompt, mean, lo, hi, lps, [p for _, p in out])
+    return LikelihoodResult(prompt, METRIC, mean, lo, hi, [p for _, p in out], logprobs=lps)
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from typing import Any
 import diskcache
 import openai
 import tenacity
+
+from .lm import Completion
 
 log = logging.getLogger(__name__)
 
@@ -140,20 +142,6 @@ class Meter:
             return c
 
 
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached: bool = False
-    logprobs: list[dict[str, Any]] | None = None
-
-    @property
-    def truncated(self) -> bool:
-        return self.finish_reason == "length"
-
-
 class ResponseCache:
     """Persistent answers keyed by everything that determines them. A hit costs no call."""
 
@@ -259,9 +247,29 @@ class Endpoint:
             raise EndpointDown(f"{self.base_url} is unreachable or failing ({reason}); gave up after "
                                f"{self.patience:.0f} s; resume the run when it is back") from None
 
+    def embed(self, model: str, texts: list[str], *, patient: bool = False) -> list[list[float]]:
+        """One vector per text from /embeddings. Patient: retried like a completion; else one quick try, so an
+        optional caller can fall back at once. Errors never carry the key."""
+        if patient:
+            resp: Any = self.call(lambda: self.client.embeddings.create(model=model, input=texts))
+        else:
+            client = self.client.with_options(max_retries=min(self.client.max_retries, 1), timeout=30.0)
+            try:
+                resp = client.embeddings.create(model=model, input=texts)
+            except openai.APIError as e:
+                raise LLMError(self.redact(f"{type(e).__name__}: {e}")) from None
+        data = sorted(getattr(resp, "data", None) or [], key=lambda d: d.index)
+        if len(data) != len(texts):
+            raise ValueError(f"the endpoint returned {len(data)} embeddings for {len(texts)} texts")
+        out = [list(map(float, d.embedding)) for d in data]
+        if any(not v for v in out):
+            raise ValueError("the endpoint returned an empty embedding")
+        return out
+
 
 class LLM:
-    """A model bound to a role (task or optimizer), sharing the endpoint, cache and meter of its run."""
+    """A model bound to a role (task or optimizer), sharing the endpoint, cache and meter of its run: the
+    `lm.LanguageModel` over an OpenAI-compatible endpoint."""
 
     def __init__(self, endpoint: Endpoint, model: str, *, role: str = "task", meter: Meter | None = None,
                  cache: ResponseCache | None = None, defaults: dict[str, Any] | None = None):
@@ -272,6 +280,14 @@ class LLM:
 
     def __repr__(self) -> str:
         return f"LLM({self.model!r}, role={self.role!r}, {self.endpoint!r})"
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.endpoint.max_concurrency
+
+    @property
+    def accepts_extras(self) -> bool:
+        return self.endpoint.llamacpp
 
     def complete(self, messages: list[dict[str, str]], **params: Any) -> Completion:
         p = {**self.defaults, **{k: v for k, v in params.items() if v is not None}}
@@ -295,6 +311,31 @@ class LLM:
         if key is not None:
             self.cache.set(key, {k: v for k, v in asdict(comp).items() if k != "cached"})
         return comp
+
+    def embed(self, texts: Sequence[str], *, model: str | None = None, patient: bool = False) -> list[list[float]]:
+        """Cached per text like completions, so a resumed run replays its retrievals without new requests; the texts
+        not cached go in one request."""
+        model = model or self.model
+        vectors: dict[str, list[float]] = {}
+        todo: list[str] = []
+        for t in texts:
+            if t in vectors or t in todo:
+                continue
+            hit = self.cache.get(self._embedding_key(model, t)) if self.cache is not None else None
+            if hit is not None and isinstance(hit.get("embedding"), list):
+                vectors[t] = hit["embedding"]
+            else:
+                todo.append(t)
+        if todo:
+            for t, v in zip(todo, self.endpoint.embed(model, todo, patient=patient), strict=True):
+                vectors[t] = v
+                if self.cache is not None:
+                    self.cache.set(self._embedding_key(model, t), {"embedding": v})
+        return [vectors[t] for t in texts]
+
+    def _embedding_key(self, model: str, text: str) -> str:
+        return ResponseCache.key(self.endpoint.cache_id, model, [{"role": "embedding", "content": text}],
+                                 {"kind": "embedding"})
 
     def _request(self, messages: list[dict[str, str]], p: dict[str, Any]) -> Completion:
         kw = dict(p)

@@ -12,66 +12,26 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .backend import Backend, open_backend
 from .base import REGISTRY, Context, candidate_id
+from .config import RunConfig
 from .data import Splits
 from .evaluate import Evaluator
 from .events import CandidateScored, Error, Event, RunFinished, RunStarted, StepDone, Usage
 from .llm import LLM, Budget, BudgetExceeded, Counters, EndpointDown, LLMError, Meter, ResponseCache
+from .result import RunResult, Score, Spend
+from .status import HEARTBEAT_S, RunStatus
 from .store import Store
-from .task import Task
 
 log = logging.getLogger(__name__)
-
-
-class SplitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    train: float = 0.5
-    dev: float = 0.25
-    test: float = 0.25
-    seed: int = 0
-    stratify: bool = True
-    max_train: int | None = None
-    max_dev: int | None = None
-    max_test: int | None = None
-
-
-class DataConfig(BaseModel):
-    name: str
-    input_cols: list[str]
-    label_col: str
-    source: str | None = None
-
-
-class RunConfig(BaseModel):
-    """Everything that determines a run, stored with it (never an API key)."""
-
-    model_config = ConfigDict(extra="forbid")
-    optimizer: str
-    params: dict[str, Any] = {}
-    initial_prompt: str
-    task: Task
-    data: DataConfig
-    split: SplitConfig = SplitConfig()
-    seed: int = 0
-    base_url: str | None = Field(default=None, description="None: the embedded local model")
-    task_model: str | None = None
-    optimizer_model: str | None = None
-    optimizer_temperature: float | None = None
-    budget: Budget = Field(default_factory=Budget)
-    max_concurrency: int | None = None
-    prices: dict[str, tuple[float, float]] = {}
-    cache_dir: str | None = None
-    report_splits: list[str] = ["train", "dev", "test"]
-    version: str = __version__
 
 
 class _Stopped(Exception):
@@ -85,6 +45,25 @@ class ReplayDiverged(RuntimeError):
 def _usage_event(meter: Meter, step: int) -> Usage:
     c = meter.snapshot()
     return Usage(step=step, **c.as_dict())
+
+
+@contextmanager
+def _heartbeat(store: Store, run_id: str) -> Iterator[None]:
+    """Beat while the run executes, so a step that scores for minutes without an event is not judged crashed."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            store.heartbeat(run_id)
+        store.close()  # this thread's connection
+
+    t = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
 
 
 class Runner:
@@ -106,11 +85,16 @@ class Runner:
             return self._backend_factory(cfg)
         return open_backend(cfg.base_url, self._api_key, max_concurrency=cfg.max_concurrency)
 
-    def execute(self, run_id: str, *, on_event: Callable[[int, Event], None] | None = None) -> dict[str, Any]:
-        """Run (or resume) to the end, the budget, a stop request or a fault; returns the result dict."""
+    def execute(self, run_id: str, *, on_event: Callable[[int, Event], None] | None = None) -> RunResult:
+        """Run (or resume) to the end, the budget, a stop request or a fault."""
         run = self.store.get_run(run_id)
         if run is None:
             raise KeyError(f"no run {run_id!r}")
+        with _heartbeat(self.store, run_id):
+            return self._execute(run, on_event)
+
+    def _execute(self, run: dict[str, Any], on_event: Callable[[int, Event], None] | None) -> RunResult:
+        run_id = run["id"]
         cfg = RunConfig(**run["config"])
         splits = self.store.load_splits(run_id)
         stored = self.store.stream_kinds(run_id)
@@ -118,7 +102,7 @@ class Runner:
         start = Counters(**{k: getattr(last_usage, k) for k in Counters.__dataclass_fields__}) if last_usage else None
         t0 = time.time()
         self.store.request_stop(run_id, False)
-        self.store.set_status(run_id, "running", worker_pid=os.getpid())
+        self.store.set_status(run_id, RunStatus.RUNNING, worker_pid=os.getpid())
 
         backend = self.backend(cfg)
         meter = Meter(cfg.budget, cfg.prices, start=start)
@@ -156,7 +140,7 @@ class Runner:
             if on_event:
                 on_event(seq, ev)
 
-        status, reason = "done", ""
+        status, reason = RunStatus.DONE, ""
         try:
             if not stored:
                 put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed), True)
@@ -174,42 +158,41 @@ class Runner:
                 if self.store.stop_requested(run_id):
                     raise _Stopped()
         except BudgetExceeded as e:
-            status, reason = "budget", f"budget reached: {e}"
+            status, reason = RunStatus.BUDGET, f"budget reached: {e}"
         except _Stopped:
-            status, reason = "stopped", "stopped by the user"
+            status, reason = RunStatus.STOPPED, "stopped by the user"
         except EndpointDown as e:
-            status, reason = "paused", str(e)
+            status, reason = RunStatus.PAUSED, str(e)
         except (LLMError, ReplayDiverged) as e:
-            status, reason = "failed", str(e)
+            status, reason = RunStatus.FAILED, str(e)
         except Exception as e:  # a bug: keep the run, say what broke, let the user resume after a fix
-            status, reason = "failed", f"{type(e).__name__}: {backend.endpoint.redact(str(e))}"
+            status, reason = RunStatus.FAILED, f"{type(e).__name__}: {backend.endpoint.redact(str(e))}"
             log.error("run %s crashed:\n%s", run_id, backend.endpoint.redact(traceback.format_exc()))
-        if status in ("paused", "failed"):
-            put(Error(message=reason, recoverable=status == "paused", where="run"), False)
+        if status in (RunStatus.PAUSED, RunStatus.FAILED):
+            put(Error(message=reason, recoverable=status is RunStatus.PAUSED, where="run"), False)
         put(_usage_event(meter, last_step.step if last_step else 0), False)
 
         result = self._report(run_id, cfg, ctx, evaluator, splits, meter, last_step, status, reason, put,
                               time.time() - t0)
-        best_id = result.get("best_id")
-        put(RunFinished(status=status, best_id=best_id, reason=reason), False)
-        self.store.set_result(run_id, result)
+        put(RunFinished(status=status, best_id=result.best_id, reason=reason), False)
+        self.store.set_result(run_id, result.model_dump(mode="json"))
         self.store.set_status(run_id, status, reason or None)
         cache.close()
         return result
 
     def execute_until_done(self, run_id: str, *, wait: float, probe_every: float = 5.0,
                            on_event: Callable[[int, Event], None] | None = None,
-                           sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+                           sleep: Callable[[float], None] = time.sleep) -> RunResult:
         """Execute; when the endpoint goes down the run pauses (stored, with the reason), this waits up to `wait`
         seconds probing the endpoint, and resumes by replay as soon as it answers: no stored step is lost and the
         cache makes the replayed requests free."""
         result = self.execute(run_id, on_event=on_event)
         deadline = time.monotonic() + wait
-        while result["status"] == "paused" and time.monotonic() < deadline:
+        while result.status is RunStatus.PAUSED and time.monotonic() < deadline:
             cfg = RunConfig(**self.store.get_run(run_id)["config"])
             endpoint = self.backend(cfg).endpoint
-            self.store.set_status(run_id, "paused", f"{result['reason']} - waiting for it to return "
-                                                    f"(auto-resume for up to {wait:.0f} s)")
+            self.store.set_status(run_id, RunStatus.PAUSED, f"{result.reason} - waiting for it to return "
+                                                            f"(auto-resume for up to {wait:.0f} s)")
             while time.monotonic() < deadline and not self.store.stop_requested(run_id):
                 if endpoint.is_up():
                     break
@@ -221,8 +204,8 @@ class Runner:
         return result
 
     def _report(self, run_id: str, cfg: RunConfig, ctx: Context, evaluator: Evaluator, splits: Splits, meter: Meter,
-                last_step: StepDone | None, status: str, reason: str, put: Callable[[Event, bool], None],
-                wall: float) -> dict[str, Any]:
+                last_step: StepDone | None, status: RunStatus, reason: str, put: Callable[[Event, bool], None],
+                wall: float) -> RunResult:
         """Score the initial and the best prompt on every split, outside the optimization budget (stated so)."""
         opt_usage = meter.snapshot()
         init_id = candidate_id(cfg.initial_prompt)
@@ -232,9 +215,9 @@ class Runner:
         rep_llm = LLM(evaluator.llm.endpoint, evaluator.llm.model, role="report", meter=report_meter,
                       cache=evaluator.llm.cache)
         rep_eval = Evaluator(rep_llm, cfg.task, evaluator.max_workers)
-        scores: dict[str, dict[str, Any]] = {"initial": {}, "best": {}}
+        scores: dict[str, dict[str, Score]] = {"initial": {}, "best": {}}
         report_error = None
-        if status not in ("paused",):
+        if status is not RunStatus.PAUSED:
             try:
                 for which, cid, text in (("initial", init_id, cfg.initial_prompt), ("best", best_id, best_text)):
                     for split in cfg.report_splits:
@@ -245,30 +228,26 @@ class Runner:
                             scores["best"][split] = scores["initial"][split]
                             continue
                         res = rep_eval.evaluate(text, exs)
-                        ev = CandidateScored(step=last_step.step if last_step else 0, candidate_id=cid, split=split,
-                                             n=res.n, score=res.score, ci_low=res.ci_low, ci_high=res.ci_high,
-                                             metric=res.metric, example_ids=[p.example_id for p in res.predictions],
-                                             correct=res.correct, purpose="report")
-                        ev._predictions = [p.as_dict() for p in res.predictions]
-                        put(ev, False)
-                        scores[which][split] = {"score": res.score, "ci": [res.ci_low, res.ci_high], "n": res.n}
+                        put(CandidateScored.from_eval(res, step=last_step.step if last_step else 0, candidate_id=cid,
+                                                      split=split, purpose="report"), False)
+                        scores[which][split] = Score(score=res.score, ci=[res.ci_low, res.ci_high], n=res.n)
             except (EndpointDown, LLMError) as e:
                 report_error = str(e)
         rep = report_meter.snapshot()
         total = Counters()
         total.add(opt_usage)
         total.add(rep)
-        return {
-            "run_id": run_id, "status": status, "reason": reason, "optimizer": cfg.optimizer,
-            "initial_prompt": cfg.initial_prompt, "best_prompt": best_text, "best_id": best_id,
-            "best_selection_score": last_step.best_score if last_step else None,
-            "selection_split": last_step.best_split if last_step else None,
-            "scores": scores, "report_error": report_error,
+        return RunResult(
+            run_id=run_id, status=status, reason=reason, optimizer=cfg.optimizer,
+            initial_prompt=cfg.initial_prompt, best_prompt=best_text, best_id=best_id,
+            best_selection_score=last_step.best_score if last_step else None,
+            selection_split=last_step.best_split if last_step else None,
+            scores=scores, report_error=report_error,
             **total.as_dict(),
-            "optimization_usage": opt_usage.as_dict(), "report_usage": rep.as_dict(),
-            "seed": cfg.seed, "wall_time_s": round(wall, 2), "config": cfg.model_dump(mode="json"),
-            "candidates": len(ctx.candidates), "version": __version__,
-        }
+            optimization_usage=Spend(**opt_usage.as_dict()), report_usage=Spend(**rep.as_dict()),
+            seed=cfg.seed, wall_time_s=round(wall, 2), config=cfg.model_dump(mode="json"),
+            candidates=len(ctx.candidates), version=__version__,
+        )
 
 
 def spawn_worker(db_path: str, run_id: str, *, api_key: str | None = None, embedded_url: str | None = None,

@@ -1,9 +1,9 @@
-"""Text similarity for GPO's relevance retrieval: cosine similarity of embeddings from the endpoint's /v1/embeddings
-(through the openai client the run already uses), with a lexical fallback (rapidfuzz token-set ratio) when the
+"""Text similarity for GPO's relevance retrieval: cosine similarity of embeddings from the model's endpoint
+(`LanguageModel.embed`), with a lexical fallback (rapidfuzz token-set ratio) when the
 endpoint has no embeddings or the user turns them off. Which backend answered is recorded with every retrieval.
 
-Embeddings are cached per text in memory and, when the run has a response cache, on disk, so a resumed run replays
-its retrievals without new requests.
+Embeddings are kept per text in memory here and cached on disk by the model, so a resumed run replays its retrievals
+without new requests.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from rapidfuzz import fuzz
 
-from .llm import Endpoint, LLMError, ResponseCache
+from .llm import LLMError
+from .lm import LanguageModel
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,12 @@ class Similarity:
     reason in `fallback_reason`). mode "embeddings": embeddings or SimilarityError. mode "lexical": never ask.
     """
 
-    def __init__(self, mode: Mode = "auto", endpoint: Endpoint | None = None, model: str | None = None,
-                 cache: ResponseCache | None = None):
+    def __init__(self, mode: Mode = "auto", lm: LanguageModel | None = None, model: str | None = None):
         self.mode = mode
-        self.endpoint, self.model, self.cache = endpoint, model, cache
+        self.lm, self.model = lm, model
         self._vectors: dict[str, list[float]] = {}
         self.fallback_reason: str | None = None
-        self.requests = 0  # embedding requests actually sent (cache hits excluded)
-        if mode != "lexical" and (endpoint is None or not model):
+        if mode != "lexical" and (lm is None or not model):
             if mode == "embeddings":
                 raise SimilarityError("embeddings need an endpoint and an embedding model name")
             self.fallback_reason = "no endpoint or embedding model"
@@ -77,54 +76,18 @@ class Similarity:
                     if isinstance(e, SimilarityError):
                         raise
                     raise SimilarityError(f"embeddings failed: {type(e).__name__}: {e}") from None
-                reason = f"{type(e).__name__}: {e}"
-                if self.endpoint is not None:
-                    reason = self.endpoint.redact(reason)
-                self.fallback_reason = reason[:300]
+                self.fallback_reason = f"{type(e).__name__}: {e}"[:300]
                 log.warning("embeddings unavailable, using lexical similarity: %s", self.fallback_reason)
             else:
                 q = vecs[0]
                 return [cosine(q, v) for v in vecs[1:]], self.backend
         return [lexical(query, t) for t in texts], "lexical"
 
-    # --- embeddings ---------------------------------------------------------------------------------------------
-    def _key(self, text: str) -> str:
-        assert self.endpoint is not None and self.model
-        return ResponseCache.key(self.endpoint.cache_id, self.model, [{"role": "embedding", "content": text}],
-                                 {"kind": "embedding"})
-
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """One vector per text; unknown texts are embedded in one request."""
-        todo: list[str] = []
-        for t in texts:
-            if t in self._vectors or t in todo:
-                continue
-            hit = self.cache.get(self._key(t)) if self.cache is not None else None
-            if hit is not None and isinstance(hit.get("embedding"), list):
-                self._vectors[t] = hit["embedding"]
-            else:
-                todo.append(t)
+        """One vector per text; the texts not seen before are asked for in one request."""
+        assert self.lm is not None and self.model
+        todo = list(dict.fromkeys(t for t in texts if t not in self._vectors))
         if todo:
-            vecs = self._request(todo)
-            for t, v in zip(todo, vecs, strict=True):
-                self._vectors[t] = v
-                if self.cache is not None:
-                    self.cache.set(self._key(t), {"embedding": v})
+            vecs = self.lm.embed(todo, model=self.model, patient=self.mode == "embeddings")
+            self._vectors.update(zip(todo, vecs, strict=True))
         return [self._vectors[t] for t in texts]
-
-    def _request(self, texts: list[str]) -> list[list[float]]:
-        assert self.endpoint is not None and self.model
-        ep, model = self.endpoint, self.model
-        self.requests += 1
-        if self.mode == "embeddings":  # required: retry transient faults with the endpoint's patience
-            resp: Any = ep.call(lambda: ep.client.embeddings.create(model=model, input=texts))
-        else:  # optional: fail fast, then fall back
-            client = ep.client.with_options(max_retries=min(ep.client.max_retries, 1), timeout=30.0)
-            resp = client.embeddings.create(model=model, input=texts)
-        data = sorted(getattr(resp, "data", None) or [], key=lambda d: d.index)
-        if len(data) != len(texts):
-            raise ValueError(f"the endpoint returned {len(data)} embeddings for {len(texts)} texts")
-        out = [list(map(float, d.embedding)) for d in data]
-        if any(not v for v in out):
-            raise ValueError("the endpoint returned an empty embedding")
-        return out

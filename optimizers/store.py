@@ -20,6 +20,7 @@ from typing import Any
 
 from .data import Example, Splits
 from .events import CandidateProposed, CandidateScored, Event, parse_event
+from .status import RunStatus
 
 
 def default_db() -> Path:
@@ -31,7 +32,7 @@ CREATE TABLE IF NOT EXISTS runs (
     created REAL NOT NULL,
     updated REAL NOT NULL,
     heartbeat REAL,
-    status TEXT NOT NULL,          -- created | running | done | budget | stopped | paused | failed
+    status TEXT NOT NULL,          -- a RunStatus (never crashed: that is observed, see status.py)
     reason TEXT,
     optimizer TEXT NOT NULL,
     data_name TEXT,
@@ -151,7 +152,7 @@ class Store:
         now = time.time()
         with self._tx() as c:
             c.execute("INSERT INTO runs (id, created, updated, status, optimizer, data_name, seed, config) "
-                      "VALUES (?,?,?,?,?,?,?,?)", (run_id, now, now, "created", optimizer, data_name, seed,
+                      "VALUES (?,?,?,?,?,?,?,?)", (run_id, now, now, RunStatus.CREATED.value, optimizer, data_name, seed,
                                                    _dumps(config)))
             if splits is not None:
                 rows = [(run_id, ex.id, name, i, _dumps(ex.fields), ex.label)
@@ -170,6 +171,7 @@ class Store:
     @staticmethod
     def _run_dict(r: sqlite3.Row) -> dict[str, Any]:
         d = dict(r)
+        d["status"] = RunStatus(d["status"])
         d["config"] = json.loads(d["config"])
         d["result"] = json.loads(d["result"]) if d["result"] else None
         return d
@@ -178,10 +180,14 @@ class Store:
         rows = self._conn().execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
         return [self._run_dict(r) for r in rows]
 
-    def set_status(self, run_id: str, status: str, reason: str | None = None, *, worker_pid: int | None = None) -> None:
+    def set_status(self, run_id: str, status: RunStatus | str, reason: str | None = None, *,
+                   worker_pid: int | None = None) -> None:
+        status = RunStatus(status)
+        if status is RunStatus.CRASHED:
+            raise ValueError("crashed is observed from a running run, never stored")
         with self._tx() as c:
             c.execute("UPDATE runs SET status=?, reason=?, updated=?, heartbeat=?, worker_pid=COALESCE(?, worker_pid)"
-                      " WHERE id=?", (status, reason, time.time(), time.time(), worker_pid, run_id))
+                      " WHERE id=?", (status.value, reason, time.time(), time.time(), worker_pid, run_id))
 
     def heartbeat(self, run_id: str) -> None:
         with self._tx() as c:

@@ -1,5 +1,6 @@
 """Data: upload a table or pick a bundled set, map columns into the prompt template, check the labels, split with a
-seed. Every problem is a message naming the row and column, never a traceback. Saves st.session_state["po_data"]."""
+seed. Every problem is a message naming the row and column, never a traceback. Saves st.session_state["po_data"] (a
+PreparedTask from optimizers.prepare)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from optimizers.data import BUNDLED, DataError, load_bundled, read_table, render_template
+from optimizers.prepare import PreparedTask, default_template, guess_label_col, prepare_task
 from ui import charts
-from ui.common import connection_sidebar, default_template, guess_label_col, make_po_data, page_link
+from ui.session import connection_sidebar, page_link
 
 st.set_page_config(page_title="PromptOpt: Data", layout="wide")
 connection_sidebar()
@@ -31,9 +33,9 @@ def _bundled(name: str) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner="Checking the examples and splitting...", max_entries=16)
-def _prepare(data_key: str, _df: pd.DataFrame, **kw) -> tuple[dict, list[str]]:
-    """make_po_data, recomputed only when the table or a setting changes (10,000 rows take seconds to validate)."""
-    return make_po_data(_df, **kw)
+def _prepare(data_key: str, _df: pd.DataFrame, **kw) -> PreparedTask:
+    """prepare_task, recomputed only when the table or a setting changes (10,000 rows take seconds to validate)."""
+    return prepare_task(_df, **kw)
 
 
 def _show_problems(e: DataError, what: str) -> None:
@@ -44,8 +46,8 @@ def _show_problems(e: DataError, what: str) -> None:
 
 current = st.session_state.get("po_data")
 if current:
-    sz = current["splits"].sizes()
-    st.success(f"In use: **{current['name']}** (train {sz['train']}, dev {sz['dev']}, test {sz['test']}).")
+    sz = current.splits.sizes()
+    st.success(f"In use: **{current.name}** (train {sz['train']}, dev {sz['dev']}, test {sz['test']}).")
     page_link("pages/2_Optimize.py", label="Go to Optimize")
 
 # --- source -------------------------------------------------------------------------------------------------------
@@ -115,7 +117,8 @@ template = st.text_area("Template: {prompt} is where the instruction goes, {colu
                         key=f"data_template_{kh}")
 initial_prompt = st.text_area("Initial prompt (the instruction the optimizers start from)",
                               value=defaults.get("initial_prompt", "Classify the input. Answer with the label only."),
-                              key=f"data_prompt_{kh}")
+                              key=f"data_prompt_{kh}",
+                              help="Empty: only an optimizer that can start from nothing (OPRO) runs from it.")
 missing = [c for c in input_cols if "{" + c + "}" not in template]
 if "{prompt}" not in template:
     st.warning("The template has no {prompt} placeholder: the instruction would not appear.")
@@ -158,10 +161,9 @@ if test < -1e-9:
     st.error(f"train + dev fractions are {train + dev:.2f}: they must not exceed 1")
     st.stop()
 try:
-    po, warnings = _prepare(data_key, df, name=name, input_cols=input_cols, label_col=label_col, template=template,
-                                initial_prompt=initial_prompt, extraction=extraction, source=src,
-                                labels=None, split=dict(train=train, dev=dev, test=max(test, 0.0), seed=seed,
-                                                        stratify=stratify, **caps))
+    po = _prepare(data_key, df, name=name, input_cols=input_cols, label_col=label_col, template=template,
+                  initial_prompt=initial_prompt, extraction=extraction, source=src,
+                  split=dict(train=train, dev=dev, test=max(test, 0.0), seed=seed, stratify=stratify, **caps))
 except DataError as e:
     _show_problems(e, "The data cannot be used yet")
     st.stop()
@@ -169,15 +171,15 @@ except Exception as e:
     st.error(f"The data cannot be used yet: {type(e).__name__}: {e}")
     st.stop()
 
-for w in warnings:
+for w in po.warnings:
     st.warning(w)
-sz = po["splits"].sizes()
+sz = po.splits.sizes()
 k1, k2, k3 = st.columns(3)
 k1.metric("train", sz["train"])
 k2.metric("dev", sz["dev"])
 k3.metric("test", sz["test"])
 if extraction == "label":
-    st.plotly_chart(charts.split_distribution_figure(po["splits"]), width="stretch")
+    st.plotly_chart(charts.split_distribution_figure(po.splits), width="stretch")
 if not sz["dev"]:
     st.warning("The dev split is empty: optimizers will select on train, and the train/dev gap cannot be shown.")
 if st.button("Use this data", type="primary", key="data_use"):

@@ -12,39 +12,25 @@ import datetime as dt
 import pandas as pd
 import streamlit as st
 
+from optimizers.data import DataError
+from optimizers.prepare import prepare_task
+from optimizers.result import stored_result
+from optimizers.status import RunStatus, observed_status
 from optimizers.store import Store
 from ui import charts
-from ui.common import (
-    _store_at,
-    base_url,
-    bundled_po_data,
-    connection_sidebar,
-    create_and_launch,
-    db_path,
-    estimate_run,
-    launch,
-    page_link,
-    params_form,
-    registered_optimizers,
-    report_calls,
-    run_link,
-    selected_run,
-    store,
-    validation_messages,
-    worker_alive,
-)
 from ui.diff import diff_stats, render_markers
+from ui.launch import create_and_launch, estimate_run, registered_optimizers, report_calls, resume
+from ui.params_form import params_form, validation_messages
+from ui.session import _store_at, base_url, connection_sidebar, db_path, page_link, run_link, selected_run, store
 
 st.set_page_config(page_title="PromptOpt: Optimize", layout="wide")
 connection_sidebar()
 st.title("Optimize")
 
 PREFERRED = ["protegi", "opro", "ape", "pe2", "gpo", "baseline"]
-RESUMABLE = ("stopped", "paused", "failed")
-LIVE = ("created", "running")
 STATUS_TEXT = {"created": "waiting for the worker", "running": "running", "done": "finished",
                "budget": "budget reached", "stopped": "stopped by the user", "paused": "paused (endpoint down)",
-               "failed": "failed"}
+               "failed": "failed", "crashed": "crashed (the worker process is gone)"}
 
 S: Store = store()
 optimizers = registered_optimizers()
@@ -64,14 +50,15 @@ def new_run_form() -> None:
         c1, c2 = st.columns(2)
         page_link("pages/1_Data.py", label="Go to Data")
         if c2.button("Load the bundled sentiment set (60 reviews: train 28, dev 16, test 16)", key="opt_load_sample"):
-            st.session_state["po_data"] = bundled_po_data("sentiment", max_train=40, max_dev=20, max_test=40)
+            st.session_state["po_data"] = prepare_task("sentiment", split={"max_train": 40, "max_dev": 20,
+                                                                           "max_test": 40})
             st.rerun()
         return
-    sz = po["splits"].sizes()
-    st.write(f"Data: **{po['name']}**: train {sz['train']}, dev {sz['dev']}, test {sz['test']} "
-             f"(seed {po['split_config'].seed}).")
+    sz = po.splits.sizes()
+    st.write(f"Data: **{po.name}**: train {sz['train']}, dev {sz['dev']}, test {sz['test']} "
+             f"(seed {po.split_config.seed}).")
     if not optimizers:
-        st.error("No optimizer is registered (optimizers.optimizers_all imported none).")
+        st.error("No optimizer is registered (optimizers.methods imported none).")
         return
     names = _order(list(optimizers))
     name = st.selectbox("Optimizer", names, key="opt_name",
@@ -95,7 +82,7 @@ def new_run_form() -> None:
     if changed:
         st.caption("Changed from the defaults: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
 
-    prompt = st.text_area("Initial prompt", value=po.get("initial_prompt", ""), key=f"opt_prompt.{po['name']}")
+    prompt = st.text_area("Initial prompt", value=po.initial_prompt, key=f"opt_prompt.{po.name}")
     url = base_url()
     task_model = (st.session_state.get("task_model") or "").strip() or None
     opt_model = (st.session_state.get("optimizer_model") or "").strip() or None
@@ -113,7 +100,7 @@ def new_run_form() -> None:
 
     est = estimate_run(name, params.model_dump(), po, prompt.strip(), seed,
                        Budget(max_calls or None, max_tokens or None, max_cost or None))
-    rep = report_calls(po["splits"])
+    rep = report_calls(po.splits)
     if est is None:
         msg = (f"No estimate for {name} with these settings: the run makes **at most {max_calls:,} calls** (the budget)"
                if max_calls else f"No estimate for {name} with these settings and no call budget")
@@ -131,17 +118,15 @@ def new_run_form() -> None:
 
     if st.button("Start the run", type="primary", key="opt_start"):
         from optimizers.llm import Budget
-        from optimizers.runner import RunConfig
 
         try:
-            cfg = RunConfig(optimizer=name, params=params.model_dump(), initial_prompt=prompt.strip(),
-                            task=po["task"], data=po["data_config"], split=po["split_config"], seed=seed,
-                            base_url=url or None, task_model=task_model, optimizer_model=opt_model,
-                            budget=Budget(max_calls or None, max_tokens or None, max_cost or None))
-            if not cfg.initial_prompt:
-                st.error("The initial prompt is empty.")
-                return
-            rid = create_and_launch(cfg, po["splits"])
+            cfg = po.run_config(cls, initial_prompt=prompt, params=params.model_dump(), seed=seed,
+                                base_url=url or None, task_model=task_model, optimizer_model=opt_model,
+                                budget=Budget(max_calls or None, max_tokens or None, max_cost or None))
+            rid = create_and_launch(cfg, po.splits)
+        except DataError as e:
+            st.error(f"Could not start the run: {e}")
+            return
         except Exception as e:
             st.error(f"Could not start the run: {type(e).__name__}: {e}")
             return
@@ -167,20 +152,16 @@ def _frames(db: str, run_id: str, n_events: int) -> dict:
             "spend": charts.spend(s, run_id)}
 
 
-def _controls(run: dict) -> None:
-    rid, status = run["id"], run["status"]
+def _controls(run: dict, status: RunStatus) -> None:
+    rid = run["id"]
     c1, c2, c3 = st.columns([1, 1, 3])
-    if status in LIVE:
+    if status.live:
         if run["stop_requested"]:
             c1.button("Stopping...", disabled=True, key="opt_stopping")
         elif c1.button("Stop", key="opt_stop", help="The run stops after the current step; resume it later."):
             S.request_stop(rid)
             st.rerun(scope="fragment")
-        if status == "running" and not worker_alive(run):
-            c3.warning("The worker process is gone (crashed or killed): resume the run.")
-            if c2.button("Resume", key="opt_resume_dead"):
-                _resume(rid)
-    elif status == "budget":
+    elif status is RunStatus.BUDGET:
         old = (run["config"].get("budget") or {}).get("max_calls") or 0
         more = c3.number_input("New call budget", min_value=int(old) + 1, value=int(old) * 2 or 100, step=50,
                                key="opt_more_calls", help="Raise the budget and continue from the stored steps.")
@@ -188,7 +169,7 @@ def _controls(run: dict) -> None:
                      help="Replays the stored steps from the cache (free) and continues with the new budget."):
             S.set_budget(rid, {"max_calls": int(more)})
             _resume(rid)
-    elif status in RESUMABLE:
+    elif status.resumable:
         if c1.button("Resume", type="primary", key="opt_resume",
                      help="Replays the stored steps from the cache (free) and continues."):
             _resume(rid)
@@ -196,8 +177,7 @@ def _controls(run: dict) -> None:
 
 def _resume(rid: str) -> None:
     try:
-        S.set_status(rid, "created", "resume requested")
-        launch(rid)
+        resume(rid)
     except Exception as e:
         st.error(f"Could not resume: {type(e).__name__}: {e}")
         return
@@ -217,23 +197,24 @@ def _spend_view(sp: dict) -> None:
 
 
 def _report_view(run: dict) -> None:
-    res = run.get("result") or {}
-    scores = res.get("scores") or {}
+    res = stored_result(run)
+    if res is None:
+        return
     rows = []
     for which in ("initial", "best"):
         row = {"prompt": which}
         for split in ("train", "dev", "test"):
-            s = (scores.get(which) or {}).get(split)
-            row[split] = (f"{s['score']:.3f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] n={s['n']}" if s else "")
+            s = res.scores[which].get(split)
+            row[split] = (f"{s.score:.3f} [{s.ci[0]:.2f}, {s.ci[1]:.2f}] n={s.n}" if s else "")
         rows.append(row)
     if any(r["test"] or r["train"] for r in rows):
         st.subheader("Report (initial vs best, scored once after the run; test is held out)")
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    if res.get("report_error"):
-        st.warning(f"The report is incomplete: {res['report_error']}")
-    if res.get("best_prompt"):
+    if res.report_error:
+        st.warning(f"The report is incomplete: {res.report_error}")
+    if res.best_prompt:
         st.caption("Best prompt:")
-        st.text(res["best_prompt"])
+        st.text(res.best_prompt)
 
 
 def _candidates_view(f: dict) -> None:
@@ -275,7 +256,7 @@ def run_view(rid: str) -> None:
     st.caption(f"created {dt.datetime.fromtimestamp(run['created']):%Y-%m-%d %H:%M:%S}, seed {run['seed']}, backend "
                f"{cfg.get('base_url') or 'embedded model'}, task model {cfg.get('task_model') or 'default'}")
     run_link(rid, label="Link to this run (share or bookmark)")
-    interval = 2 if run["status"] in LIVE else None
+    interval = 2 if observed_status(run).live else None
 
     @st.fragment(run_every=interval)
     def live() -> None:
@@ -283,26 +264,26 @@ def run_view(rid: str) -> None:
         if r is None:
             st.error("The run was deleted.")
             return
-        status = r["status"]
-        if interval and status not in LIVE:
-            st.rerun(scope="app")  # finished: draw the final view once, and stop polling
+        status = observed_status(r)
+        if interval and not status.live:
+            st.rerun(scope="app")  # finished or crashed: draw the final view once, and stop polling
         text = STATUS_TEXT.get(status, status)
         reason = r.get("reason") or ""
         msg = f"Status: **{text}**" + (f": {reason}" if reason and reason != text else "")
-        {"failed": st.error, "paused": st.warning, "budget": st.info, "stopped": st.info,
+        {"failed": st.error, "crashed": st.error, "paused": st.warning, "budget": st.info, "stopped": st.info,
          "done": st.success}.get(status, st.info)(msg)
-        _controls(r)
+        _controls(r, status)
         f = _frames(db_path(), rid, S.event_count(rid))
         _spend_view(f["spend"])
         if f["points"].empty and f["best"].empty:
-            st.caption("No scores yet." + (" The worker is starting..." if status in LIVE else ""))
+            st.caption("No scores yet." + (" The worker is starting..." if status.live else ""))
         else:
             st.plotly_chart(charts.score_figure(f["points"], f["best"], beam=f["beam"],
                                                 initial_score=f["init_score"], texts=f["texts"]), width="stretch",
                             key=f"opt_chart_{rid}")
             if f["beam"]:
                 st.caption("Current beam: " + ", ".join(f["beam"]))
-        if status not in LIVE:
+        if not status.live:
             _report_view(r)
         _candidates_view(f)
 

@@ -6,12 +6,13 @@ Open a run with the selectbox or a shareable link `?run=<id>` (and optionally `&
 from __future__ import annotations
 
 import re
-import time
 
 import streamlit as st
 
-from ui.common import cached_events, connection_sidebar, runs_or_stop
+from optimizers.result import SCORE_DIGITS, stored_result
+from optimizers.status import RunStatus, observed_status
 from ui.inspectors import render_step, steps_of
+from ui.session import cached_events, connection_sidebar, runs_or_stop
 
 st.set_page_config(page_title="PromptOpt: Inspect", layout="wide")
 
@@ -54,10 +55,11 @@ def _header() -> None:
     cfg = r["config"]
     c = st.columns(4)
     c[0].metric("Optimizer", optimizer)
-    c[1].metric("Status", r["status"])
+    c[1].metric("Status", observed_status(r))
     c[2].metric("Data", r.get("data_name") or "?")
-    best = ((r.get("result") or {}).get("scores") or {}).get("best", {}).get("test")
-    c[3].metric("Best test score", "—" if not best else f"{best['score']:.3f}")
+    res = stored_result(r)
+    best = res.best_test if res else None
+    c[3].metric("Best test score", "—" if best is None else f"{best:.{SCORE_DIGITS}f}")
     if r.get("reason"):
         st.caption("Status reason:")
         st.text(r["reason"])
@@ -88,8 +90,7 @@ def _view() -> None:
 
 
 _header()
-live = run["status"] == "running" and run.get("heartbeat") and time.time() - run["heartbeat"] < 60
-if live:
+if observed_status(run) is RunStatus.RUNNING:
     st.caption("The run is live: this view refreshes every 2 s.")
     st.fragment(run_every=2)(_view)()
 else:

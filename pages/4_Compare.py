@@ -9,27 +9,13 @@ import pandas as pd
 import streamlit as st
 
 from ui import compare as C
-from ui.common import connection_sidebar
-from ui.common import store as _store
+from ui.session import backend, connection_sidebar
+from ui.session import store as _store
 
 st.set_page_config(page_title="PromptOpt: Compare", layout="wide")
 
 
 connection_sidebar()
-
-
-def _backend():
-    """The session's backend: ui.common.backend() when the shared helpers exist, else open_backend directly."""
-    try:
-        from ui.common import backend
-    except ImportError:
-        backend = None
-    if backend is not None:
-        return backend()
-    from optimizers.backend import open_backend
-
-    base_url = st.session_state.get("base_url") or os.environ.get("OPENAI_BASE_URL") or None
-    return open_backend(base_url, st.session_state.get("api_key") if base_url else None)
 
 
 st.title("Compare prompts")
@@ -84,7 +70,7 @@ if src == "run":
     default_model = C.run_task_model(S, run_id)
 else:
     po = st.session_state["po_data"]
-    task, test, data_name = po["task"], list(po["splits"].test), po.get("name", "session data")
+    task, test, data_name = po.task, list(po.splits.test), po.name
     default_model = None
     if not test:
         st.error("The session data has an empty test split: change the split on the Data page.")
@@ -106,7 +92,7 @@ if go:
 
     examples = list(test[: int(n_max)])
     try:
-        be = _backend()
+        be = backend()
         meter = Meter()
         llm = LLM(be.endpoint, model or be.model, role="task", meter=meter, cache=ResponseCache())
         ev = Evaluator(llm, task)

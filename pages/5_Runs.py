@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from datetime import datetime
 from typing import Any
 
@@ -12,9 +10,12 @@ import pandas as pd
 import streamlit as st
 
 from optimizers.export import candidate_rows, run_json, to_csv, to_json
-from ui.common import cached_events, connection_sidebar, runs_or_stop
-from ui.common import store as _store
+from optimizers.result import SCORE_DIGITS, stored_result
+from optimizers.status import RunStatus, observed_status
+from ui.launch import resume
 from ui.replay import render_replay
+from ui.session import cached_events, connection_sidebar, run_link, runs_or_stop
+from ui.session import store as _store
 
 st.set_page_config(page_title="PromptOpt: Runs", layout="wide")
 
@@ -23,75 +24,21 @@ connection_sidebar()
 
 
 _RUN_ID = re.compile(r"^[0-9a-f]{4,32}$")
-RESUMABLE = ("stopped", "paused", "failed", "budget")
-STALE_S = 90  # a "running" run whose worker has not beaten for this long has crashed
 
 
 PAGES = {"Optimize": "pages/2_Optimize.py", "Inspect": "pages/3_Inspect.py", "Runs": "pages/5_Runs.py"}
 
 
-def _link(run_id: str, page: str, label: str) -> None:
-    """A query-param link (?run=<id>) to another page; a plain caption when the page is not registered (tests)."""
-    try:
-        from ui.common import run_link
-    except ImportError:
-        run_link = None
-    if run_link is not None:
-        run_link(run_id, PAGES[page], label)
-        return
-    try:
-        st.page_link(PAGES[page], label=label, query_params={"run": run_id})
-    except Exception:
-        st.caption(f"{label}: {page}?run={run_id}")
-
-
-def _resume(run_id: str) -> int | None:
-    """Start a worker for a stored run: ui.common.launch when present (session key, embedded server URL), else
-    spawn_worker directly. Returns the worker pid when known."""
-    try:
-        from ui.common import launch
-    except ImportError:
-        launch = None
-    if launch is not None:
-        launch(run_id)
-        return None
-    from optimizers.runner import spawn_worker
-
-    proc = spawn_worker(str(_store().path), run_id, api_key=st.session_state.get("api_key"))
-    return proc.pid
-
-
-def _pid_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError, TypeError):
-        return False
-    return True
-
-
-def crashed(run: dict[str, Any], now: float | None = None) -> bool:
-    now = now or time.time()
-    if run["status"] != "running":
-        return False
-    stale = (run.get("heartbeat") or run["updated"]) < now - STALE_S
-    return stale or (bool(run.get("worker_pid")) and not _pid_alive(run["worker_pid"]))
-
-
-def _best_test(run: dict[str, Any]) -> float | None:
-    s = (((run.get("result") or {}).get("scores") or {}).get("best") or {}).get("test")
-    return None if not s else round(s["score"], 4)
-
-
 def run_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for r in runs:
-        cfg, res = r.get("config") or {}, r.get("result") or {}
-        status = "crashed" if crashed(r) else r["status"]
+        cfg, res = r.get("config") or {}, stored_result(r)
         rows.append({"run": r["id"], "optimizer": r["optimizer"], "data": r.get("data_name"),
                      "task model": cfg.get("task_model") or "(default)",
                      "optimizer model": cfg.get("optimizer_model") or cfg.get("task_model") or "(default)",
-                     "best test": _best_test(r), "cost": res.get("cost"), "calls": res.get("calls"),
-                     "status": status, "created": datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M")})
+                     "best test": res.best_test if res else None, "cost": res.cost if res else None,
+                     "calls": res.calls if res else None, "status": observed_status(r).value,
+                     "created": datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M")})
     return rows
 
 
@@ -131,49 +78,48 @@ rid = st.selectbox("Run", ids, index=ids.index(wanted) if wanted else 0, key="ru
 if st.query_params.get("run") != rid:
     st.query_params["run"] = rid
 run = S.get_run(rid) or by_id[rid]
-status = "crashed" if crashed(run) else run["status"]
+status = observed_status(run)
+res = stored_result(run)
 
 st.subheader(f"Run {rid}")
 c = st.columns(4)
 c[0].metric("Status", status)
 c[1].metric("Optimizer", run["optimizer"])
-bt = _best_test(run)
-c[2].metric("Best test score", "—" if bt is None else f"{bt:.3f}")
-cost = (run.get("result") or {}).get("cost")
-c[3].metric("Cost", "—" if cost is None else f"${cost:.4f}")
+bt = res.best_test if res else None
+c[2].metric("Best test score", "—" if bt is None else f"{bt:.{SCORE_DIGITS}f}")
+c[3].metric("Cost", "—" if res is None else f"${res.cost:.4f}")
 if run.get("reason"):
     st.caption("Status reason:")
     st.text(run["reason"])
-res = run.get("result") or {}
-if res.get("best_prompt"):
+if res and res.best_prompt:
     st.caption("Best prompt")
-    st.code(res["best_prompt"], language=None, wrap_lines=True)
+    st.code(res.best_prompt, language=None, wrap_lines=True)
 
 st.markdown("**Open**")
 lc = st.columns(3)
 with lc[0]:
-    _link(rid, "Optimize", "Live view (Optimize)")
+    run_link(rid, PAGES["Optimize"], "Live view (Optimize)")
 with lc[1]:
-    _link(rid, "Inspect", "Inspect step by step")
+    run_link(rid, PAGES["Inspect"], "Inspect step by step")
 with lc[2]:
-    _link(rid, "Runs", "This run (Runs)")
+    run_link(rid, PAGES["Runs"], "This run (Runs)")
 st.caption("Shareable link: add this to the page address (the key is never part of a link).")
 st.code(f"?run={rid}", language=None)
 
 # --- resume ----------------------------------------------------------------------------------------------------------
-if status in RESUMABLE or status == "crashed":
+if status.resumable:
     st.markdown("**Resume**")
     st.caption("Replays the stored part from the response cache (free) and continues where the run stopped.")
     if st.button("Resume this run", key="runs_resume"):
         try:
-            if status == "crashed":
-                S.set_status(rid, "stopped", "worker lost; resumed from the Runs page")
-            pid = _resume(rid)
+            resume(rid)
         except Exception as e:
             st.error(f"Could not start a worker for run {rid}: {type(e).__name__}: {e}")
         else:
-            st.success(f"Resumed run {rid}" + (f" in worker process {pid}." if pid else ".")
-                       + " Follow it on the Optimize page.")
+            st.success(f"Resumed run {rid}. Follow it on the Optimize page.")
+elif status is RunStatus.BUDGET:
+    st.markdown("**Resume**")
+    st.caption("The run reached its budget: continue it with a larger one on the Optimize page.")
 
 # --- export ----------------------------------------------------------------------------------------------------------
 st.markdown("**Export**")
@@ -190,7 +136,7 @@ else:
 
 # --- replay ----------------------------------------------------------------------------------------------------------
 st.markdown("**Replay**")
-if status == "running":
+if status.live:
     st.caption("The run is still going: follow it live on the Optimize page; replay opens once it has finished.")
 else:
     with st.expander("Replay this run as if live (no model calls)", expanded=False):
@@ -199,7 +145,7 @@ else:
 # --- delete ----------------------------------------------------------------------------------------------------------
 st.markdown("**Delete**")
 sure = st.checkbox(f"Yes, delete run {rid} with all its events, candidates and predictions", key=f"runs_sure_{rid}")
-if st.button("Delete run", disabled=not sure or status == "running", key="runs_delete"):
+if st.button("Delete run", disabled=not sure or status.live, key="runs_delete"):
     try:
         S.delete_run(rid)
     except Exception as e:

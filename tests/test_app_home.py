@@ -35,7 +35,7 @@ def test_home_embedded_model_is_not_started_at_app_start(monkeypatch, tmp_path):
     def boom():
         raise AssertionError("the embedded model must start lazily")
 
-    monkeypatch.setattr("ui.common.embedded_server", boom)
+    monkeypatch.setattr("ui.session.embedded_server", boom)
     at = AppTest.from_file("../app.py", default_timeout=30).run()
     assert not at.exception
     assert "not started" in " ".join(m.value for m in at.markdown)
@@ -52,7 +52,7 @@ def test_quick_start_runs_and_opens_optimize(env):  # noqa: F811
     assert run["config"]["budget"]["max_calls"] == 150 and run["config"]["params"]["rounds"] == 2
     sizes = env["store"].load_splits(run["id"]).sizes()
     assert sizes == {"train": 24, "dev": 12, "test": 16}
-    assert at.session_state["po_data"]["name"] == "sentiment"
+    assert at.session_state["po_data"].name == "sentiment"
     assert run["status"] in ("done", "budget")
     # switched to the Optimize page with ?run=<id>
     assert any(run["id"] in s.value for s in at.subheader)

@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from optimizers import protegi  # noqa: F401  (registers)
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.config import DataConfig, RunConfig
+from optimizers.methods import protegi  # noqa: F401  (registers)
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, scripted
 from tests.stub_server import StubServer
@@ -108,7 +109,7 @@ def test_two_runs_at_once_do_not_mix(tmp_path):
             t.start()
         for t in threads:
             t.join(120)
-        assert results[a]["status"] == results[b]["status"] == "done"
+        assert results[a].status == results[b].status == "done"
         consistent(db)
         for rid in (a, b):
             other = b if rid == a else a

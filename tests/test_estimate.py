@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from optimizers import optimizers_all  # noqa: F401
+from optimizers import methods  # noqa: F401
 from optimizers.base import REGISTRY
 from optimizers.data import Splits
 from optimizers.estimate import MAX_DRY_CALLS, dry_run

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from optimizers import protegi  # noqa: F401  (registers)
 from optimizers.backend import Backend
+from optimizers.config import DataConfig, RunConfig
 from optimizers.llm import Endpoint
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.methods import protegi  # noqa: F401  (registers)
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, scripted
 from tests.stub_server import StubServer
@@ -42,7 +43,7 @@ def run_once(tmp_path, fault_rate: float):
                         data=DataConfig(name="toy", input_cols=["text"], label_col="label"), seed=5,
                         optimizer_model="stub-opt", cache_dir=str(tmp_path / "cache"))
         res = runner.execute(runner.create(cfg, splits()))
-        texts = [c["text"] for c in store.candidates(res["run_id"])]
+        texts = [c["text"] for c in store.candidates(res.run_id)]
         return res, texts, stub.faults_served, len(stub.requests)
 
 
@@ -50,10 +51,10 @@ def run_once(tmp_path, fault_rate: float):
 def test_thirty_percent_faults_change_nothing(tmp_path):
     clean, clean_texts, _, clean_requests = run_once(tmp_path / "clean", 0.0)
     faulty, faulty_texts, served, requests = run_once(tmp_path / "faulty", 0.3)
-    assert clean["status"] == faulty["status"] == "done"
+    assert clean.status == faulty.status == "done"
     assert served >= 0.2 * requests and served > 10  # the faults really happened
     assert faulty_texts == clean_texts
-    assert faulty["best_prompt"] == clean["best_prompt"]
-    assert faulty["scores"] == clean["scores"]
+    assert faulty.best_prompt == clean.best_prompt
+    assert faulty.scores == clean.scores
     # every faulted request was retried: successful calls are the same, errors were not counted as calls
-    assert faulty["optimization_usage"]["calls"] == clean["optimization_usage"]["calls"]
+    assert faulty.optimization_usage.calls == clean.optimization_usage.calls

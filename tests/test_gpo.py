@@ -14,8 +14,8 @@ import pytest
 from rapidfuzz import fuzz
 
 from optimizers.base import candidate_id
-from optimizers.gpo import GPO, step_size, steps_per_epoch, total_steps, word_distance
 from optimizers.llm import Budget, BudgetExceeded
+from optimizers.methods.gpo import GPO, step_size, steps_per_epoch, total_steps
 from optimizers.similarity import Similarity, SimilarityError, cosine, lexical
 from tests.conftest import OPT_MODEL, TASK_MODEL, kinds, last_user, make_ctx, scripted, toy_examples
 from tests.stub_server import StubServer, _embed
@@ -276,7 +276,6 @@ def test_edit_budget_measures_word_distances_and_flags_over_budget():
     assert got == [("Classify the text, level 3.", 1, True, True), ("Label the text, level 2.", 2, True, True),
                    ("Label this review, level 6.", 4, False, True), ("Label this review now, level 1.", 5, False, True)]
     assert all(m["candidate_id"] == candidate_id(m["text"]) for m in eb.measured)
-    assert word_distance("a b c", "a x c d") == 2 and word_distance(INITIAL, INITIAL) == 0
     # flagged (paper): the over-budget candidate is still proposed, scored and, as the best, chosen
     prop = {e.text: e for e in step_of(events, "candidate_proposed", 1)}
     assert prop["Label this review, level 6."].info["within_budget"] is False
@@ -619,9 +618,10 @@ def test_same_seed_same_trajectory_other_seed_differs():
 
 def test_runner_stores_a_gpo_run_and_resumes_by_replay(tmp_path):
     from optimizers.backend import Backend
+    from optimizers.config import DataConfig, RunConfig
     from optimizers.data import Splits
     from optimizers.llm import Endpoint
-    from optimizers.runner import DataConfig, RunConfig, Runner
+    from optimizers.runner import Runner
     from optimizers.store import Store
     from tests.conftest import TOY_TASK
 
@@ -639,7 +639,7 @@ def test_runner_stores_a_gpo_run_and_resumes_by_replay(tmp_path):
         sp = Splits(toy_examples(16), toy_examples(8, seed=1, start=100), toy_examples(4, seed=2, start=200))
         rid = runner.create(cfg, sp)
         res = runner.execute(rid)
-        assert res["status"] == "budget"
+        assert res.status == "budget"
         n_before = len(stub.chat_requests())
         run_ = store.get_run(rid)
         conf = run_["config"]
@@ -647,7 +647,7 @@ def test_runner_stores_a_gpo_run_and_resumes_by_replay(tmp_path):
         with store._tx() as c:
             c.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(conf), rid))
         res2 = runner.execute(rid)
-        assert res2["status"] == "done"
+        assert res2.status == "done"
         ev_kinds = [e.kind for _, e in store.events(rid)]
         assert ev_kinds.count("step_done") == 3 and "retrieval" in ev_kinds and "edit_budget" in ev_kinds
         first = {str(r["messages"]) + str(r.get("seed")) + r["model"] for r in stub.chat_requests()[:n_before]}

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from optimizers import optimizers_all  # noqa: E402,F401
+from optimizers import methods  # noqa: E402,F401
 from optimizers.base import REGISTRY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from optimizers import optimizers_all  # noqa: F401  (registers the five optimizers)
+from optimizers import methods  # noqa: F401  (registers the five optimizers)
 from optimizers.backend import Backend
 from optimizers.base import REGISTRY
+from optimizers.config import DataConfig, RunConfig
 from optimizers.data import Example, Splits
 from optimizers.evaluate import Evaluator
 from optimizers.llm import LLM, Endpoint, Meter
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.conftest import TASK_MODEL, TOY_TASK, toy_examples
 from tests.stub_server import StubReply, StubServer
@@ -168,19 +169,19 @@ def _params(names):
 def test_optimizer_survives_malformed_replies(name, tmp_path):
     assert set(REGISTRY) >= {"ape", "protegi", "opro", "pe2", "gpo"}
     res, store, model = run_optimizer(name, tmp_path)
-    rid = res["run_id"]
+    rid = res.run_id
     events = store.events(rid)
 
     # the run never crashed
-    assert res["status"] in ("done", "budget"), res["reason"]
-    assert store.get_run(rid)["status"] == res["status"]
+    assert res.status in ("done", "budget"), res.reason
+    assert store.get_run(rid)["status"] == res.status
     assert not [e for _, e in events if e.kind == "error"]
     # every corpus reply was served at least once
     assert set(model.served) == {b.name for b in CORPUS}, model.served
 
     rejected = [e for _, e in events if e.kind == "candidate_rejected"]
     by_reason = Counter(e.reason for e in rejected)
-    FIGURES[name] = {"served": sum(model.served.values()), "rejected": dict(by_reason), "status": res["status"]}
+    FIGURES[name] = {"served": sum(model.served.values()), "rejected": dict(by_reason), "status": res.status}
 
     # the replies that must be rejected were, with a fitting reason
     for bad in CORPUS:
@@ -205,7 +206,7 @@ def test_optimizer_survives_malformed_replies(name, tmp_path):
         assert "after weighing" not in t, "a prompt cut by the token limit was kept"
         for tag in ("<START>", "<END>", "<INS>", "</INS>", "```"):
             assert tag not in t, f"tag {tag!r} left in an accepted candidate: {t!r}"
-    assert "HACKED" not in (res["best_prompt"] or "")
+    assert "HACKED" not in (res.best_prompt or "")
 
     # the Inspect page's view of each step shows exactly the stored rejections
     shown: Counter[str] = Counter()
@@ -299,8 +300,8 @@ def test_evaluator_run_stores_the_raw_output_of_malformed_answers(tmp_path):
                         optimizer_model="stub-opt", cache_dir=str(tmp_path / "cache"))
         sp = Splits(toy_examples(10, start=1), toy_examples(10, start=11), toy_examples(10, start=21))
         res = runner.execute(runner.create(cfg, sp))
-    assert res["status"] == "done"
-    preds = store.predictions(rid := res["run_id"], res["best_id"], "test")
+    assert res.status == "done"
+    preds = store.predictions(rid := res.run_id, res.best_id, "test")
     assert len(preds) == 10
     for p in preds:
         assert p["raw"] == raw_by_id[p["example_id"]]

@@ -16,10 +16,11 @@ from collections import Counter
 
 import pytest
 
-import optimizers.opro  # noqa: F401  (registers "opro")
+import optimizers.methods.opro  # noqa: F401  (registers "opro")
 from optimizers.base import candidate_id
+from optimizers.config import DataConfig, RunConfig
 from optimizers.llm import Budget, BudgetExceeded
-from optimizers.opro import (
+from optimizers.methods.opro import (
     EXEMPLAR,
     HEADER,
     OPRO,
@@ -27,10 +28,8 @@ from optimizers.opro import (
     REQUEST,
     bucketize,
     parse_instruction,
-    polish,
     render_exemplar,
 )
-from optimizers.runner import DataConfig, RunConfig
 from tests.conftest import OPT_MODEL, TASK_MODEL, TOY_TASK, kinds, last_user, make_ctx, scripted, toy_examples
 from tests.stub_server import StubReply, StubServer
 
@@ -128,7 +127,7 @@ def test_defaults_are_the_papers():
     assert "<INS>" in REQUEST and "</INS>" in REQUEST
 
 
-def test_bucketize_parse_and_polish():
+def test_bucketize_and_parse():
     assert [bucketize(s, 100) for s in (0.0, 0.333, 0.5, 0.6666, 1.0)] == [0, 33, 50, 67, 100]
     assert bucketize(0.34, 10) == 30 and bucketize(0.36, 10) == 40  # 10 buckets, still shown on 0-100
     assert parse_instruction("blah <INS>Think first.</INS> more <INS>x</INS>") == ("Think first.", "tagged", True)
@@ -137,7 +136,6 @@ def test_bucketize_parse_and_polish():
     assert parse_instruction("Think first.</INS>") == ("Think first.", "tagged", True)
     assert parse_instruction("New text: [Think first.]") == ("Think first.", "brackets", True)
     assert parse_instruction('"Think first."') == ("Think first.", "untagged", False)
-    assert polish("  **think** first. ") == "Think first." and polish("x") == "x" and polish("") == ""
 
 
 @pytest.mark.parametrize("pos,expected", [
@@ -445,7 +443,7 @@ def test_runner_end_to_end_with_an_empty_initial_instruction(tmp_path):
                         toy_examples(6, seed=2, start=201))
         rid = runner.create(cfg, splits)
         res = runner.execute(rid)
-        assert res["status"] == "done", res
-        assert res["initial_prompt"] == "" and "level" in res["best_prompt"].lower()
+        assert res.status == "done", res
+        assert res.initial_prompt == "" and "level" in res.best_prompt.lower()
         ks = [e.kind for _, e in store.events(rid)]
         assert ks.count("step_done") == 3 and ks.count("meta_prompt") == 6 and ks.count("selection") == 2

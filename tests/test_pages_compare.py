@@ -11,8 +11,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from optimizers import metrics
+from optimizers.config import DataConfig, SplitConfig
 from optimizers.evaluate import Evaluator
 from optimizers.llm import LLM, Endpoint, Meter, ResponseCache
+from optimizers.prepare import PreparedTask
 from tests.conftest import TASK_MODEL, TOY_TASK, last_user, toy_examples
 from tests.stub_server import StubServer
 from tests.test_pages_inspect import INITIAL, make_baseline_run, make_runner, scripted, toy_splits
@@ -189,7 +191,9 @@ def test_compare_page_on_session_data(monkeypatch, tmp_path):
         monkeypatch.setenv("PROMPTOPT_TASK_MODEL", TASK_MODEL)
         monkeypatch.setenv("PROMPTOPT_CACHE_DIR", str(tmp_path / "llm-cache"))
         at = AppTest.from_file("../pages/4_Compare.py", default_timeout=30)
-        at.session_state["po_data"] = {"name": "toy", "task": TOY_TASK, "splits": toy_splits()}
+        at.session_state["po_data"] = PreparedTask(
+            name="toy", task=TOY_TASK, examples=[], splits=toy_splits(), initial_prompt="", warnings=[],
+            data_config=DataConfig(name="toy", input_cols=["text"], label_col="label"), split_config=SplitConfig())
         at.run()
         assert at.radio(key="cmp_source").value == "session"
         at.text_area(key="cmp_typed").input(f"{GOOD}\n---\n{PLAIN}").run()

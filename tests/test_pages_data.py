@@ -3,14 +3,8 @@ bad file or a bad mapping shows every problem as st.error naming the row and col
 
 from __future__ import annotations
 
-import io
-
-import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
-
-from optimizers.data import DataError
-from ui.common import default_template, guess_label_col, make_po_data
 
 PAGE = "../pages/1_Data.py"
 
@@ -46,9 +40,9 @@ def test_bundled_set_loads_and_saves_po_data():
     at.button(key="data_use").click().run()
     assert not at.exception and errors(at) == []
     po = at.session_state["po_data"]
-    assert po["name"] == "sentiment" and len(po["splits"].train) == 20
-    assert po["task"].labels == ["negative", "positive"]
-    assert po["data_config"].label_col == "label" and po["split_config"].max_train == 20
+    assert po.name == "sentiment" and len(po.splits.train) == 20
+    assert po.task.labels == ["negative", "positive"]
+    assert po.data_config.label_col == "label" and po.split_config.max_train == 20
 
 
 def test_upload_good_csv_maps_columns_and_previews_template():
@@ -66,8 +60,8 @@ def test_upload_good_csv_maps_columns_and_previews_template():
     assert "Review: Great film number 0, loved it\nSentiment:" in at.code[0].value  # live preview of row 1
     at.button(key="data_use").click().run()
     po = at.session_state["po_data"]
-    assert po["name"] == "reviews" and po["task"].labels == ["neg", "pos"]
-    assert sum(po["splits"].sizes().values()) == 24
+    assert po.name == "reviews" and po.task.labels == ["neg", "pos"]
+    assert sum(po.splits.sizes().values()) == 24
 
 
 def test_bad_file_shows_problems_not_a_traceback():
@@ -103,20 +97,3 @@ def test_binary_upload_is_a_message():
     at = upload(AppTest.from_file(PAGE, default_timeout=30).run(), "data.csv", b"PK\x03\x04garbage\x00\x01")
     assert not at.exception
     assert any("data.csv" in m for m in errors(at))
-
-
-# --- pure helpers -------------------------------------------------------------------------------------------------
-
-
-def test_make_po_data_collects_every_problem():
-    df = pd.read_csv(io.BytesIO(GOOD_CSV), dtype=str)
-    with pytest.raises(DataError) as e:
-        make_po_data(df, name="x", input_cols=["review"], label_col="sentiment", template="no placeholders",
-                     initial_prompt=" ")
-    assert len(e.value.problems) == 2
-    assert any("{prompt}" in p for p in e.value.problems) and any("initial prompt" in p for p in e.value.problems)
-    po, warnings = make_po_data(df, name="x", input_cols=["review", "stars"], label_col="sentiment",
-                                template=default_template(["review", "stars"]), initial_prompt="Judge.",
-                                split={"seed": 3, "max_test": 4})
-    assert len(po["splits"].test) == 4 and po["split_config"].seed == 3 and warnings == []
-    assert guess_label_col(["text", "Label"]) == "Label" and guess_label_col(["a", "b"]) == "b"

@@ -14,9 +14,10 @@ import threading
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import optimizers.optimizers_all  # noqa: F401  (registers protegi and baseline)
+import optimizers.methods  # noqa: F401  (registers protegi and baseline)
 from optimizers.backend import Backend
 from optimizers.base import candidate_id
+from optimizers.config import DataConfig, RunConfig
 from optimizers.data import Splits
 from optimizers.events import (
     CandidateProposed,
@@ -30,7 +31,7 @@ from optimizers.events import (
     StepDone,
 )
 from optimizers.llm import Endpoint
-from optimizers.runner import DataConfig, RunConfig, Runner
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, last_user, scripted, toy_examples
 from tests.stub_server import StubServer
@@ -86,13 +87,13 @@ def run_config(tmp_path, optimizer: str = "baseline", params: dict | None = None
 
 def make_protegi_run(runner: Runner, tmp_path) -> str:
     rid = runner.create(run_config(tmp_path, "protegi", PROTEGI_PARAMS), toy_splits())
-    assert runner.execute(rid)["status"] == "done"
+    assert runner.execute(rid).status == "done"
     return rid
 
 
 def make_baseline_run(runner: Runner, tmp_path, initial: str = INITIAL) -> str:
     rid = runner.create(run_config(tmp_path, "baseline", initial_prompt=initial), toy_splits())
-    assert runner.execute(rid)["status"] == "done"
+    assert runner.execute(rid).status == "done"
     return rid
 
 

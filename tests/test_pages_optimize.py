@@ -11,13 +11,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from optimizers.backend import Backend
+from optimizers.config import RunConfig
 from optimizers.llm import Budget, Endpoint
-from optimizers.runner import RunConfig, Runner
+from optimizers.prepare import PreparedTask, prepare_task
+from optimizers.runner import Runner
 from optimizers.store import Store
 from tests.stub_server import StubServer
 from ui import charts
-from ui.common import bundled_po_data, field_kind, parse_field_text
 from ui.diff import diff_stats, render_markers, word_diff
+from ui.params_form import field_kind, parse_field_text
 
 PAGE = "../pages/2_Optimize.py"
 SMALL_PROTEGI = {"rounds": 2, "beam_size": 2, "minibatch_size": 8, "n_gradients": 1, "mc_samples_per_step": 1,
@@ -67,8 +69,8 @@ def env(monkeypatch, tmp_path):
         yield {"stub": stub, "db": db, "calls": calls, "spawn": fake_spawn, "store": Store(db)}
 
 
-def small_data() -> dict:
-    return bundled_po_data("sentiment", max_train=16, max_dev=8, max_test=8)
+def small_data() -> PreparedTask:
+    return prepare_task("sentiment", split={"max_train": 16, "max_dev": 8, "max_test": 8})
 
 
 def run_protegi(store: Store, stub: StubServer, tmp_path) -> str:
@@ -79,10 +81,10 @@ def run_protegi(store: Store, stub: StubServer, tmp_path) -> str:
         return Backend(ep, False, "stub-task", ep.base_url)
 
     runner = Runner(store, backend_factory=backend)
-    cfg = RunConfig(optimizer="protegi", params=SMALL_PROTEGI, initial_prompt=po["initial_prompt"], task=po["task"],
-                    data=po["data_config"], split=po["split_config"], optimizer_model="stub-opt",
+    cfg = RunConfig(optimizer="protegi", params=SMALL_PROTEGI, initial_prompt=po.initial_prompt, task=po.task,
+                    data=po.data_config, split=po.split_config, optimizer_model="stub-opt",
                     cache_dir=str(tmp_path / "cache"), budget=Budget(max_calls=1000))
-    rid = runner.create(cfg, po["splits"])
+    rid = runner.create(cfg, po.splits)
     runner.execute(rid)
     return rid
 
@@ -96,7 +98,7 @@ def test_form_is_built_from_the_params_with_paper_defaults(env):
     at.run()
     assert not at.exception
     assert at.selectbox(key="opt_name").value == "protegi"
-    from optimizers.protegi import ProTeGi
+    from optimizers.methods.protegi import ProTeGi
 
     for name, f in ProTeGi.Params.model_fields.items():
         kind = field_kind(f.annotation)[0]
@@ -116,7 +118,7 @@ def test_without_data_offers_the_bundled_set(env):
     at = AppTest.from_file(PAGE, default_timeout=30).run()
     assert not at.exception
     at.button(key="opt_load_sample").click().run()
-    assert at.session_state["po_data"]["name"] == "sentiment"
+    assert at.session_state["po_data"].name == "sentiment"
     assert at.selectbox(key="opt_name").value == "protegi"
 
 
@@ -155,9 +157,9 @@ def test_start_creates_the_run_and_shows_it_live(env):
 def test_stop_and_resume(env):
     po = small_data()
     store = env["store"]
-    cfg = RunConfig(optimizer="baseline", initial_prompt=po["initial_prompt"], task=po["task"],
-                    data=po["data_config"], split=po["split_config"], optimizer_model="stub-opt")
-    rid = Runner(store).create(cfg, po["splits"])
+    cfg = RunConfig(optimizer="baseline", initial_prompt=po.initial_prompt, task=po.task,
+                    data=po.data_config, split=po.split_config, optimizer_model="stub-opt")
+    rid = Runner(store).create(cfg, po.splits)
     store.set_status(rid, "running", worker_pid=os.getpid())
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.query_params["run"] = rid
@@ -190,7 +192,7 @@ def test_embedded_server_url_is_passed_to_workers(env, monkeypatch):
     class FakeServer:
         base_url, model_alias = "http://127.0.0.1:9/v1", "tiny-model"
 
-    monkeypatch.setattr("ui.common.embedded_server", lambda: FakeServer())
+    monkeypatch.setattr("ui.session.embedded_server", lambda: FakeServer())
     env["spawn"].execute = False
     at = AppTest.from_file(PAGE, default_timeout=30)
     at.session_state["po_data"] = small_data()
@@ -199,6 +201,26 @@ def test_embedded_server_url_is_passed_to_workers(env, monkeypatch):
     assert not at.exception
     assert env["calls"][-1]["embedded_url"] == "http://127.0.0.1:9/v1"
     assert env["store"].list_runs()[0]["config"]["base_url"] is None
+
+
+def test_the_session_and_a_worker_build_the_same_embedded_endpoint(monkeypatch):
+    """optimizers.backend builds the embedded endpoint; the dashboard no longer builds its own (it had other
+    patience and timeouts than the worker's)."""
+    from optimizers.backend import open_backend
+    from ui import session
+
+    class FakeServer:
+        base_url, model_alias = "http://127.0.0.1:9/v1", "tiny-model"
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setattr(session, "embedded_server", lambda: FakeServer())
+    monkeypatch.setenv("PROMPTOPT_EMBEDDED_URL", FakeServer.base_url)
+    monkeypatch.setenv("PROMPTOPT_EMBEDDED_ALIAS", FakeServer.model_alias)
+    ours, workers = session.backend(), open_backend()
+    assert (ours.embedded, ours.model, ours.cache_id) == (True, workers.model, workers.cache_id)
+    for attr in ("base_url", "max_concurrency", "patience", "llamacpp"):
+        assert getattr(ours.endpoint, attr) == getattr(workers.endpoint, attr), attr
+    assert ours.endpoint.client.timeout == workers.endpoint.client.timeout
 
 
 # --- charts on a real run -----------------------------------------------------------------------------------------
@@ -249,11 +271,11 @@ def test_dry_run_estimate_bounds_a_real_run_and_follows_the_budget(env, tmp_path
     store = env["store"]
     rid = run_protegi(store, env["stub"], tmp_path)
     po = small_data()
-    est = dry_run("protegi", SMALL_PROTEGI, po["task"], po["splits"], po["initial_prompt"])
+    est = dry_run("protegi", SMALL_PROTEGI, po.task, po.splits, po.initial_prompt)
     usage = store.get_run(rid)["result"]["optimization_usage"]
     assert usage["calls"] + usage["cache_hits"] <= est.calls == est.task_calls + est.optimizer_calls
     assert not est.stopped_by_budget and not est.capped and est.prompt_tokens > 0
-    cut = dry_run("protegi", SMALL_PROTEGI, po["task"], po["splits"], po["initial_prompt"], budget=Budget(max_calls=50))
+    cut = dry_run("protegi", SMALL_PROTEGI, po.task, po.splits, po.initial_prompt, budget=Budget(max_calls=50))
     assert cut.calls == 50 and cut.stopped_by_budget
     # the page shows it
     at = AppTest.from_file(PAGE, default_timeout=60)
@@ -293,10 +315,10 @@ def test_field_kinds_and_parsing():
 def test_a_run_that_reached_its_budget_continues_with_a_larger_one(env, tmp_path):
     po = small_data()
     store = env["store"]
-    cfg = RunConfig(optimizer="protegi", params=SMALL_PROTEGI, initial_prompt=po["initial_prompt"], task=po["task"],
-                    data=po["data_config"], split=po["split_config"], optimizer_model="stub-opt",
+    cfg = RunConfig(optimizer="protegi", params=SMALL_PROTEGI, initial_prompt=po.initial_prompt, task=po.task,
+                    data=po.data_config, split=po.split_config, optimizer_model="stub-opt",
                     budget=Budget(max_calls=20))
-    rid = Runner(store).create(cfg, po["splits"])
+    rid = Runner(store).create(cfg, po.splits)
     Runner(store).execute(rid)
     assert store.get_run(rid)["status"] == "budget"
     at = AppTest.from_file(PAGE, default_timeout=60)

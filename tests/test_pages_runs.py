@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from optimizers.export import candidate_rows
+from optimizers.result import stored_result
 from tests.stub_server import StubServer
 from tests.test_pages_compare import spy_downloads
 from tests.test_pages_inspect import EDITED, INITIAL, ProtegiScript, make_baseline_run, make_protegi_run, make_runner
@@ -63,7 +64,7 @@ def test_runs_lists_history_with_scores(monkeypatch, runs_db):
     assert list(table["optimizer"]) == ["protegi", "baseline"]
     assert list(table["status"]) == ["done", "done"]
     for rid, best in zip(table["run"], table["best test"]):
-        assert best == round(store.get_run(rid)["result"]["scores"]["best"]["test"]["score"], 4)
+        assert best == stored_result(store.get_run(rid)).best_test
     assert table["calls"].iloc[0] == store.get_run(ids["protegi"])["result"]["calls"]
     assert at.selectbox(key="runs_pick").value == ids["protegi"]
     assert f"?run={ids['protegi']}" in [c.value for c in at.code]  # the shareable link

@@ -14,11 +14,13 @@ import pytest
 
 from optimizers.base import candidate_id
 from optimizers.llm import Budget, BudgetExceeded
-from optimizers.protegi import (
+from optimizers.methods.protegi import (
     EDIT_PROMPT,
     GRADIENT_PROMPT,
     PARAPHRASE_PROMPT,
     ProTeGi,
+)
+from optimizers.methods.strategies import (
     brute_force,
     choose_ucb,
     sr_schedule,
@@ -124,7 +126,7 @@ def test_defaults_are_the_papers():
     for tpl, keys in ((GRADIENT_PROMPT, ("{prompt}", "{error_string}", "{num_feedbacks}", "<START>", "<END>")),
                       (EDIT_PROMPT, ("{prompt}", "{error_string}", "{gradient}", "{steps_per_gradient}", "<START>")),
                       (PARAPHRASE_PROMPT, ("{prompt}", "Input:", "Output:"))):
-        assert all(k in tpl for k in keys)
+        assert all(k in tpl.template for k in keys)
 
 
 # --- expansion ---------------------------------------------------------------------------------------------------
@@ -200,6 +202,15 @@ def test_edits_contain_the_reason_and_the_errors():
     props = [e for e in kinds(events, "candidate_proposed") if e.origin == "gradient_edit"]
     assert props and all(p.info["gradient_id"] in grads for p in props)
     assert all(p.parents == [grads[p.info["gradient_id"]].parent_id] for p in props)
+
+
+def test_placeholders_inside_the_prompt_reach_the_edit_request_unchanged():
+    """The prompt is filled in before the reason: a "{gradient}" in the prompt text is the user's, not a slot."""
+    braced = 'Classify the text; never write "{gradient}", {error_string} or {steps_per_gradient}.'
+    events, *_ = run(rounds=1, initial=braced)
+    edits = metas(events, "edit")
+    assert edits and all(current_prompt(m.messages[-1]["content"]) == braced for m in edits)
+    assert all(current_prompt(m.messages[-1]["content"]) == braced for m in metas(events, "gradient"))
 
 
 def test_paraphrases_of_new_prompts_and_of_the_parent():

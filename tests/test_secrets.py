@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from optimizers import export, optimizers_all  # noqa: F401  (registers the optimizers)
-from optimizers.runner import DataConfig, RunConfig, Runner, spawn_worker
+from optimizers import export, methods  # noqa: F401  (registers the optimizers)
+from optimizers.config import DataConfig, RunConfig
+from optimizers.runner import Runner, spawn_worker
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, scripted
 from tests.stub_server import StubServer
@@ -151,27 +152,27 @@ def test_runner_in_process_never_stores_or_logs_the_key(tmp_path, monkeypatch, c
     results = []
     with StubServer(scripted(opt_reply), api_key=SECRET) as stub:
         ok = runner.execute(runner.create(config(stub.base_url, tmp_path), splits()))
-        assert ok["status"] == "done"
+        assert ok.status == "done"
         results.append(ok)
     with StubServer(scripted(opt_reply), api_key="sk-some-other-key-000") as other:  # 401: failed
         bad = runner.execute(runner.create(config(other.base_url, tmp_path), splits()))
-        assert bad["status"] == "failed" and "refused the API key" in bad["reason"]
+        assert bad.status == "failed" and "refused the API key" in bad.reason
         results.append(bad)
     with StubServer(scripted(echo_key, lambda r: "positive")) as echo:  # the key quoted back: paused
         quoted = runner.execute(runner.create(config(echo.base_url, tmp_path), splits()))
-        assert quoted["status"] == "paused" and "invalid header Bearer ***" in quoted["reason"]  # quoted, redacted
+        assert quoted.status == "paused" and "invalid header Bearer ***" in quoted.reason  # quoted, redacted
         results.append(quoted)
     down = runner.execute(runner.create(config("http://127.0.0.1:9/v1", tmp_path), splits()))  # nothing listening
-    assert down["status"] == "paused"
+    assert down.status == "paused"
     results.append(down)
     for res in results:
-        assert_clean(json.dumps(res, default=str), "a result dict")
-        run = check_store(store, res["run_id"])
-        assert run["status"] == res["status"]
-        if res["status"] != "done":
-            assert store.events(res["run_id"], kinds=["error"]), "the error path was not exercised"
+        assert_clean(res.model_dump_json(), "a run result")
+        run = check_store(store, res.run_id)
+        assert run["status"] == res.status
+        if res.status != "done":
+            assert store.events(res.run_id, kinds=["error"]), "the error path was not exercised"
     assert_clean(caplog.text, "the log")
-    assert_clean(repr(runner.backend(RunConfig(**store.get_run(ok["run_id"])["config"])).endpoint), "repr(Endpoint)")
+    assert_clean(repr(runner.backend(RunConfig(**store.get_run(ok.run_id)["config"])).endpoint), "repr(Endpoint)")
     grep_tree(tmp_path)
     assert (tmp_path / "runs.sqlite").exists()
 
@@ -252,7 +253,7 @@ def dash_env(tmp_path, monkeypatch):
         store = Store(tmp_path / "runs.sqlite")
         runner = Runner(store, api_key=SECRET)
         rid = runner.create(config(stub.base_url, tmp_path), splits())
-        assert runner.execute(rid)["status"] == "done"
+        assert runner.execute(rid).status == "done"
         yield {"stub": stub, "store": store, "run_id": rid}
 
 

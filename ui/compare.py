@@ -14,6 +14,7 @@ from optimizers import metrics
 from optimizers.data import Example
 from optimizers.evaluate import EvalResult, Evaluator
 from optimizers.export import to_csv, to_json
+from optimizers.result import stored_result
 from optimizers.store import Store
 from optimizers.task import Task
 
@@ -34,9 +35,8 @@ def prompt_choices(store: Store, limit_runs: int = 50) -> list[PromptChoice]:
     out: list[PromptChoice] = []
     seen: set[str] = set()
     for run in store.list_runs()[:limit_runs]:
-        res = run.get("result") or {}
-        cfg = run.get("config") or {}
-        pairs = [("best", res.get("best_prompt")), ("initial", res.get("initial_prompt") or cfg.get("initial_prompt"))]
+        res = stored_result(run)
+        pairs = [("best", res.best_prompt if res else None), ("initial", run["config"].get("initial_prompt"))]
         for which, text in pairs:
             if not text or text in seen:
                 continue

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rapidfuzz.distance import Levenshtein
+from optimizers.methods.text import word_distance
 
 Ev = Any  # an optimizers.events event (pydantic model with .kind and .step)
 SeqEv = tuple[int, Ev]
@@ -37,11 +37,6 @@ def of_kind(evs: Sequence[SeqEv], kind: str) -> list[Ev]:
 
 def candidate_texts(events: Sequence[SeqEv]) -> dict[str, str]:
     return {ev.candidate_id: ev.text for _, ev in events if ev.kind == "candidate_proposed"}
-
-
-def word_distance(a: str, b: str) -> int:
-    """Word-level edit distance (insertions, deletions, substitutions of whole words)."""
-    return int(Levenshtein.distance((a or "").split(), (b or "").split()))
 
 
 def _short(text: str, n: int = 120) -> str:

@@ -232,7 +232,7 @@ def db(app, sql: str, *args):
 
 
 def registered() -> set[str]:
-    import optimizers.optimizers_all  # noqa: F401
+    import optimizers.methods  # noqa: F401
     from optimizers.base import REGISTRY
 
     return set(REGISTRY)
@@ -277,7 +277,7 @@ def wait_status(page, text: str, timeout: float = 90.0) -> None:
 @pytest.mark.slow
 def test_optimize_protegi_live_chart_gains_points_then_stop(page, app):
     if "protegi" not in registered():
-        pytest.skip("protegi is not registered in optimizers.optimizers_all")
+        pytest.skip("protegi is not registered in optimizers.methods")
     rid = start_run(page, app, "ProTeGi (textual gradients + beam search)", 5000)
     RUNS["protegi"] = rid
     page.get_by_role("heading", name=re.compile(rf"Run {rid}: protegi on sentiment")).wait_for()
@@ -314,7 +314,7 @@ def finished_run(app, optimizer: str) -> str | None:
 @pytest.mark.slow
 def test_optimize_gpo_run_to_its_budget(page, app):
     if "gpo" not in registered():
-        pytest.skip("gpo is not registered in optimizers.optimizers_all yet")
+        pytest.skip("gpo is not registered in optimizers.methods yet")
     rid = start_run(page, app, GPO_TITLE, 300)
     RUNS["gpo"] = rid
     page.get_by_role("heading", name=re.compile(rf"Run {rid}: gpo on sentiment")).wait_for()

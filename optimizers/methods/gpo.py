@@ -18,104 +18,27 @@ budget (optionally rejecting over-budget candidates), and the best trajectory pr
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from rapidfuzz.distance import Levenshtein
 
-from . import parsing
-from .base import Candidate, Optimizer, Params, input_text, pred_text, register
-from .data import Example
-from .events import CandidateRejected, EditBudget, Event, Gradient, Retrieval, Selection
-from .protegi import fill
-from .similarity import Similarity
-
-# --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------
-
-SCORE_NOTE = "Scores range from 0 to 100; a higher score means a better prompt."
-
-HEADER_GENERATE = "Your task is to write a prompt that will replace <Prompt>."
-HEADER_EDIT = "Your task is to revise the current prompt, which replaces <Prompt>."
-
-TRAJECTORY_BLOCK = """Below are earlier prompts with their scores. {score_note}
-
-{entries}"""
-
-CURRENT_BLOCK = """Below is the current prompt with its score. {score_note}
-{entry}"""
-
-REALTIME_BLOCK = """Below is the previous prompt with its score. {score_note}
-{entry}"""
-
-ENTRY = """Prompt: {prompt}
-Score: {score}"""
-
-CURRENT_PROMPT = """The current prompt is:
-{prompt}"""
-
-CRITIQUE_BLOCK = """Below are the problems with this prompt.
-
-{critique}"""
-
-EXEMPLAR_NOTE = ("The examples below show how the prompt is used: <Prompt> in each input is replaced by your prompt, "
-                 "then the input is read and an output is given. An output is wrong if it differs from the given "
-                 "output, and correct if it is the same.")
-
-DEMO = """Input:
-{input}
-Output:
-{output}"""
-
-BUDGET_LINE = "You may change up to {n} words of the current prompt."
-
-WRAP_NEW = "Wrap the new prompt with <START> and <END>."
-WRAP_EDIT = "Wrap the revised prompt with <START> and <END>."
-
-FEEDBACK_PROMPT = """Your task is to find the problems with the current prompt from the examples it gets wrong.
-
-The current prompt is:
-{prompt}
-
-With this prompt, the model gets these examples wrong:
-
-{errors}
-
-Give one reason why the prompt could have led to these wrong answers.
-Wrap the reason with <START> and <END>."""
-
-FEEDBACK_ERROR = """Question:
-{input}
-Wrong prediction:
-{prediction}
-Ground truth answer:
-{gold}"""
-
-REALTIME_PARA_PROMPT = """Your task is to combine the previous prompt and the current prompt into one new prompt, guided by their scores.
-{score_note}
-
-Below is the previous prompt with its score.
-{previous}
-
-Below is the current prompt with its score.
-{current}
-
-Write one new prompt that builds on the previous and the current prompt and their scores.
-Wrap the new prompt with <START> and <END>."""
-
-REALTIME_FEEDBACK_PROMPT = """Your task is to merge the problems found with the previous prompts and the problems of the current prompt.
-
-Below are the problems found with the previous prompts.
-{previous}
-
-Below are the problems of the current prompt.
-{current}
-
-Merge the problems of the previous prompts and of the current prompt into one description.
-Wrap the merged problems with <START> and <END>."""
-
+from ..base import Candidate, Optimizer, Params, register
+from ..data import Example
+from ..events import CandidateRejected, EditBudget, Event, Gradient, Retrieval, Selection
+from ..similarity import Similarity
+from .gpo_prompts import (
+    FEEDBACK_ERROR,
+    FEEDBACK_PROMPT,
+    GENERATE,
+    REALTIME_FEEDBACK_PROMPT,
+    REALTIME_PARA_PROMPT,
+    SCORE_NOTE,
+    entry,
+    generation_request,
+)
+from .text import input_text, pred_text, render, word_distance
 
 # --- schedule -----------------------------------------------------------------------------------------------------
 
@@ -148,23 +71,6 @@ def step_size(t: int, total: int, *, decay: str = "cosine", initial: int = 50, f
         return int(initial - (initial - final) / span * (t - w))
     frac = (t - w) / span
     return int(final + (initial - final) * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-def word_distance(a: str, b: str) -> int:
-    """Word-level Levenshtein distance: insertions, deletions and substitutions of whole words."""
-    return Levenshtein.distance(parsing.words(a), parsing.words(b))
-
-
-def polish(text: str) -> str:
-    """The official polish_sentence: strip, drop '**', capitalise the first letter."""
-    t = (text or "").replace("**", "").strip()
-    if len(t) > 1:
-        t = t[0].upper() + t[1:]
-    return t
-
-
-def render_score(score: float) -> str:
-    return str(round(score * 100))
 
 
 # --- the optimizer ------------------------------------------------------------------------------------------------
@@ -242,8 +148,7 @@ class GPO(Optimizer):
         self.split = "dev" if ctx.dev else "train"
         self.eval_set: list[Example] = list(ctx.dev or ctx.train)
         self.scores: dict[str, float] = {}
-        self.similarity = Similarity(p.similarity, ctx.llm.endpoint, p.embedding_model or ctx.llm.model,
-                                     ctx.llm.cache)
+        self.similarity = Similarity(p.similarity, ctx.llm, p.embedding_model or ctx.llm.model)
         self.rt_para: _Entry | None = None  # real-time momentum (para)
         self.rt_feedback: str | None = None  # real-time momentum (feedback)
         # drawn once per run: the fixed demo examples, then the order in which train is walked
@@ -291,7 +196,7 @@ class GPO(Optimizer):
         for i in range(p.num_candidates):
             comp = yield from ctx.ask("gpo.generate", [{"role": "user", "content": meta}], step=t, ref=f"s{t}.{i}",
                                       temperature=p.temperature, max_tokens=p.optimizer_max_tokens)
-            text, how = _parse(comp.text, p.max_prompt_words)
+            text, how = GENERATE.parse(comp.text, max_words=p.max_prompt_words)
             texts.append((text, how, comp.truncated))
         # (5) measure the step against the budget; register the candidates
         pool, measured = yield from self.admit(cur, texts, budget, t)
@@ -318,13 +223,12 @@ class GPO(Optimizer):
         wrong = [(by_id[pr.example_id], pr) for pr in res.predictions if not pr.correct]
         if not wrong:  # ours: nothing to criticise (the code still asks, with an empty list)
             return None
-        errors = "\n\n".join(fill(FEEDBACK_ERROR, input=input_text(ex), prediction=pred_text(pr), gold=ex.label)
+        errors = "\n\n".join(render(FEEDBACK_ERROR, input=input_text(ex), prediction=pred_text(pr), gold=ex.label)
                              for ex, pr in wrong)
-        msg = fill(FEEDBACK_PROMPT, prompt=cur.cand.text, errors=errors)
+        msg = FEEDBACK_PROMPT.render(prompt=cur.cand.text, errors=errors)
         comp = yield from ctx.ask("gpo.feedback", [{"role": "user", "content": msg}], step=t, ref=f"g{t}",
                                   temperature=self.p.aux_temperature, max_tokens=self.p.optimizer_max_tokens)
-        found = parsing.tagged(comp.text)
-        critique = polish(found[0] if found else parsing.clean(comp.text))
+        critique = FEEDBACK_PROMPT.parse(comp.text)
         if not critique:
             return None
         yield Gradient(step=t, gradient_id=f"g{t}", parent_id=cur.cand.id, critique=critique,
@@ -341,12 +245,11 @@ class GPO(Optimizer):
             if self.rt_feedback is None:
                 self.rt_feedback = critique
                 return critique
-            msg = fill(REALTIME_FEEDBACK_PROMPT, previous=self.rt_feedback, current=critique)
+            msg = REALTIME_FEEDBACK_PROMPT.render(previous=self.rt_feedback, current=critique)
             comp = yield from self.ctx.ask("gpo.momentum", [{"role": "user", "content": msg}], step=t,
                                            ref=f"m{t}", temperature=p.aux_temperature,
                                            max_tokens=p.optimizer_max_tokens)
-            found = parsing.tagged(comp.text)
-            merged = polish(found[0] if found else parsing.clean(comp.text))
+            merged = REALTIME_FEEDBACK_PROMPT.parse(comp.text)
             if merged and not comp.truncated:
                 self.rt_feedback = merged
             return self.rt_feedback
@@ -383,12 +286,11 @@ class GPO(Optimizer):
         if prev is None:
             self.rt_para = cur
             return cur
-        msg = fill(REALTIME_PARA_PROMPT, score_note=SCORE_NOTE,
-                   previous=fill(ENTRY, prompt=prev.cand.text, score=render_score(prev.score)),
-                   current=fill(ENTRY, prompt=cur.cand.text, score=render_score(cur.score)))
+        msg = REALTIME_PARA_PROMPT.render(score_note=SCORE_NOTE, previous=entry(prev.cand.text, prev.score),
+                                          current=entry(cur.cand.text, cur.score))
         comp = yield from ctx.ask("gpo.momentum", [{"role": "user", "content": msg}], step=t, ref=f"m{t}",
                                   temperature=p.aux_temperature, max_tokens=p.optimizer_max_tokens)
-        text, how = _parse(comp.text, p.max_prompt_words)
+        text, how = REALTIME_PARA_PROMPT.parse(comp.text, max_words=p.max_prompt_words)
         if text is None:
             yield CandidateRejected(step=t, text="", reason="no_tags", parents=[cur.cand.id], origin="momentum")
             return prev
@@ -443,45 +345,14 @@ class GPO(Optimizer):
         warm = f", warm-up {p.warmup_steps}" if p.use_warmup else ""
         return f"{p.decay} {p.initial_step_size}->{p.final_step_size} over {self.T} steps{warm}"
 
-    def demo_block(self) -> str:
-        task = self.ctx.task
-        return "\n\n".join(fill(DEMO, input=task.render("<Prompt>", ex), output=ex.label) for ex in self.demos)
-
     def meta_prompt(self, cur: _Entry, momentum: tuple[str, list[_Entry]], critique: str | None,
                     budget: int | None) -> str:
         p = self.p
-        edit = p.update_method.startswith("edit")
-        show_critique = p.update_method in ("edit", "generate") and bool(critique)
         kind, entries = momentum
-        parts = [HEADER_EDIT if edit else HEADER_GENERATE]
-        if kind == "list":
-            body = "\n\n".join(fill(ENTRY, prompt=e.cand.text, score=render_score(e.score)) for e in entries)
-            parts.append(fill(TRAJECTORY_BLOCK, score_note=SCORE_NOTE, entries=body))
-            what = "the previous prompts and their scores"
-        elif kind == "realtime":
-            e = entries[0]
-            parts.append(fill(REALTIME_BLOCK, score_note=SCORE_NOTE,
-                              entry=fill(ENTRY, prompt=e.cand.text, score=render_score(e.score))))
-            what = "the previous prompt and its score"
-        else:
-            parts.append(fill(CURRENT_BLOCK, score_note=SCORE_NOTE,
-                              entry=fill(ENTRY, prompt=cur.cand.text, score=render_score(cur.score))))
-            what = ""
-        parts.append(fill(CURRENT_PROMPT, prompt=cur.cand.text))
-        if show_critique:
-            parts.append(fill(CRITIQUE_BLOCK, critique=critique))
-            what = f"{what} and the problems above" if what else "the problems above"
-        if self.demos:
-            parts.append(EXEMPLAR_NOTE)
-            parts.append(self.demo_block())
-        verb = ("revise the current prompt into a new improved prompt" if edit
-                else "write a new improved prompt")
-        ask = (f"Carefully analyse {what}, and {verb}" if what else verb[0].upper() + verb[1:])
-        ask += " to replace <Prompt> in the task examples."
-        if budget is not None:
-            ask += "\n" + fill(BUDGET_LINE, n=budget) + "\n"
-        parts.append(ask + "\n" + (WRAP_EDIT if edit else WRAP_NEW))
-        return "\n\n".join(parts)
+        return generation_request(
+            edit=p.update_method.startswith("edit"), momentum=kind, entries=[(e.cand.text, e.score) for e in entries],
+            current=(cur.cand.text, cur.score), critique=critique if p.update_method in ("edit", "generate") else None,
+            demos=[(self.ctx.task.render("<Prompt>", ex), ex.label) for ex in self.demos], budget=budget)
 
     # --- candidates -----------------------------------------------------------------------------------------------
     def admit(self, cur: _Entry, texts: list[tuple[str | None, str, bool]], budget: int | None,
@@ -537,20 +408,3 @@ class GPO(Optimizer):
         if self.p.keep_if_worse and s <= cur.score:
             return cur
         return _Entry(cand, s, t)
-
-
-# --- helpers ------------------------------------------------------------------------------------------------------
-
-def _parse(reply: str, max_words: int) -> tuple[str | None, str]:
-    """<START>...<END> (a missing end tag tolerated); else one short untagged paragraph; else nothing."""
-    found = parsing.tagged(reply)
-    if found:
-        return polish(found[0]), "tagged"
-    if re.search(r"<START>", reply or "", re.I):
-        return "", "tagged"  # tags around nothing: rejected as empty
-    t = parsing.clean(re.sub(r"</?(?:START|END)>", "", reply or "", flags=re.I))
-    if not t:
-        return "", "untagged"  # rejected as empty
-    if "\n\n" in t or len(t.split()) > max_words:
-        return None, "no_tags"
-    return polish(t), "untagged"

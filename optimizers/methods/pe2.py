@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator, Iterator, Sequence
-from typing import Any
 
 from pydantic import Field
-from rapidfuzz.distance import Levenshtein
 
+from ..base import Candidate, Gen, Optimizer, Params, register
+from ..data import Example, render_template
+from ..evaluate import Prediction
+from ..events import EditBudget, Event, Reasoning, Selection
 from . import parsing
-from .base import Candidate, Gen, Optimizer, Params, input_text, register
-from .data import Example, render_template
-from .evaluate import Prediction
-from .events import EditBudget, Event, Reasoning, Selection
+from .text import Signature, input_text, render, word_distance
 
-# --- meta-prompts (our wording; the paper's turns, sections and placeholders) --------------------------------------
+# --- meta-prompts (our wording; the paper's turns, sections and placeholders), each with the parser of its reply
 
 SYSTEM = "You are a helpful assistant."
 
@@ -55,7 +54,7 @@ Output: {answer}
 Reasoning: {reasoning}
 Label: {label}"""
 
-ANALYSE = """## Current Prompt
+ANALYSE = Signature("""## Current Prompt
 {prompt}
 
 ## Full Template
@@ -80,16 +79,34 @@ Label: <label>
 2. Does the output correctly follow the given prompt: <yes or no, and your reasoning>
 3. Does the prompt correctly describe the task shown by the input-label pair: <yes or no, and your reasoning>
 4. To get the correct label, is it necessary to edit the prompt: <yes or no, and your reasoning>
-5. If yes, give a detailed analysis and actionable suggestions for editing the prompt: <analysis and suggestions>"""
+5. If yes, give a detailed analysis and actionable suggestions for editing the prompt: <analysis and suggestions>""")
 
-REWRITE = """Now please review your reasoning in Step 1 carefully and help with Step 2: refining the prompt.
+_FENCE = re.compile(r"```[a-zA-Z]*[ \t]*\n(.*?)(?:\n?```|$)", re.S)
+_HEADING = re.compile(r"^\s*#+\s*(?:new|improved|updated|revised|refined|optimi[sz]ed)?\s*prompt\s*:?\s*\n", re.I)
+
+
+def parse_prompt(reply: str) -> parsing.Parsed:
+    """The new prompt in a reply that should be the prompt only: <START>/<END> or a code fence win, else the whole
+    reply without quotes, labels ("New prompt:") or chatter."""
+    text = reply or ""
+    found = parsing.tagged(text)
+    if found:
+        return parsing.Parsed(found[0], "tagged")
+    m = _FENCE.search(text)
+    if m and parsing.clean(m.group(1)):
+        return parsing.Parsed(parsing.clean(m.group(1)), "fenced")
+    t = _HEADING.sub("", text.strip())
+    return parsing.Parsed(parsing.clean(t), "whole")
+
+
+REWRITE = Signature("""Now please review your reasoning in Step 1 carefully and help with Step 2: refining the prompt.
 {history}
 ## Current Prompt
 {prompt}
 
 ## Instructions
 {step_size_line}{length_line}* Edit the prompt so that the new prompt does not fail on these examples anymore.
-* Reply with the new prompt only. Do not include any other text."""
+* Reply with the new prompt only. Do not include any other text.""", parse_prompt)
 
 HISTORY = """
 ## Prompt Refinement History
@@ -100,43 +117,17 @@ Higher accuracy is better. If some edits were useful in the past, it may be a go
 STEP_SIZE_LINE = "* You may change at most {step_size} words of the current prompt.\n"
 LENGTH_LINE = "* The whole prompt must be shorter than {limit} words.\n"
 
-SUMMARY = """Now summarise, in at most 200 words, the limitations of the prompt you found and the changes you made at this step. Use this format:
-* At step {step}, the prompt has limitations such as <limitations>. Changes to the prompt include <changes>."""
+
+def one_line(reply: str) -> str:
+    """The history summary as one line of the lineage shown later."""
+    return " ".join(reply.split())
+
+
+SUMMARY = Signature("""Now summarise, in at most 200 words, the limitations of the prompt you found and the changes you made at this step. Use this format:
+* At step {step}, the prompt has limitations such as <limitations>. Changes to the prompt include <changes>.""", one_line)
 
 
 Shown = tuple[Example, Prediction]  # an example shown to the optimizer model, with the parent's prediction on it
-
-
-def fill(template: str, **values: Any) -> str:
-    """Placeholder filling by plain replacement, so braces inside prompts and examples are left alone."""
-    for k, v in values.items():
-        template = template.replace("{" + k + "}", str(v))
-    return template
-
-
-# --- parsing ------------------------------------------------------------------------------------------------------
-
-_FENCE = re.compile(r"```[a-zA-Z]*[ \t]*\n(.*?)(?:\n?```|$)", re.S)
-_HEADING = re.compile(r"^\s*#+\s*(?:new|improved|updated|revised|refined|optimi[sz]ed)?\s*prompt\s*:?\s*\n", re.I)
-
-
-def parse_prompt(reply: str) -> tuple[str, str]:
-    """The new prompt in a reply that should be the prompt only: <START>/<END> or a code fence win, else the whole
-    reply without quotes, labels ("New prompt:") or chatter. Returns (prompt, how)."""
-    text = reply or ""
-    found = parsing.tagged(text)
-    if found:
-        return found[0], "tagged"
-    m = _FENCE.search(text)
-    if m and parsing.clean(m.group(1)):
-        return parsing.clean(m.group(1)), "fenced"
-    t = _HEADING.sub("", text.strip())
-    return parsing.clean(t), "whole"
-
-
-def word_distance(a: str, b: str) -> int:
-    """Word-level edit distance (insertions, deletions, substitutions of whole words)."""
-    return Levenshtein.distance(parsing.words(a), parsing.words(b))
 
 
 def full_template(template: str, input_cols: Sequence[str], prompt: str, system: str | None = None) -> str:
@@ -303,26 +294,26 @@ class PE2(Optimizer):
         """The first four turns: system, two-step description, scripted agreement, prompt + template + examples."""
         p, task = self.p, self.ctx.task
         examples = "\n\n".join(
-            fill(EXAMPLE_BLOCK, i=i, input=input_text(ex), answer=pr.pred if pr.pred is not None else
+            render(EXAMPLE_BLOCK, i=i, input=input_text(ex), answer=pr.pred if pr.pred is not None else
                  "(no answer found)", reasoning=_short(pr.raw) or "(empty)", label=ex.label)
             for i, (ex, pr) in enumerate(shown, start=1))
         return [
             {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": fill(TWO_STEP, tutorial=TUTORIAL if p.tutorial else "",
+            {"role": "user", "content": render(TWO_STEP, tutorial=TUTORIAL if p.tutorial else "",
                                              batch_size=len(shown))},
             {"role": "assistant", "content": AGREE},
-            {"role": "user", "content": fill(ANALYSE, prompt=parent.text, examples=examples,
-                                             full_template=full_template(task.template, task.input_cols,
-                                                                         parent.text, task.system))},
+            {"role": "user", "content": ANALYSE.render(prompt=parent.text, examples=examples,
+                                                       full_template=full_template(task.template, task.input_cols,
+                                                                                   parent.text, task.system))},
         ]
 
     def rewrite_turn(self, parent: Candidate) -> str:
         p = self.p
-        return fill(REWRITE,
-                    history=fill(HISTORY, history=self.history(parent)) if p.use_history else "",
-                    prompt=parent.text,
-                    step_size_line=fill(STEP_SIZE_LINE, step_size=p.step_size) if p.step_size else "",
-                    length_line=fill(LENGTH_LINE, limit=p.prompt_length_limit) if p.prompt_length_limit else "")
+        return REWRITE.render(
+            history=render(HISTORY, history=self.history(parent)) if p.use_history else "",
+            prompt=parent.text,
+            step_size_line=render(STEP_SIZE_LINE, step_size=p.step_size) if p.step_size else "",
+            length_line=render(LENGTH_LINE, limit=p.prompt_length_limit) if p.prompt_length_limit else "")
 
     def max_words(self) -> int:
         p = self.p
@@ -338,15 +329,16 @@ class PE2(Optimizer):
         msgs = self.messages(parent, shown)
         reasoning = yield from ctx.ask("pe2.reasoning", msgs, step=step, ref=ref,
                                        temperature=p.reasoning_temperature, max_tokens=p.optimizer_max_tokens)
-        yield Reasoning(step=step, parent_id=parent.id, proposal_ref=ref, reasoning=reasoning.text,
+        analysis = ANALYSE.parse(reasoning.text)
+        yield Reasoning(step=step, parent_id=parent.id, proposal_ref=ref, reasoning=analysis,
                         examples=[{"id": ex.id, "input": input_text(ex), "output": pr.raw, "answer": pr.pred,
                                    "label": ex.label, "correct": pr.correct, "source": source}
                                   for ex, pr in shown], info={"batch_source": source})
-        msgs = msgs + [{"role": "assistant", "content": reasoning.text},
+        msgs = msgs + [{"role": "assistant", "content": analysis},
                        {"role": "user", "content": self.rewrite_turn(parent)}]
         comp = yield from ctx.ask("pe2.propose", msgs, step=step, ref=ref, temperature=p.temperature,
                                   max_tokens=p.proposal_max_tokens)
-        text, how = parse_prompt(comp.text)
+        text, how = REWRITE.parse(comp.text)
         info = {"parent": parent.id, "step": step, "batch": [ex.id for ex, _ in shown], "batch_source": source,
                 "ref": ref, "parsed": how, "reasoning_truncated": reasoning.truncated}
         child = yield from ctx.propose(text, step=step, parents=[parent.id], origin="pe2_edit",
@@ -359,10 +351,10 @@ class PE2(Optimizer):
                                         "within_budget": d <= p.step_size, "accepted": child is not None}])
         if child is not None and p.use_history:
             hmsgs = msgs + [{"role": "assistant", "content": comp.text},
-                            {"role": "user", "content": fill(SUMMARY, step=step)}]
+                            {"role": "user", "content": SUMMARY.render(step=step)}]
             summ = yield from ctx.ask("pe2.history", hmsgs, step=step, ref=ref, temperature=p.temperature,
                                       max_tokens=200)
-            self._summaries[child.id] = " ".join(summ.text.split()) or f"* At step {step}: (no summary)"
+            self._summaries[child.id] = SUMMARY.parse(summ.text) or f"* At step {step}: (no summary)"
         if child is not None:
             self._order.append(child.id)
         return child

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .base import Optimizer, Params, register
-from .events import Event
+from ..base import Optimizer, Params, register
+from ..events import Event
 
 
 @register

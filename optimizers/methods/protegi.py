@@ -11,24 +11,31 @@ which defaults to UCB as in the paper's main results (the code's CLI default is 
 
 from __future__ import annotations
 
-import math
-import random
-import re
-from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 
+from ..base import Candidate, Gen, Optimizer, Params, candidate_id, register
+from ..data import Example
+from ..evaluate import Prediction
+from ..events import CandidateRejected, Event, Gradient, Selection
 from . import parsing
-from .base import Candidate, Gen, Optimizer, Params, candidate_id, input_text, pred_text, register
-from .data import Example
-from .evaluate import Prediction
-from .events import CandidateRejected, Event, Gradient, Selection
+from .strategies import BanditResult, brute_force, successive_halving, successive_rejects, ucb_bandit
+from .text import Signature, input_text, pred_text, render
 
-# --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------
+# --- meta-prompts (our wording, the official structure and placeholders), each with the parser of its reply -----
 
-GRADIENT_PROMPT = """I'm trying to write a zero-shot instruction prompt for a language model.
+def parse_reasons(reply: str, *, truncated: bool) -> list[str]:
+    """The tagged reasons; a complete untagged reply is one reason (small models often give one untagged)."""
+    reasons = parsing.tagged(reply)
+    if not reasons and reply.strip() and not truncated:
+        reasons = [parsing.clean(reply)]
+    return reasons
+
+
+GRADIENT_PROMPT = Signature("""I'm trying to write a zero-shot instruction prompt for a language model.
 
 My current prompt is:
 "{prompt}"
@@ -37,9 +44,31 @@ But with this prompt the model gets the following examples wrong:
 {error_string}
 
 Give {num_feedbacks} reasons why the prompt could have led to these wrong answers.
-Wrap each reason with <START> and <END>."""
+Wrap each reason with <START> and <END>.""", parse_reasons)
 
-EDIT_PROMPT = """I'm trying to write a zero-shot instruction prompt for a language model.
+ERROR_BLOCK = """## Example {i}
+Text: "{input}"
+Label: {gold}
+Prediction: {prediction}"""
+
+
+class Edits(NamedTuple):
+    texts: list[str | None]  # None: an untagged reply that is not a prompt (rejected as no_tags)
+    how: str  # tagged | untagged
+
+
+def parse_edits(reply: str, *, n: int, max_words: int) -> Edits:
+    """Up to n tagged prompts; without <START>, one short paragraph is accepted as the prompt, else nothing."""
+    texts = parsing.tagged(reply)[:n]
+    if texts:
+        return Edits(list(texts), "tagged")
+    t = parsing.clean(reply)
+    if t and ("\n\n" in t or len(t.split()) > max_words):
+        return Edits([None], "untagged")
+    return Edits([t], "untagged")  # "" is rejected as empty
+
+
+EDIT_PROMPT = Signature("""I'm trying to write a zero-shot instruction prompt for a language model.
 
 My current prompt is:
 "{prompt}"
@@ -52,189 +81,25 @@ Looking at these examples, the problem with this prompt is that {gradient}
 Using the information above, I wrote {steps_per_gradient} different improved prompts.
 Each prompt is wrapped with <START> and <END>.
 
-The {steps_per_gradient} new prompts are:"""
+The {steps_per_gradient} new prompts are:""", parse_edits)
 
-PARAPHRASE_PROMPT = """Write a variation of the following instruction that keeps its meaning.
+
+def clean_paraphrase(reply: str) -> str:
+    """The tagged paraphrase, else the reply without 'Output:' or 'Here is a variation:' chatter."""
+    found = parsing.tagged(reply)
+    if found:
+        return found[0]
+    return parsing.clean(parsing.strip_variation((reply or "").strip()))
+
+
+PARAPHRASE_PROMPT = Signature("""Write a variation of the following instruction that keeps its meaning.
 
 Input: {prompt}
 
-Output:"""
-
-ERROR_BLOCK = """## Example {i}
-Text: "{input}"
-Label: {gold}
-Prediction: {prediction}"""
-
-
-def fill(template: str, **values: Any) -> str:
-    """Placeholder filling by plain replacement, so braces inside prompts and examples are left alone."""
-    for k, v in values.items():
-        template = template.replace("{" + k + "}", str(v))
-    return template
-
-
-# --- bandits: best-arm identification over candidates ------------------------------------------------------------
-# A `pull(arms, k)` generator scores the given arms on k freshly drawn examples (shared by the arms) and returns one
-# list of 0/1 rewards per arm; the optimizer's pull scores through the task model, the unit tests pass a table.
-
-Pull = Callable[[list[int], int], Generator[Event, None, list[list[bool]]]]
-
-
-@dataclass
-class BanditResult:
-    method: str
-    sums: list[float]
-    counts: list[int]
-    ucb: list[float | None] | None = None  # the last upper bounds computed (ucb / ucb-e)
-    ranks: list[int] | None = None  # sr / sh: elimination order, higher survived longer
-    history: list[dict[str, Any]] = field(default_factory=list)  # per round: arms pulled, examples each
-
-    def means(self) -> list[float]:
-        """Empirical mean per arm; 0 for an arm never pulled (as in the official code)."""
-        return [s / n if n else 0.0 for s, n in zip(self.sums, self.counts, strict=True)]
-
-    def order(self) -> list[int]:
-        """Arms best first: by elimination rank (sr/sh) then mean, then by evidence; ties keep pool order."""
-        means = self.means()
-        ranks = self.ranks or [0] * len(means)
-        return sorted(range(len(means)), key=lambda i: (-ranks[i], -means[i], -self.counts[i], i))
-
-
-def ucb_values(sums: Sequence[float], counts: Sequence[int], t: int, c: float, mode: str = "ucb") -> list[float]:
-    """Upper bounds: mean + c*sqrt(ln t / n) ("ucb") or mean + c*sqrt(c / n) ("ucb-e"), n counted in examples
-    (plus 1e-3, so an arm never pulled gets a very large bonus), as in the official UCBBandits."""
-    out = []
-    for s, n in zip(sums, counts, strict=True):
-        mean = s / n if n else 0.0
-        nn = n + 1e-3
-        bonus = math.sqrt(math.log(t) / nn) if mode == "ucb" else math.sqrt(c / nn)
-        out.append(mean + c * bonus)
-    return out
-
-
-def choose_ucb(sums: Sequence[float], counts: Sequence[int], t: int, k: int, c: float, mode: str,
-               rng: random.Random) -> tuple[list[int], list[float] | None]:
-    """The k arms with the highest upper bound (random when nothing was pulled yet); ties broken at random."""
-    n = len(sums)
-    k = min(k, n)
-    if sum(counts) == 0:
-        return sorted(rng.sample(range(n), k)), None
-    vals = ucb_values(sums, counts, t, c, mode)
-    tie = [rng.random() for _ in range(n)]
-    return sorted(sorted(range(n), key=lambda i: (-vals[i], tie[i]))[:k]), vals
-
-
-def ucb_bandit(n_arms: int, pull: Pull, *, rounds: int, per_round: int, samples: int, c: float, mode: str,
-               rng: random.Random) -> Generator[Event, None, BanditResult]:
-    """UCB / UCB-E: each round pulls the per_round arms with the highest upper bound on `samples` new examples.
-    t is the 1-based round number (the official code passes the 0-based index, so its second round has no bonus)."""
-    res = BanditResult(mode, [0.0] * n_arms, [0] * n_arms)
-    for r in range(rounds):
-        arms, vals = choose_ucb(res.sums, res.counts, r + 1, per_round, c, mode, rng)
-        if vals is not None:
-            res.ucb = list(vals)
-        rewards = yield from pull(arms, samples)
-        for a, rw in zip(arms, rewards, strict=True):
-            res.sums[a] += sum(rw)
-            res.counts[a] += len(rw)
-        res.history.append({"round": r, "arms": arms, "examples": samples})
-    res.ucb = ucb_values(res.sums, res.counts, max(rounds, 1) + 1, c, mode)  # the bounds a next round would use
-    return res
-
-
-def sr_schedule(n_arms: int, keep: int, budget: int) -> list[int]:
-    """Successive Rejects (Audibert & Bubeck 2010) as in the official code: K = n - keep phases; after phase k each
-    surviving arm has about n_k = (budget - K) / (logbar(K) * (K + 1 - k)) samples; at least 4 new per phase.
-    As in the code, the formula counts K + 1 - k arms while K + keep - k + 1 are alive, so with keep > 1 it spends
-    more than `budget` (reused results cost nothing)."""
-    K = n_arms - keep
-    if K <= 0:
-        return []
-    logbar = 0.5 + sum(1.0 / i for i in range(2, K + 1))
-    out, prev = [], 0.0
-    for k in range(1, K + 1):
-        nk = (1.0 / logbar) * ((budget - K) / (K + 1 - k))
-        out.append(max(4, int(nk - prev)))
-        prev = nk
-    return out
-
-
-def successive_rejects(n_arms: int, pull: Pull, *, keep: int, budget: int,
-                       rng: random.Random) -> Generator[Event, None, BanditResult]:
-    """Each phase pulls every surviving arm on new examples and rejects exactly one: the lowest cumulative mean."""
-    res = BanditResult("sr", [0.0] * n_arms, [0] * n_arms, ranks=[0] * n_arms)
-    alive = list(range(n_arms))
-    for phase, k in enumerate(sr_schedule(n_arms, keep, budget), start=1):
-        rewards = yield from pull(list(alive), k)
-        for a, rw in zip(alive, rewards, strict=True):
-            res.sums[a] += sum(rw)
-            res.counts[a] += len(rw)
-        means = res.means()
-        low = min(means[a] for a in alive)
-        worst = rng.choice([a for a in alive if means[a] == low])
-        alive.remove(worst)
-        res.ranks[worst] = phase
-        res.history.append({"round": phase - 1, "arms": sorted(set(alive) | {worst}), "examples": k,
-                            "rejected": worst})
-    top = len(res.history) + 1
-    for a in alive:
-        res.ranks[a] = top
-    return res
-
-
-def successive_halving(n_arms: int, pull: Pull, *, keep: int, budget: int,
-                       rng: random.Random) -> Generator[Event, None, BanditResult]:
-    """Successive Halving as in the official code: ceil(log2 n) rounds of floor(budget / (|S| ceil(log2 n)))
-    examples; arms below the round's mean score are dropped. Ours: it stops once `keep` arms are left and never
-    drops below `keep` (then the best `keep` of the round survive), which the official code left as a TODO."""
-    res = BanditResult("sh", [0.0] * n_arms, [0] * n_arms, ranks=[0] * n_arms)
-    alive = list(range(n_arms))
-    n_rounds = math.ceil(math.log2(n_arms)) if n_arms > 1 else 0
-    for r in range(n_rounds):
-        if len(alive) <= keep:
-            break
-        k = max(1, budget // (len(alive) * n_rounds))
-        rewards = yield from pull(list(alive), k)
-        scores = {}
-        for a, rw in zip(alive, rewards, strict=True):
-            res.sums[a] += sum(rw)
-            res.counts[a] += len(rw)
-            scores[a] = sum(rw) / len(rw) if rw else 0.0
-        avg = sum(scores.values()) / len(scores)
-        survivors = [a for a in alive if scores[a] >= avg]
-        if len(survivors) < keep:
-            tie = {a: rng.random() for a in alive}
-            survivors = sorted(alive, key=lambda a: (-scores[a], tie[a]))[:keep]
-        for a in alive:
-            if a not in survivors:
-                res.ranks[a] = r + 1
-        res.history.append({"round": r, "arms": list(alive), "examples": k,
-                            "rejected": [a for a in alive if a not in survivors]})
-        alive = [a for a in alive if a in survivors]
-    top = len(res.history) + 1
-    for a in alive:
-        res.ranks[a] = top
-    return res
-
-
-def brute_force(n_arms: int, pull: Pull, *, budget: int, n_examples: int) -> Generator[Event, None, BanditResult]:
-    """Every arm on the same random sample of min(|train|, budget / n_arms) examples."""
-    res = BanditResult("bf", [0.0] * n_arms, [0] * n_arms)
-    k = max(1, min(n_examples, budget // max(n_arms, 1)))
-    rewards = yield from pull(list(range(n_arms)), k)
-    for a, rw in enumerate(rewards):
-        res.sums[a] += sum(rw)
-        res.counts[a] += len(rw)
-    res.history.append({"round": 0, "arms": list(range(n_arms)), "examples": k})
-    return res
+Output:""", clean_paraphrase)
 
 
 # --- the optimizer ------------------------------------------------------------------------------------------------
-
-_VARIATION_PREAMBLE = re.compile(
-    r"^\s*(?:sure|certainly|okay|ok|of course)?[,!.]?\s*here(?:'s| is)\s+(?:a|an|the|one|my)\s+"
-    r"(?:possible\s+)?(?:variation|paraphrase|version|rewording|rephrasing|rephrased|reworded)[^:\n]*:\s*", re.I)
-
 
 @dataclass
 class _Proposal:
@@ -346,16 +211,14 @@ class ProTeGi(Optimizer):
         """One gradient prompt on these errors; returns (gradient_id, reason, error_string) per reason."""
         p = self.p
         error_string = "\n\n".join(
-            fill(ERROR_BLOCK, i=i, input=input_text(ex), gold=ex.label, prediction=pred_text(pr))
+            render(ERROR_BLOCK, i=i, input=input_text(ex), gold=ex.label, prediction=pred_text(pr))
             for i, (ex, pr) in enumerate(shown, start=1))
-        msg = fill(GRADIENT_PROMPT, prompt=parent.text, error_string=error_string, num_feedbacks=p.gradients_per_error)
+        msg = GRADIENT_PROMPT.render(prompt=parent.text, error_string=error_string, num_feedbacks=p.gradients_per_error)
         ref = f"g{step}.{self._grad_no}"
         self._grad_no += 1
         comp = yield from self.ctx.ask("protegi.gradient", [{"role": "user", "content": msg}], step=step, ref=ref,
                                        temperature=p.temperature)
-        reasons = parsing.tagged(comp.text)
-        if not reasons and comp.text.strip() and not comp.truncated:
-            reasons = [parsing.clean(comp.text)]  # small models often give one untagged reason
+        reasons = GRADIENT_PROMPT.parse(comp.text, truncated=comp.truncated)
         errors = [{"id": ex.id, "input": input_text(ex), "gold": ex.label, "prediction": pred_text(pr)}
                   for ex, pr in shown]
         out = []
@@ -369,24 +232,20 @@ class ProTeGi(Optimizer):
              step: int) -> Generator[Event, None, list[_Proposal]]:
         """The edit prompt: the errors and the reason in, steps_per_gradient improved prompts out."""
         p = self.p
-        msg = fill(EDIT_PROMPT, prompt=parent.text, error_string=error_string, gradient=reason,
-                   steps_per_gradient=p.steps_per_gradient)
+        msg = EDIT_PROMPT.render(prompt=parent.text, error_string=error_string, gradient=reason,
+                                 steps_per_gradient=p.steps_per_gradient)
         comp = yield from self.ctx.ask("protegi.edit", [{"role": "user", "content": msg}], step=step, ref=gid,
                                        temperature=p.temperature)
-        texts = parsing.tagged(comp.text)[:p.steps_per_gradient]
-        how = "tagged"
-        if not texts:
-            how = "untagged"
-            texts = [_untagged(comp.text, p.max_prompt_words)]
+        texts, how = EDIT_PROMPT.parse(comp.text, n=p.steps_per_gradient, max_words=p.max_prompt_words)
         return [_Proposal(t, "gradient_edit", {"gradient_id": gid, "parsed": how}, comp.truncated) for t in texts]
 
     def paraphrase(self, parent: Candidate, text: str, info: dict[str, Any],
                    step: int) -> Generator[Event, None, _Proposal]:
-        msg = fill(PARAPHRASE_PROMPT, prompt=text)
+        msg = PARAPHRASE_PROMPT.render(prompt=text)
         comp = yield from self.ctx.ask("protegi.paraphrase", [{"role": "user", "content": msg}], step=step,
                                        ref=info.get("gradient_id") or parent.id, temperature=self.p.temperature)
         src = candidate_id(text)
-        return _Proposal(_clean_paraphrase(comp.text), "paraphrase", {**info, "source": src}, comp.truncated)
+        return _Proposal(PARAPHRASE_PROMPT.parse(comp.text), "paraphrase", {**info, "source": src}, comp.truncated)
 
     def _usable(self, pr: _Proposal, parent: Candidate) -> bool:
         t = (pr.text or "").strip()
@@ -498,22 +357,3 @@ class ProTeGi(Optimizer):
         yield Selection(step=step, method=p.evaluator, estimates=estimates, survivors=[c.id for c in beam])
         return beam
 
-
-def _untagged(reply: str, max_words: int) -> str | None:
-    """Fallback for an edit reply without <START>: accept one short paragraph as the prompt, else nothing."""
-    t = parsing.clean(reply)
-    if not t:
-        return ""  # rejected as empty
-    if "\n\n" in t or len(t.split()) > max_words:
-        return None  # rejected as no_tags
-    return t
-
-
-def _clean_paraphrase(reply: str) -> str:
-    found = parsing.tagged(reply)
-    if found:
-        return found[0]
-    t = (reply or "").strip()
-    t = re.sub(r"^\s*output\s*:\s*", "", t, flags=re.I)
-    t = _VARIATION_PREAMBLE.sub("", t)
-    return parsing.clean(t)

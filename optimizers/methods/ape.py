@@ -27,57 +27,32 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from . import likelihood, parsing
-from .base import Candidate, Optimizer, Params, input_text, register
-from .data import Example
-from .events import CandidateRejected, CandidateScored, Event, Selection, StepDone
-from .protegi import fill
+from .. import likelihood
+from ..base import Candidate, Optimizer, Params, register
+from ..data import Example
+from ..events import CandidateRejected, CandidateScored, Event, Selection, StepDone
+from . import parsing
+from .strategies import rank_arms, top_arms, ucb1_values
+from .text import Signature, input_text, render
 
-# --- meta-prompts (our wording, the official structure and placeholders) ------------------------------------------
-
-INDUCE_PROMPT = """I gave a friend an instruction and some inputs. My friend read the instruction and wrote an output \
-for every input. Here are the input-output pairs:
-
-{demos}
-
-The instruction was to"""
-
-DEMO = """Input: {input}
-Output: {output}"""
-
-RESAMPLE_PROMPT = """Write a variation of the following instruction that keeps its semantic meaning.
-
-Input: {instruction}
-
-Output:"""
+# --- meta-prompts (our wording, the official structure and placeholders), each with the parser of its reply -----
 
 _ECHO_START = re.compile(r"^\s*(?:input|output)\s*:", re.I)
 _CUT = re.compile(r"\n\s*\n|(?:^|\n|(?<=[.!?\"'”]))\s*(?:[Ii]nput|[Oo]utput|INPUT|OUTPUT)\s*:")
 _LEAD = re.compile(r"^\s*(?:(?:sure|okay|ok|certainly)\b[,!.]?\s*)?"
                    r"(?:(?:the\s+)?instruction\s+(?:was|is)\s+to\b|instruction\s*:|to\b)\s*", re.I)
-_VARIATION = re.compile(
-    r"^\s*(?:sure|certainly|okay|ok|of course)?[,!.]?\s*here(?:'s| is)\s+(?:a|an|the|one|my)\s+(?:possible\s+)?"
-    r"(?:variation|paraphrase|version|rewording|rephrasing|rephrased|reworded)[^:\n]*:\s*", re.I)
 
 
-def demo_block(examples: Sequence[Example]) -> str:
-    return "\n\n".join(fill(DEMO, input=input_text(ex), output=ex.label) for ex in examples)
-
-
-def _squash(text: str) -> str:
-    return re.sub(r"[\W_]+", " ", (text or "").lower()).strip()
-
-
-def clean_induced(reply: str) -> tuple[str, str]:
-    """The completion of "The instruction was to ..." as an imperative prompt; returns (text, how).
+def clean_induced(reply: str) -> parsing.Parsed:
+    """The completion of "The instruction was to ..." as an imperative prompt.
 
     how: "ok", "cut" (an echo of the demo format or a second paragraph was cut off: what is left is complete),
     "echo" (the reply starts by echoing "Input:"/"Output:"), or "empty"."""
     t = (reply or "").strip()
     if not t:
-        return "", "empty"
+        return parsing.Parsed("", "empty")
     if _ECHO_START.match(t):
-        return "", "echo"
+        return parsing.Parsed("", "echo")
     how = "ok"
     m = _CUT.search(t)
     if m:
@@ -87,11 +62,27 @@ def clean_induced(reply: str) -> tuple[str, str]:
         t = _LEAD.sub("", t).lstrip(" :,-")
     t = parsing.clean(t)
     if not t:
-        return "", "empty"
-    return t[0].upper() + t[1:], how
+        return parsing.Parsed("", "empty")
+    return parsing.Parsed(t[0].upper() + t[1:], how)
+
+
+INDUCE_PROMPT = Signature("""I gave a friend an instruction and some inputs. My friend read the instruction and wrote \
+an output for every input. Here are the input-output pairs:
+
+{demos}
+
+The instruction was to""", clean_induced)
+
+DEMO = """Input: {input}
+Output: {output}"""
+
+
+def demo_block(examples: Sequence[Example]) -> str:
+    return "\n\n".join(render(DEMO, input=input_text(ex), output=ex.label) for ex in examples)
 
 
 def clean_variation(reply: str) -> str:
+    """The tagged variation, else the first paragraph without 'Output:' or 'Here is a variation:' chatter."""
     found = parsing.tagged(reply)
     if found:
         return found[0]
@@ -99,10 +90,19 @@ def clean_variation(reply: str) -> str:
     m = re.search(r"\n\s*\n", t)
     if m and t[:m.start()].strip():
         t = t[:m.start()]
-    t = re.sub(r"^\s*output\s*:\s*", "", t, flags=re.I)
-    t = _VARIATION.sub("", t)
-    t = parsing.clean(t)
+    t = parsing.clean(parsing.strip_variation(t))
     return t[0].upper() + t[1:] if t else t
+
+
+RESAMPLE_PROMPT = Signature("""Write a variation of the following instruction that keeps its semantic meaning.
+
+Input: {instruction}
+
+Output:""", clean_variation)
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", (text or "").lower()).strip()
 
 
 def is_echo(text: str, demos: Sequence[Example]) -> bool:
@@ -111,21 +111,6 @@ def is_echo(text: str, demos: Sequence[Example]) -> bool:
     if not s:
         return False
     return any(s == _squash(input_text(ex)) or s == _squash(ex.label) for ex in demos)
-
-
-# --- UCB (the official bandit: keirp/automatic_prompt_engineer evaluation/bandits.py) ----------------------------
-
-def ucb_values(sums: Sequence[float], counts: Sequence[int], c: float) -> list[float]:
-    """mean + c * sqrt(ln(sum(counts + 1e-3)) / (counts + 1e-3)), as in the official UCBBanditAlgo."""
-    total = sum(n + 1e-3 for n in counts)
-    lt = math.log(total) if total > 1 else 0.0
-    return [(s / n if n else 0.0) + c * math.sqrt(lt / (n + 1e-3)) for s, n in zip(sums, counts, strict=True)]
-
-
-def rank_arms(means: Sequence[float | None], tie: Sequence[float]) -> list[int]:
-    """Best first by empirical mean; arms never evaluated come last (the official code scores them 0, which
-    outranks every real negative log-probability: not copied)."""
-    return sorted(range(len(means)), key=lambda i: (means[i] is None, -(means[i] or 0.0), tie[i]))
 
 
 # --- the optimizer ------------------------------------------------------------------------------------------------
@@ -217,11 +202,11 @@ class APE(Optimizer):
         out: list[Candidate] = []
         for i in range(p.num_subsamples):
             demos = ctx.sample(ctx.train, p.num_demos)
-            msg = fill(INDUCE_PROMPT, demos=demo_block(demos))
+            msg = INDUCE_PROMPT.render(demos=demo_block(demos))
             for j in range(p.num_prompts_per_subsample):
                 comp = yield from ctx.ask("ape.induce", [{"role": "user", "content": msg}], step=1, ref=f"s{i}",
                                           temperature=p.temperature, top_p=p.top_p, max_tokens=p.induce_max_tokens)
-                text, how = clean_induced(comp.text)
+                text, how = INDUCE_PROMPT.parse(comp.text)
                 info = {"subset": i, "sample": j, "demo_ids": [d.id for d in demos], "parsed": how}
                 if how == "echo" or is_echo(text, demos):
                     yield CandidateRejected(step=1, text=(text or comp.text)[:2000], reason="echo", origin="induced")
@@ -257,12 +242,7 @@ class APE(Optimizer):
         for pr, lp in zip(res.predictions, res.logprobs, strict=True):
             known[pr.example_id] = lp
             bucket[pr.example_id] = pr.correct
-        ev = CandidateScored(step=step, candidate_id=cand.id, split=split, n=res.n, score=res.score,
-                             ci_low=res.ci_low, ci_high=res.ci_high, metric=res.metric,
-                             example_ids=[pr.example_id for pr in res.predictions], correct=res.correct,
-                             purpose=purpose)
-        ev._predictions = [pr.as_dict() for pr in res.predictions]
-        yield ev
+        yield CandidateScored.from_eval(res, step=step, candidate_id=cand.id, split=split, purpose=purpose)
 
     def estimate(self, cand: Candidate, split: str, examples: Sequence[Example] | None = None) -> float | None:
         """Mean score on `examples` (all known examples of the split when None); None when nothing is known."""
@@ -341,8 +321,8 @@ class APE(Optimizer):
             if sum(counts) == 0:
                 arms = sorted(ctx.sample(open_arms, per_round))
             else:
-                vals = ucb_values(sums, counts, p.c)
-                arms = sorted(sorted(open_arms, key=lambda i: (-vals[i], self.tie(pool[i])))[:per_round])
+                vals = ucb1_values(sums, counts, p.c)
+                arms = top_arms(vals, open_arms, per_round, lambda i: self.tie(pool[i]))
             for a in arms:
                 cand = pool[a]
                 known = self._known.get((cand.id, "train"), {})
@@ -388,12 +368,12 @@ class APE(Optimizer):
     def resample(self, best: Candidate, r: int, exs: Sequence[Example], split: str,
                  step: int) -> Generator[Event, None, Candidate]:
         ctx, p = self.ctx, self.p
-        msg = fill(RESAMPLE_PROMPT, instruction=best.text)
+        msg = RESAMPLE_PROMPT.render(instruction=best.text)
         new: list[Candidate] = []
         for j in range(p.mc_samples):
             comp = yield from ctx.ask("ape.resample", [{"role": "user", "content": msg}], step=step, ref=best.id,
                                       temperature=p.temperature, top_p=p.top_p, max_tokens=p.induce_max_tokens)
-            cand = yield from ctx.propose(clean_variation(comp.text), step=step, parents=[best.id], origin="resample",
+            cand = yield from ctx.propose(RESAMPLE_PROMPT.parse(comp.text), step=step, parents=[best.id], origin="resample",
                                           truncated=comp.truncated, max_words=p.max_prompt_words,
                                           info={"round": r, "sample": j, "source": best.id})
             if cand is not None:

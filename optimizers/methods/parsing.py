@@ -4,11 +4,24 @@ or chatter around them; these fallbacks recover what can be recovered and say wh
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 _PREAMBLE = re.compile(
     r"^\s*(?:sure|certainly|okay|ok|of course)?[,!.]?\s*(?:here(?:'s| is| are)\s+(?:the\s+|an?\s+|my\s+)?"
     r"(?:new|improved|updated|revised|better)?\s*(?:prompt|instruction)s?[^:\n]*:)\s*", re.I)
 _LABEL = re.compile(r"^\s*(?:new |improved |revised )?(?:prompt|instruction)\s*:\s*", re.I)
+_OUTPUT = re.compile(r"^\s*output\s*:\s*", re.I)
+_VARIATION = re.compile(
+    r"^\s*(?:sure|certainly|okay|ok|of course)?[,!.]?\s*here(?:'s| is)\s+(?:a|an|the|one|my)\s+(?:possible\s+)?"
+    r"(?:variation|paraphrase|version|rewording|rephrasing|rephrased|reworded)[^:\n]*:\s*", re.I)
+
+
+class Parsed(NamedTuple):
+    """A prompt read out of a reply and how it was found (e.g. "tagged", "untagged"); text None: the reply holds no
+    prompt (rejected as no_tags), "" an empty one."""
+
+    text: str | None
+    how: str
 
 
 def tagged(text: str, start: str = "<START>", end: str = "<END>") -> list[str]:
@@ -37,16 +50,21 @@ def clean(text: str) -> str:
     return t
 
 
-def one_prompt(text: str, start: str = "<START>", end: str = "<END>", *, allow_untagged: bool = True) -> tuple[str | None, str]:
-    """The first tagged prompt, or (when allowed) the cleaned whole reply; returns (prompt, how)."""
+def strip_variation(text: str) -> str:
+    """A paraphrase request's reply without the 'Output:' label and 'Here is a variation:' chatter before it."""
+    return _VARIATION.sub("", _OUTPUT.sub("", text))
+
+
+def one_prompt(text: str, start: str = "<START>", end: str = "<END>", *, allow_untagged: bool = True) -> Parsed:
+    """The first tagged prompt, or (when allowed) the cleaned whole reply."""
     found = tagged(text, start, end)
     if found:
-        return found[0], "tagged"
+        return Parsed(found[0], "tagged")
     if allow_untagged:
         c = clean(text)
         if c:
-            return c, "untagged"
-    return None, "no_tags"
+            return Parsed(c, "untagged")
+    return Parsed(None, "no_tags")
 
 
 def words(text: str) -> list[str]:

@@ -34,17 +34,18 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Generator, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 
+from ..base import Candidate, Optimizer, Params, register
+from ..data import Example, render_template
+from ..events import CandidateRejected, Event, Selection
+from ..task import Task
 from . import parsing
-from .base import Candidate, Optimizer, Params, register
-from .data import Example, render_template
-from .events import CandidateRejected, Event, Selection
-from .task import Task
+from .text import Signature, polish, render
 
-# --- meta-prompt (our wording, the official structure and placeholders) -------------------------------------------
+# --- meta-prompt (our wording, the official structure and placeholders) and the parser of its reply --------------
 
 HEADER = ("Your task is to write the instruction <INS>. Here are instructions tried so far, each with its score. "
           "Scores go from 0 to 100.\n")
@@ -56,13 +57,7 @@ REQUEST = ("\n\nWrite a new instruction <INS> that differs from every instructio
            "to apply to all the problems above.")
 
 INS, INS_END = "<INS>", "</INS>"
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _BRACKETS = re.compile(r"\[([^\[\]\n]+)\]")
-
-
-def fill(template: str, **values: Any) -> str:
-    """One-pass placeholder filling: braces inside prompts and data (even '{score}') are left alone."""
-    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
 
 
 def bucketize(score: float, buckets: int) -> int:
@@ -95,10 +90,16 @@ def render_exemplar(task: Task, ex: Example, pos: str) -> str:
     return text.strip()
 
 
-def parse_instruction(reply: str) -> tuple[str, str, bool]:
-    """(instruction, how, closed): the first <INS>...</INS> (a missing close tag runs to the end or to a repeated
-    <INS>; a missing open tag starts at 0, as the code), else the first [...] (the text-bison format), else the
-    cleaned reply. `closed` says whether the instruction ended at a tag (so a token limit did not cut it)."""
+class Instruction(NamedTuple):
+    text: str
+    how: str  # tagged | brackets | untagged
+    closed: bool
+
+
+def parse_instruction(reply: str) -> Instruction:
+    """The first <INS>...</INS> (a missing close tag runs to the end or to a repeated <INS>; a missing open tag
+    starts at 0, as the code), else the first [...] (the text-bison format), else the cleaned reply. `closed` says
+    whether the instruction ended at a tag (so a token limit did not cut it)."""
     text = reply or ""
     low = text.lower()
     start_tag, end_tag = INS.lower(), INS_END.lower()
@@ -106,21 +107,16 @@ def parse_instruction(reply: str) -> tuple[str, str, bool]:
         s = low.index(start_tag) + len(start_tag)
         ends = [i for i in (low.find(end_tag, s), low.find(start_tag, s)) if i >= 0]
         e = min(ends) if ends else len(text)
-        return parsing.clean(text[s:e]), "tagged", bool(ends)
+        return Instruction(parsing.clean(text[s:e]), "tagged", bool(ends))
     if end_tag in low:
-        return parsing.clean(text[:low.index(end_tag)]), "tagged", True
+        return Instruction(parsing.clean(text[:low.index(end_tag)]), "tagged", True)
     m = _BRACKETS.search(text)
     if m:
-        return parsing.clean(m.group(1)), "brackets", True
-    return parsing.clean(text), "untagged", False
+        return Instruction(parsing.clean(m.group(1)), "brackets", True)
+    return Instruction(parsing.clean(text), "untagged", False)
 
 
-def polish(text: str) -> str:
-    """As the code's polish_sentence: strip, drop '**', capitalise the first character (when longer than 1)."""
-    t = (text or "").strip().replace("**", "").strip()
-    if len(t) > 1:
-        t = t[0].upper() + t[1:]
-    return t
+GENERATE = Signature(HEADER + "{history}{exemplars}" + REQUEST, parse_instruction)
 
 
 @register
@@ -128,6 +124,7 @@ class OPRO(Optimizer):
     name = "opro"
     title = "OPRO (optimization by prompting)"
     paper = "Yang et al., Large Language Models as Optimizers, ICLR 2024"
+    allows_empty_prompt = True  # "" is one of the paper's starting points
 
     class Params(Params):
         num_search_steps: int = Field(200, ge=0, description="Search steps after step 0 (paper 200; the budget "
@@ -179,7 +176,7 @@ class OPRO(Optimizer):
                 ref = f"s{step}.{i}"
                 comp = yield from ctx.ask("opro.generate", [{"role": "user", "content": msg}], step=step, ref=ref,
                                           temperature=p.optimizer_temperature)
-                text, how, closed = parse_instruction(comp.text)
+                text, how, closed = GENERATE.parse(comp.text)
                 info = {"meta_prompt_rank": i, "ref": ref, "parsed": how, "exemplars": [ex.id for ex in exemplars],
                         "shown": len(shown)}
                 cand = yield from self.admit(polish(text), step, shown, info, truncated=comp.truncated and not closed)
@@ -284,14 +281,13 @@ class OPRO(Optimizer):
 
     def meta_prompt(self, shown: Sequence[Candidate], exemplars: Sequence[Example]) -> str:
         p = self.p
-        msg = HEADER + "".join(fill(PAIR, instruction=c.text, score=bucketize(self.train_score(c),
-                                                                              p.num_score_buckets))
-                               for c in shown)
-        if exemplars:
-            msg += "\n\n" + EXEMPLARS_INTRO + "".join(
-                fill(EXEMPLAR, problem=render_exemplar(self.ctx.task, ex, p.instruction_pos), answer=ex.label)
-                for ex in exemplars)
-        return msg + REQUEST
+        history = "".join(render(PAIR, instruction=c.text, score=bucketize(self.train_score(c), p.num_score_buckets))
+                          for c in shown)
+        shown_exemplars = "".join(
+            render(EXEMPLAR, problem=render_exemplar(self.ctx.task, ex, p.instruction_pos), answer=ex.label)
+            for ex in exemplars)
+        return GENERATE.render(history=history,
+                               exemplars="\n\n" + EXEMPLARS_INTRO + shown_exemplars if exemplars else "")
 
     def estimates(self, top: Sequence[Candidate], new: Sequence[Candidate],
                   nxt: Sequence[Candidate]) -> list[dict[str, Any]]:

@@ -1,0 +1,67 @@
+"""What a finished (or stopped) run reports: the initial and the best prompt scored on every split, outside the
+optimization budget, and what the run spent. The engine returns it, the store keeps its JSON, and the CLI, the pages
+and the bench read it back; its JSON keys are the CLI's `--json` contract."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from .status import RunStatus
+
+SCORE_DIGITS = 3  # how every reader shows a score (the CLI's tables and JSON, the pages)
+
+
+class Score(BaseModel):
+    score: float
+    ci: list[float]  # 95% interval [low, high]
+    n: int
+
+
+class Spend(BaseModel):
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+    cost: float = 0.0
+
+
+class RunResult(BaseModel):
+    run_id: str
+    status: RunStatus
+    reason: str = ""
+    optimizer: str
+    initial_prompt: str
+    best_prompt: str
+    best_id: str
+    best_selection_score: float | None = None
+    selection_split: str | None = None
+    scores: dict[Literal["initial", "best"], dict[str, Score]]  # which prompt -> split -> score
+    report_error: str | None = None
+    # the run's total spend: optimization and report
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+    cost: float = 0.0
+    optimization_usage: Spend
+    report_usage: Spend
+    seed: int
+    wall_time_s: float
+    config: dict[str, Any]
+    candidates: int
+    version: str
+
+    @property
+    def best_test(self) -> float | None:
+        """The best prompt's held-out test score, rounded as every reader shows it."""
+        s = self.scores.get("best", {}).get("test")
+        return None if s is None else round(s.score, SCORE_DIGITS)
+
+
+def stored_result(run: dict[str, Any]) -> RunResult | None:
+    """The result of a run dict from the store (None until the run has reported)."""
+    return RunResult.model_validate(run["result"]) if run.get("result") else None

@@ -1,0 +1,91 @@
+"""Starting runs from the dashboard: which optimizers there are, the pre-run estimate, and handing a stored run to a
+worker process (the page never runs the optimization; the worker outlives the browser tab)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from optimizers.config import RunConfig
+from optimizers.data import Splits
+from optimizers.llm import Budget
+from optimizers.prepare import PreparedTask
+from optimizers.status import RunStatus
+from ui import session
+
+
+def registered_optimizers() -> dict[str, type]:
+    """The optimizers registered by optimizers.methods (whichever exist right now)."""
+    try:
+        import optimizers.methods  # noqa: F401
+    except Exception as e:  # a half-written optimizer module must not take the page down
+        st.warning(f"Some optimizers could not be loaded: {type(e).__name__}: {e}")
+    from optimizers.base import REGISTRY
+
+    return dict(REGISTRY)
+
+
+def estimate_run(name: str, params: dict[str, Any], po: PreparedTask, prompt: str, seed: int,
+                 budget: Budget) -> Any:
+    """The dry-run estimate (optimizers.estimate): the optimizer's own loop against an instant scripted model, so
+    the count follows the code, not a formula. Cached per settings in the session; None if the dry run fails."""
+    from optimizers.estimate import dry_run
+
+    key = "est:" + hashlib.sha256(json.dumps(
+        [name, params, po.name, po.splits.sizes(), prompt, seed, str(budget)], sort_keys=True,
+        default=str).encode()).hexdigest()
+    if key not in st.session_state:
+        try:
+            st.session_state[key] = dry_run(name, params, po.task, po.splits, prompt or "Answer.", seed=seed,
+                                            budget=budget)
+        except Exception:  # an estimate must never break the form
+            st.session_state[key] = None
+    return st.session_state[key]
+
+
+def report_calls(splits: Splits) -> int:
+    """The report after the run: the initial and the best prompt on every split (outside the budget)."""
+    return 2 * sum(splits.sizes().values())
+
+
+def worker_backend_args() -> dict[str, Any]:
+    """spawn_worker keyword arguments: the session key, and the embedded server's URL when no endpoint is set (started
+    here, once, so workers reuse it instead of each loading the model)."""
+    kw: dict[str, Any] = {"api_key": session.api_key()}
+    if not (session.base_url() or os.environ.get("OPENAI_BASE_URL") or os.environ.get("PROMPTOPT_EMBEDDED_URL")):
+        server = session.embedded_server()
+        kw["embedded_url"] = server.base_url
+        kw["embedded_alias"] = server.model_alias
+    return kw
+
+
+def _log_path(run_id: str) -> str:
+    p = Path(session.db_path()).parent / "logs"
+    p.mkdir(parents=True, exist_ok=True)
+    return str(p / f"worker-{run_id}.log")
+
+
+def launch(run_id: str) -> None:
+    """Start (or resume) a stored run in a worker process."""
+    from optimizers import runner as runner_mod
+
+    runner_mod.spawn_worker(session.db_path(), run_id, log_path=_log_path(run_id), **worker_backend_args())
+
+
+def create_and_launch(config: RunConfig, splits: Splits) -> str:
+    from optimizers.runner import Runner
+
+    rid = Runner(session.store()).create(config, splits)
+    launch(rid)
+    return rid
+
+
+def resume(run_id: str) -> None:
+    """Hand a stored run back to a worker: it replays the stored part from the cache and continues."""
+    session.store().set_status(run_id, RunStatus.CREATED, "resume requested")
+    launch(run_id)
