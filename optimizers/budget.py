@@ -177,17 +177,22 @@ class Meter:
     and what is held back for the report."""
 
     def __init__(self, budget: Budget | None = None, prices: Prices | dict[str, tuple[float, float]] | None = None,
-                 start: Counters | None = None, start_by_role: dict[str, Counters] | None = None):
+                 start: Counters | None = None, start_by_role: dict[str, Counters] | None = None,
+                 start_by_phase: dict[str, Counters] | None = None):
         self.budget = budget or Budget()
         self.prices = prices if isinstance(prices, Prices) else Prices(dict(prices or {}))
         self.total = Counters()
         if start:
             self.total.add(start)
         self.by_role: dict[str, Counters] = {}
-        for role, c in (start_by_role or {}).items():
-            self.by_role.setdefault(role, Counters()).add(c)
         self._inflight = ZERO
         self._held = ZERO
+        self._held_keys: dict[str, Amount] = {}
+        self.by_phase: dict[str, Counters] = {}
+        self.phase = "optimization"  # switched by the runner between phases, never while calls are in flight
+        for mine, given in ((self.by_role, start_by_role), (self.by_phase, start_by_phase)):
+            for name, c in (given or {}).items():
+                mine.setdefault(name, Counters()).add(c)
         self._lock = threading.Lock()
 
     # --- the cap ------------------------------------------------------------------------------------------------
@@ -206,24 +211,34 @@ class Meter:
         bound = prompt_token_bound(messages)
         return Amount(1, bound + max_completion, self.prices.cost(model, bound, max_completion)), bound
 
-    def claim(self, role: str, model: str, messages: list[dict[str, Any]], max_completion: int) -> Claim:
-        """Reserve a request's worst case, or raise BudgetExceeded (nothing is sent)."""
+    def claim(self, role: str, model: str, messages: list[dict[str, Any]], max_completion: int, *,
+              key: str | None = None) -> Claim:
+        """Reserve a request's worst case, or raise BudgetExceeded (nothing is sent). A request the report's hold
+        was kept for (same cache `key`) is paid from that hold: the optimization scoring the initial prompt on a
+        reported split does the report's work early and must not be refused for it."""
         up, bound = self.upper(model, messages, max_completion)
         with self._lock:
+            share = self._held_keys.pop(key, None) if key is not None else None
+            if share is not None:
+                self._held = self._held - share
             why = self._over(up)
             if why:
+                if share is not None:
+                    self._held_keys[key] = share  # type: ignore[index]
+                    self._held = self._held + share
                 raise BudgetExceeded(why)
             self._inflight = self._inflight + up
         return Claim(role, model, up, bound, max_completion)
 
-    def settle(self, claim: Claim, prompt_tokens: int | None, completion_tokens: int | None) -> Counters:
-        """The reply came back: bill it at its usage. A reply without usage is billed at the claim's bound (the cap
-        must hold) unless the caller counted its tokens locally, and is marked unmetered."""
-        c = Counters(calls=1)
-        if prompt_tokens is None or completion_tokens is None:
-            c.unmetered_calls = 1
-            prompt_tokens = claim.prompt_bound if prompt_tokens is None else prompt_tokens
-            completion_tokens = claim.max_completion if completion_tokens is None else completion_tokens
+    def settle(self, claim: Claim, prompt_tokens: int | None, completion_tokens: int | None, *,
+               metered: bool = True) -> Counters:
+        """The reply came back: bill it at its usage. `metered=False`: the server reported no usage, so the caller
+        counted the tokens itself (a local tokenizer), or passes None and the claim's bound is billed (the cap must
+        hold); either way the call is marked unmetered."""
+        c = Counters(calls=1, unmetered_calls=0 if metered and prompt_tokens is not None
+                     and completion_tokens is not None else 1)
+        prompt_tokens = claim.prompt_bound if prompt_tokens is None else prompt_tokens
+        completion_tokens = claim.max_completion if completion_tokens is None else completion_tokens
         c.prompt_tokens, c.completion_tokens = prompt_tokens, completion_tokens
         c.cost = self.prices.cost(claim.model, prompt_tokens, completion_tokens)
         with self._lock:
@@ -231,12 +246,15 @@ class Meter:
             self._bill(claim.role, c)
         return c
 
-    def cancel(self, claim: Claim, *, error: bool = True) -> None:
-        """No reply reached us (refused, unreachable): nothing billed."""
+    def cancel(self, claim: Claim) -> None:
+        """No usable reply reached us (refused, unreachable): nothing billed."""
         with self._lock:
             self._inflight = self._inflight - claim.upper
-            if error:
-                self._bill(claim.role, Counters(errors=1))
+
+    def error(self, role: str) -> None:
+        """A request that failed for good (after its retries)."""
+        with self._lock:
+            self._bill(role, Counters(errors=1))
 
     def hit(self, role: str, model: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         """A cache hit: free, counted as savings."""
@@ -248,16 +266,27 @@ class Meter:
     def _bill(self, role: str, c: Counters) -> None:
         self.total.add(c)
         self.by_role.setdefault(role, Counters()).add(c)
+        self.by_phase.setdefault(self.phase, Counters()).add(c)
 
     # --- the report's reserve -----------------------------------------------------------------------------------
-    def hold(self, amount: Amount) -> None:
-        """Keep `amount` out of reach of claims (the report's cost, reserved before the optimization starts)."""
+    def hold(self, shares: dict[str, Amount]) -> bool:
+        """Keep the report's requests (cache key -> worst case) out of reach of other claims. Refused (False, the
+        old hold kept) when they do not fit beside what is billed and in flight."""
+        total = ZERO
+        for a in shares.values():
+            total = total + a
         with self._lock:
-            self._held = amount
+            old, old_keys = self._held, self._held_keys
+            self._held, self._held_keys = ZERO, {}
+            if self._over(total) is not None:
+                self._held, self._held_keys = old, old_keys
+                return False
+            self._held, self._held_keys = total, dict(shares)
+            return True
 
     def release_hold(self) -> None:
         with self._lock:
-            self._held = ZERO
+            self._held, self._held_keys = ZERO, {}
 
     def fits(self, amount: Amount) -> bool:
         with self._lock:
@@ -288,3 +317,7 @@ class Meter:
     def roles(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {r: c.as_dict() for r, c in self.by_role.items()}
+
+    def phases(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {r: c.as_dict() for r, c in self.by_phase.items()}

@@ -58,13 +58,14 @@ class _DryModel:
         self.labels, self.tally, self.max_tokens = labels or ["yes", "no"], tally, max_tokens
 
     def complete(self, messages: list[dict[str, str]], **params: Any) -> Completion:
-        self.meter.reserve()
+        max_tokens = int(params.get("max_tokens") or self.max_tokens)
+        claim = self.meter.claim(self.role, self.model, messages, max_tokens)
         try:
-            comp = self._answer(messages, int(params.get("max_tokens") or self.max_tokens))
-        finally:
-            self.meter.release()
-        self.meter.record(self.role, self.model, cached=False, prompt_tokens=comp.prompt_tokens,
-                          completion_tokens=comp.completion_tokens)
+            comp = self._answer(messages, max_tokens)
+        except BaseException:
+            self.meter.cancel(claim)
+            raise
+        self.meter.settle(claim, comp.prompt_tokens, comp.completion_tokens)
         return comp
 
     def embed(self, texts: Sequence[str], *, model: str | None = None, patient: bool = False) -> list[list[float]]:

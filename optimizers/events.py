@@ -140,6 +140,8 @@ class StepDone(_Event):
 
 
 class Usage(_Event):
+    """The run's cumulative spend (every execution: resumes and continues add to it), by role and by phase."""
+
     kind: Literal["usage"] = "usage"
     calls: int
     cache_hits: int
@@ -147,6 +149,11 @@ class Usage(_Event):
     completion_tokens: int
     errors: int
     cost: float
+    saved_tokens: int = 0
+    saved_cost: float = 0.0
+    unmetered_calls: int = 0
+    by_role: dict[str, dict[str, Any]] = {}
+    by_phase: dict[str, dict[str, Any]] = {}
 
 
 class Error(_Event):

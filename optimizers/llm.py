@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,10 @@ import diskcache
 import openai
 import tenacity
 
+from .budget import PER_MESSAGE_TOKENS, Budget, BudgetExceeded, Counters, Meter  # noqa: F401  (re-exported)
 from .lm import Completion
 
 log = logging.getLogger(__name__)
-
 
 
 def default_cache_dir() -> Path:
@@ -41,105 +43,8 @@ class EndpointDown(LLMError):
     """The endpoint kept failing for longer than the client's patience; the run can be resumed once it is back."""
 
 
-class BudgetExceeded(RuntimeError):
-    """Raised before a request that the run's budget no longer allows; nothing was sent."""
-
-
 class BadReply(RuntimeError):
     """HTTP 200 but unusable (no choices, unparseable body): retried like a server error."""
-
-
-@dataclass
-class Budget:
-    max_calls: int | None = None
-    max_tokens: int | None = None
-    max_cost: float | None = None
-
-    def describe(self) -> str:
-        parts = [f"{k.removeprefix('max_')}={v}" for k, v in asdict(self).items() if v is not None]
-        return ", ".join(parts) or "unlimited"
-
-
-@dataclass
-class Counters:
-    calls: int = 0
-    cache_hits: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    errors: int = 0
-    cost: float = 0.0
-
-    def add(self, other: Counters) -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["cost"] = round(d["cost"], 6)
-        return d
-
-
-class Meter:
-    """Shared by all roles of a run: one budget, totals and per-role counters, safe across threads."""
-
-    def __init__(self, budget: Budget | None = None, prices: dict[str, tuple[float, float]] | None = None,
-                 start: Counters | None = None):
-        self.budget = budget or Budget()
-        self.prices = prices or {}
-        self.total = Counters()
-        if start:
-            self.total.add(start)
-        self.by_role: dict[str, Counters] = {}
-        self._inflight = 0
-        self._lock = threading.Lock()
-
-    def reserve(self) -> None:
-        """Claim one call against the budget or raise BudgetExceeded; calls in flight count, so threads cannot overshoot."""
-        with self._lock:
-            b, t = self.budget, self.total
-            if b.max_calls is not None and t.calls + self._inflight >= b.max_calls:
-                raise BudgetExceeded(f"call budget reached ({b.max_calls} calls)")
-            if b.max_tokens is not None and t.prompt_tokens + t.completion_tokens >= b.max_tokens:
-                raise BudgetExceeded(f"token budget reached ({b.max_tokens} tokens)")
-            if b.max_cost is not None and t.cost >= b.max_cost:
-                raise BudgetExceeded(f"money budget reached (${b.max_cost})")
-            self._inflight += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self._inflight -= 1
-
-    def exhausted(self) -> str | None:
-        """Why the budget allows no further call, or None."""
-        try:
-            self.reserve()
-        except BudgetExceeded as e:
-            return str(e)
-        self.release()
-        return None
-
-    def record(self, role: str, model: str, *, cached: bool, prompt_tokens: int = 0, completion_tokens: int = 0,
-               error: bool = False) -> None:
-        c = Counters()
-        if error:
-            c.errors = 1
-        elif cached:
-            c.cache_hits = 1
-        else:
-            c.calls = 1
-            c.prompt_tokens, c.completion_tokens = prompt_tokens, completion_tokens
-            price = self.prices.get(model)
-            if price:
-                c.cost = (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
-        with self._lock:
-            self.total.add(c)
-            self.by_role.setdefault(role, Counters()).add(c)
-
-    def snapshot(self) -> Counters:
-        with self._lock:
-            c = Counters()
-            c.add(self.total)
-            return c
 
 
 class ResponseCache:
@@ -247,9 +152,10 @@ class Endpoint:
             raise EndpointDown(f"{self.base_url} is unreachable or failing ({reason}); gave up after "
                                f"{self.patience:.0f} s; resume the run when it is back") from None
 
-    def embed(self, model: str, texts: list[str], *, patient: bool = False) -> list[list[float]]:
-        """One vector per text from /embeddings. Patient: retried like a completion; else one quick try, so an
-        optional caller can fall back at once. Errors never carry the key."""
+    def embed(self, model: str, texts: list[str], *, patient: bool = False) -> tuple[list[list[float]], int | None]:
+        """One vector per text from /embeddings, and the prompt tokens the server billed (None when it says nothing).
+        Patient: retried like a completion; else one quick try, so an optional caller can fall back at once. Errors
+        never carry the key."""
         if patient:
             resp: Any = self.call(lambda: self.client.embeddings.create(model=model, input=texts))
         else:
@@ -264,7 +170,24 @@ class Endpoint:
         out = [list(map(float, d.embedding)) for d in data]
         if any(not v for v in out):
             raise ValueError("the endpoint returned an empty embedding")
-        return out
+        usage = getattr(resp, "usage", None)
+        return out, getattr(usage, "prompt_tokens", None) if usage is not None else None
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int | None:
+        """Prompt tokens counted by the server's own tokenizer (llama.cpp's /extras/tokenize/count), for a reply that
+        came without usage; None where there is no such tokenizer. Never a download."""
+        if not self.llamacpp:
+            return None
+        root = self.base_url.removesuffix("/v1")
+        text = "\n".join(m.get("content") or "" for m in messages)
+        req = urllib.request.Request(f"{root}/extras/tokenize/count", data=json.dumps({"input": text}).encode(),
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {self._api_key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10.0) as r:
+                return int(json.loads(r.read())["count"]) + PER_MESSAGE_TOKENS * len(messages)
+        except (OSError, urllib.error.URLError, KeyError, ValueError, TypeError):
+            return None
 
 
 class LLM:
@@ -289,27 +212,66 @@ class LLM:
     def accepts_extras(self) -> bool:
         return self.endpoint.llamacpp
 
+    def params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The sampling parameters a request is sent (and cached) with."""
+        return {**self.defaults, **{k: v for k, v in params.items() if v is not None}}
+
+    def cache_key(self, messages: list[dict[str, str]], **params: Any) -> str | None:
+        """The request's cache key, or None without a cache: what the run's report hold is keyed by."""
+        if self.cache is None:
+            return None
+        return ResponseCache.key(self.endpoint.cache_id, self.model, messages, self.params(params))
+
+    def is_cached(self, key: str | None) -> bool:
+        return key is not None and self.cache is not None and self.cache.get(key) is not None
+
     def complete(self, messages: list[dict[str, str]], **params: Any) -> Completion:
-        p = {**self.defaults, **{k: v for k, v in params.items() if v is not None}}
+        p = self.params(params)
         key = None
         if self.cache is not None:
             key = ResponseCache.key(self.endpoint.cache_id, self.model, messages, p)
             hit = self.cache.get(key)
             if hit is not None:
-                self.meter.record(self.role, self.model, cached=True)
+                self.meter.hit(self.role, self.model, hit.get("prompt_tokens") or 0, hit.get("completion_tokens") or 0)
                 return Completion(**{**hit, "cached": True})
-        self.meter.reserve()
         try:
-            comp = self.endpoint.call(lambda: self._request(messages, p))
-        except BaseException:
-            self.meter.release()
-            self.meter.record(self.role, self.model, cached=False, error=True)
+            comp = self.endpoint.call(lambda: self._attempt(messages, p, key))
+        except BudgetExceeded:
             raise
-        self.meter.release()
-        self.meter.record(self.role, self.model, cached=False, prompt_tokens=comp.prompt_tokens,
-                          completion_tokens=comp.completion_tokens)
+        except BaseException:
+            self.meter.error(self.role)
+            raise
         if key is not None:
             self.cache.set(key, {k: v for k, v in asdict(comp).items() if k != "cached"})
+        return comp
+
+    def _attempt(self, messages: list[dict[str, str]], p: dict[str, Any], key: str | None) -> Completion:
+        """One try, with its own claim on the budget: every try that reached the model and came back with tokens is
+        billed (an unusable reply too, before it is retried); a try that got no reply is not."""
+        claim = self.meter.claim(self.role, self.model, messages, int(p.get("max_tokens") or 0), key=key)
+        try:
+            resp = self._send(messages, p)
+        except BaseException:
+            self.meter.cancel(claim)
+            raise
+        usage = getattr(resp, "usage", None) if not isinstance(resp, str) else None
+        pt = getattr(usage, "prompt_tokens", None) if usage is not None else None
+        ct = getattr(usage, "completion_tokens", None) if usage is not None else None
+        try:
+            comp = self._parse(resp)
+        except BadReply:
+            if usage is None:
+                self.meter.cancel(claim)
+            else:
+                self.meter.settle(claim, pt, ct)
+            raise
+        metered = pt is not None and ct is not None
+        if pt is None:
+            pt = self.endpoint.count_tokens(messages)  # None: the claim's bound is billed
+        if ct is None:
+            ct = comp_tokens_bound(comp, p)
+        billed = self.meter.settle(claim, pt, ct, metered=metered)
+        comp.prompt_tokens, comp.completion_tokens = billed.prompt_tokens, billed.completion_tokens
         return comp
 
     def embed(self, texts: Sequence[str], *, model: str | None = None, patient: bool = False) -> list[list[float]]:
@@ -327,7 +289,15 @@ class LLM:
             else:
                 todo.append(t)
         if todo:
-            for t, v in zip(todo, self.endpoint.embed(model, todo, patient=patient), strict=True):
+            msgs = [{"role": "user", "content": t} for t in todo]
+            claim = self.meter.claim(self.role, model, msgs, 0)
+            try:
+                got, pt = self.endpoint.embed(model, todo, patient=patient)
+            except BaseException:
+                self.meter.cancel(claim)
+                raise
+            self.meter.settle(claim, pt, 0, metered=pt is not None)
+            for t, v in zip(todo, got, strict=True):
                 vectors[t] = v
                 if self.cache is not None:
                     self.cache.set(self._embedding_key(model, t), {"embedding": v})
@@ -337,25 +307,30 @@ class LLM:
         return ResponseCache.key(self.endpoint.cache_id, model, [{"role": "embedding", "content": text}],
                                  {"kind": "embedding"})
 
-    def _request(self, messages: list[dict[str, str]], p: dict[str, Any]) -> Completion:
+    def _send(self, messages: list[dict[str, str]], p: dict[str, Any]) -> Any:
         kw = dict(p)
         extra = kw.pop("extra_body", None)
         if extra and not self.endpoint.llamacpp:
             extra = None  # llama.cpp extras (grammar) must never reach a real OpenAI endpoint
-        resp = self.endpoint.client.chat.completions.create(model=self.model, messages=messages, extra_body=extra, **kw)
+        return self.endpoint.client.chat.completions.create(model=self.model, messages=messages, extra_body=extra, **kw)
+
+    @staticmethod
+    def _parse(resp: Any) -> Completion:
         if isinstance(resp, str) or not getattr(resp, "choices", None):
             raise BadReply("the endpoint answered with no choices")
         ch = resp.choices[0]
         text = (ch.message.content if ch.message else None) or ""
-        usage = resp.usage
         lp = None
         if getattr(ch, "logprobs", None) is not None and ch.logprobs.content:
             lp = [{"token": t.token, "logprob": t.logprob,
                    "top": [{"token": x.token, "logprob": x.logprob} for x in (t.top_logprobs or [])]}
                   for t in ch.logprobs.content]
-        return Completion(text=text, finish_reason=ch.finish_reason,
-                          prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                          completion_tokens=getattr(usage, "completion_tokens", 0) or 0, logprobs=lp)
+        return Completion(text=text, finish_reason=ch.finish_reason, logprobs=lp)
+
+
+def comp_tokens_bound(comp: Completion, p: dict[str, Any]) -> int:
+    """A reply's tokens when the server gave none: its bytes (each token covers one at least), at most max_tokens."""
+    return min(len(comp.text.encode()), int(p.get("max_tokens") or len(comp.text.encode())))
 
 
 def resolve_api_key(explicit: str | None = None) -> str | None:

@@ -26,6 +26,9 @@ class Spend(BaseModel):
     completion_tokens: int = 0
     errors: int = 0
     cost: float = 0.0
+    saved_tokens: int = 0  # what the cache hits would have cost
+    saved_cost: float = 0.0
+    unmetered_calls: int = 0  # replies without usage: tokens counted locally, or billed at their bound
 
 
 class RunResult(BaseModel):
@@ -40,15 +43,20 @@ class RunResult(BaseModel):
     selection_split: str | None = None
     scores: dict[Literal["initial", "best"], dict[str, Score]]  # which prompt -> split -> score
     report_error: str | None = None
-    # the run's total spend: optimization and report
+    report_skipped: list[str] = []  # splits the budget could not pay to report on (test is kept first)
+    # the run's total spend: optimization and report, every execution of the run
     calls: int = 0
     cache_hits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: int = 0
     cost: float = 0.0
+    saved_tokens: int = 0
+    saved_cost: float = 0.0
+    unmetered_calls: int = 0
     optimization_usage: Spend
     report_usage: Spend
+    by_role: dict[str, Spend] = {}  # task, optimizer (and embedding)
     seed: int
     wall_time_s: float
     config: dict[str, Any]

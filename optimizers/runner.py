@@ -22,11 +22,13 @@ from typing import Any
 from . import __version__
 from .backend import Backend, open_backend
 from .base import REGISTRY, Context, candidate_id
+from .budget import BudgetExceeded, Counters, Meter, Prices
 from .config import RunConfig
 from .data import Splits
-from .evaluate import Evaluator
+from .evaluate import EvalResult, Evaluator
 from .events import CandidateScored, Error, Event, RunFinished, RunStarted, StepDone, Usage
-from .llm import LLM, Budget, BudgetExceeded, Counters, EndpointDown, LLMError, Meter, ResponseCache
+from .llm import LLM, EndpointDown, LLMError, ResponseCache
+from .report import plan, score_splits
 from .result import RunResult, Score, Spend
 from .status import HEARTBEAT_S, RunStatus
 from .store import Store
@@ -43,8 +45,17 @@ class ReplayDiverged(RuntimeError):
 
 
 def _usage_event(meter: Meter, step: int) -> Usage:
-    c = meter.snapshot()
-    return Usage(step=step, **c.as_dict())
+    return Usage(step=step, **meter.snapshot().as_dict(), by_role=meter.roles(), by_phase=meter.phases())
+
+
+def _meter(cfg: RunConfig, last: Usage | None) -> Meter:
+    """The run's meter, starting from what every earlier execution of the run spent (its last usage event)."""
+    if last is None:
+        return Meter(cfg.budget, Prices(dict(cfg.prices)))
+    counters = {name: Counters.from_dict(d) for name, d in last.by_phase.items()}
+    return Meter(cfg.budget, Prices(dict(cfg.prices)), start=Counters.from_dict(last.model_dump()),
+                 start_by_role={r: Counters.from_dict(d) for r, d in last.by_role.items()},
+                 start_by_phase=counters or {"optimization": Counters.from_dict(last.model_dump())})
 
 
 @contextmanager
@@ -98,14 +109,12 @@ class Runner:
         cfg = RunConfig(**run["config"])
         splits = self.store.load_splits(run_id)
         stored = self.store.stream_kinds(run_id)
-        last_usage = self.store.last_event(run_id, "usage")
-        start = Counters(**{k: getattr(last_usage, k) for k in Counters.__dataclass_fields__}) if last_usage else None
+        meter = _meter(cfg, self.store.last_event(run_id, "usage"))
         t0 = time.time()
         self.store.request_stop(run_id, False)
         self.store.set_status(run_id, RunStatus.RUNNING, worker_pid=os.getpid())
 
         backend = self.backend(cfg)
-        meter = Meter(cfg.budget, cfg.prices, start=start)
         cache = ResponseCache(cfg.cache_dir)
         task_model = cfg.task_model or backend.model
         opt_model = cfg.optimizer_model or task_model
@@ -141,6 +150,11 @@ class Runner:
                 on_event(seq, ev)
 
         status, reason = RunStatus.DONE, ""
+        held = plan(task_llm, meter, cfg.task, splits, cfg.report_splits, [cfg.initial_prompt])
+        if held.skipped:
+            put(Error(message=f"the budget ({cfg.budget.describe()}) cannot pay for the report on "
+                              f"{', '.join(held.skipped)}: it will report on fewer splits (test first)",
+                      recoverable=True, where="budget"), False)
         try:
             if not stored:
                 put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed), True)
@@ -155,6 +169,10 @@ class Runner:
                     last_step = ev
                     if not replaying:
                         put(_usage_event(meter, ev.step), False)
+                    best = ctx.candidates[ev.best_id].text if ev.best_id in ctx.candidates else cfg.initial_prompt
+                    now = plan(task_llm, meter, cfg.task, splits, cfg.report_splits, [cfg.initial_prompt, best])
+                    if set(now.skipped) - set(held.skipped):
+                        raise BudgetExceeded("the rest pays for the report of the best prompt")
                 if self.store.stop_requested(run_id):
                     raise _Stopped()
         except BudgetExceeded as e:
@@ -172,8 +190,9 @@ class Runner:
             put(Error(message=reason, recoverable=status is RunStatus.PAUSED, where="run"), False)
         put(_usage_event(meter, last_step.step if last_step else 0), False)
 
-        result = self._report(run_id, cfg, ctx, evaluator, splits, meter, last_step, status, reason, put,
+        result = self._report(run_id, cfg, ctx, evaluator, task_llm, splits, meter, last_step, status, reason, put,
                               time.time() - t0)
+        put(_usage_event(meter, last_step.step if last_step else 0), False)
         put(RunFinished(status=status, best_id=result.best_id, reason=reason), False)
         self.store.set_result(run_id, result.model_dump(mode="json"))
         self.store.set_status(run_id, status, reason or None)
@@ -203,48 +222,47 @@ class Runner:
             result = self.execute(run_id, on_event=on_event)
         return result
 
-    def _report(self, run_id: str, cfg: RunConfig, ctx: Context, evaluator: Evaluator, splits: Splits, meter: Meter,
-                last_step: StepDone | None, status: RunStatus, reason: str, put: Callable[[Event, bool], None],
-                wall: float) -> RunResult:
-        """Score the initial and the best prompt on every split, outside the optimization budget (stated so)."""
-        opt_usage = meter.snapshot()
+    def _report(self, run_id: str, cfg: RunConfig, ctx: Context, evaluator: Evaluator, task_llm: LLM, splits: Splits,
+                meter: Meter, last_step: StepDone | None, status: RunStatus, reason: str,
+                put: Callable[[Event, bool], None], wall: float) -> RunResult:
+        """Score the initial and the best prompt on every reported split the budget still pays for (test first)."""
         init_id = candidate_id(cfg.initial_prompt)
         best_id = last_step.best_id if last_step else init_id
         best_text = ctx.candidates[best_id].text if best_id in ctx.candidates else cfg.initial_prompt
-        report_meter = Meter(Budget(), cfg.prices)
-        rep_llm = LLM(evaluator.llm.endpoint, evaluator.llm.model, role="report", meter=report_meter,
-                      cache=evaluator.llm.cache)
-        rep_eval = Evaluator(rep_llm, cfg.task, evaluator.max_workers)
+        step = last_step.step if last_step else 0
+        ids = {"initial": init_id, "best": best_id}
         scores: dict[str, dict[str, Score]] = {"initial": {}, "best": {}}
-        report_error = None
+
+        def on_scored(which: str, split: str, res: EvalResult) -> None:
+            put(CandidateScored.from_eval(res, step=step, candidate_id=ids[which], split=split, purpose="report"),
+                False)
+            scores[which][split] = Score(score=res.score, ci=[res.ci_low, res.ci_high], n=res.n)
+
+        prompts = {"initial": cfg.initial_prompt} if best_id == init_id else {"initial": cfg.initial_prompt,
+                                                                               "best": best_text}
+        report_error, skipped = None, []
         if status is not RunStatus.PAUSED:
             try:
-                for which, cid, text in (("initial", init_id, cfg.initial_prompt), ("best", best_id, best_text)):
-                    for split in cfg.report_splits:
-                        exs = getattr(splits, split)
-                        if not exs:
-                            continue
-                        if which == "best" and best_id == init_id:
-                            scores["best"][split] = scores["initial"][split]
-                            continue
-                        res = rep_eval.evaluate(text, exs)
-                        put(CandidateScored.from_eval(res, step=last_step.step if last_step else 0, candidate_id=cid,
-                                                      split=split, purpose="report"), False)
-                        scores[which][split] = Score(score=res.score, ci=[res.ci_low, res.ci_high], n=res.n)
-            except (EndpointDown, LLMError) as e:
+                skipped = score_splits(evaluator, meter, task_llm, cfg.task, splits, cfg.report_splits, prompts,
+                                       on_scored)
+            except (EndpointDown, LLMError, BudgetExceeded) as e:
                 report_error = str(e)
-        rep = report_meter.snapshot()
-        total = Counters()
-        total.add(opt_usage)
-        total.add(rep)
+            if best_id == init_id:
+                scores["best"] = dict(scores["initial"])
+            if skipped:
+                report_error = report_error or (f"the budget ({cfg.budget.describe()}) did not cover the report on "
+                                                f"{', '.join(skipped)}")
+        meter.release_hold()
+        phases = meter.phases()
         return RunResult(
             run_id=run_id, status=status, reason=reason, optimizer=cfg.optimizer,
             initial_prompt=cfg.initial_prompt, best_prompt=best_text, best_id=best_id,
             best_selection_score=last_step.best_score if last_step else None,
             selection_split=last_step.best_split if last_step else None,
-            scores=scores, report_error=report_error,
-            **total.as_dict(),
-            optimization_usage=Spend(**opt_usage.as_dict()), report_usage=Spend(**rep.as_dict()),
+            scores=scores, report_error=report_error, report_skipped=skipped,
+            **meter.snapshot().as_dict(),
+            optimization_usage=Spend(**phases.get("optimization", {})), report_usage=Spend(**phases.get("report", {})),
+            by_role={r: Spend(**c) for r, c in meter.roles().items()},
             seed=cfg.seed, wall_time_s=round(wall, 2), config=cfg.model_dump(mode="json"),
             candidates=len(ctx.candidates), version=__version__,
         )

@@ -51,6 +51,9 @@ class StubServer:
         self._faults: list[tuple[str, dict]] = []
         self._rate: tuple[float, list[str], random.Random] | None = None
         self.faults_served = 0
+        self.faults_by_kind: dict[str, int] = {}
+        self.billed = 0  # replies that carried usage (tokens): what a paying user is charged for
+        self.send_usage = True  # False: a server that reports no usage
         self._inflight = 0
         self.max_seen_concurrency = 0
         self._down = False
@@ -74,15 +77,17 @@ class StubServer:
 
     def _next_fault(self) -> tuple[str, dict] | None:
         with self._lock:
+            fault = None
             if self._faults:
-                self.faults_served += 1
-                return self._faults.pop(0)
-            if self._rate:
+                fault = self._faults.pop(0)
+            elif self._rate:
                 rate, kinds, rng = self._rate
                 if rng.random() < rate:
-                    self.faults_served += 1
-                    return rng.choice(kinds), {}
-        return None
+                    fault = rng.choice(kinds), {}
+            if fault:
+                self.faults_served += 1
+                self.faults_by_kind[fault[0]] = self.faults_by_kind.get(fault[0], 0) + 1
+            return fault
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> StubServer:
@@ -192,6 +197,8 @@ class StubServer:
         if path.endswith("/embeddings"):
             inp = body.get("input")
             texts = [inp] if isinstance(inp, str) else list(inp or [])
+            with self._lock:
+                self.billed += 1
             return self._send(h, 200, {"object": "list", "model": body.get("model"),
                                        "data": [{"object": "embedding", "index": i, "embedding": _embed(t)}
                                                 for i, t in enumerate(texts)],
@@ -216,8 +223,13 @@ class StubServer:
         usage = {"prompt_tokens": ptoks, "completion_tokens": _words(text), "total_tokens": ptoks + _words(text)}
         choices = [] if kind == "empty_choices" else [self._choice(body, text, finish, reply, chat)]
         obj = "chat.completion" if chat else "text_completion"
-        return self._send(h, 200, {"id": "stub-" + str(len(self.requests)), "object": obj, "created": int(time.time()),
-                                   "model": body.get("model", "stub"), "choices": choices, "usage": usage})
+        reply_body = {"id": "stub-" + str(len(self.requests)), "object": obj, "created": int(time.time()),
+                      "model": body.get("model", "stub"), "choices": choices}
+        if self.send_usage:
+            reply_body["usage"] = usage
+        with self._lock:
+            self.billed += 1
+        return self._send(h, 200, reply_body)
 
     @staticmethod
     def _choice(body: dict, text: str, finish: str, reply: StubReply, chat: bool) -> dict:

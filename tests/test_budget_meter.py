@@ -28,6 +28,7 @@ def test_claim_refuses_the_call_past_the_cap_and_cancel_gives_it_back():
     with pytest.raises(BudgetExceeded, match="call budget"):
         m.claim("task", "m", MSG, 8)
     m.cancel(b)
+    m.error("task")
     m.settle(a, 10, 2)
     m.settle(m.claim("task", "m", MSG, 8), 10, 2)
     assert m.snapshot().calls == 2 and m.snapshot().errors == 1
@@ -65,7 +66,7 @@ def test_money_cap_uses_the_models_price_and_a_free_model_is_never_stopped_by_it
 
 def test_hold_keeps_the_report_out_of_reach_until_released():
     m = Meter(Budget(max_calls=10))
-    m.hold(Amount(calls=7))
+    assert m.hold({f"k{i}": Amount(calls=1) for i in range(7)})
     for _ in range(3):
         m.settle(m.claim("optimizer", "m", MSG, 8), 1, 1)
     with pytest.raises(BudgetExceeded):
@@ -146,3 +147,25 @@ def test_parse_price_rejects_malformed_specs_with_the_form_expected(bad):
 
 def test_parse_price():
     assert parse_price(" m = 0.5,2") == ("m", (0.5, 2.0))
+
+
+def test_a_held_request_is_paid_from_the_hold_and_a_hold_that_does_not_fit_is_refused():
+    m = Meter(Budget(max_calls=3))
+    assert not m.hold({f"k{i}": Amount(calls=1) for i in range(4)})
+    assert m.hold({"k0": Amount(calls=1), "k1": Amount(calls=1)})
+    m.settle(m.claim("task", "m", MSG, 8), 1, 1)  # the one free call
+    with pytest.raises(BudgetExceeded):
+        m.claim("task", "m", MSG, 8)
+    m.settle(m.claim("task", "m", MSG, 8, key="k0"), 1, 1)  # the report's own request: paid from its hold
+    m.settle(m.claim("task", "m", MSG, 8, key="k1"), 1, 1)
+    assert m.snapshot().calls == 3 and m.exhausted()
+
+
+def test_spend_by_phase_follows_the_runners_switch():
+    m = Meter()
+    m.settle(m.claim("optimizer", "m", MSG, 8), 1, 1)
+    m.phase = "report"
+    m.settle(m.claim("task", "m", MSG, 8), 1, 1)
+    assert m.phases()["optimization"]["calls"] == 1 and m.phases()["report"]["calls"] == 1
+    resumed = Meter(start=m.snapshot(), start_by_phase={k: Counters.from_dict(v) for k, v in m.phases().items()})
+    assert resumed.snapshot().calls == 2 and resumed.phases()["report"]["calls"] == 1

@@ -119,7 +119,7 @@ def test_run_writes_result_and_store_commands(toy_csv, env, tmp_path):
         # resuming a finished run replays from the cache: no new request, the run's totals unchanged
         assert r2.returncode == 0 and len(stub.requests) == before
         assert res2["optimization_usage"]["calls"] == res["optimization_usage"]["calls"]
-        assert res2["report_usage"]["calls"] == 0
+        assert res2["report_usage"]["calls"] == res["report_usage"]["calls"] and res2["calls"] == res["calls"]
 
 
 def test_unknown_optimizer(toy_csv, env):

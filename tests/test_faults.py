@@ -44,17 +44,20 @@ def run_once(tmp_path, fault_rate: float):
                         optimizer_model="stub-opt", cache_dir=str(tmp_path / "cache"))
         res = runner.execute(runner.create(cfg, splits()))
         texts = [c["text"] for c in store.candidates(res.run_id)]
-        return res, texts, stub.faults_served, len(stub.requests)
+        assert res.calls == stub.billed  # every reply that came back with tokens is billed, retried or not
+        return res, texts, stub.faults_by_kind, len(stub.requests)
 
 
 @pytest.mark.slow
 def test_thirty_percent_faults_change_nothing(tmp_path):
     clean, clean_texts, _, clean_requests = run_once(tmp_path / "clean", 0.0)
-    faulty, faulty_texts, served, requests = run_once(tmp_path / "faulty", 0.3)
+    faulty, faulty_texts, by_kind, requests = run_once(tmp_path / "faulty", 0.3)
+    served = sum(by_kind.values())
     assert clean.status == faulty.status == "done"
     assert served >= 0.2 * requests and served > 10  # the faults really happened
     assert faulty_texts == clean_texts
     assert faulty.best_prompt == clean.best_prompt
     assert faulty.scores == clean.scores
-    # every faulted request was retried: successful calls are the same, errors were not counted as calls
-    assert faulty.optimization_usage.calls == clean.optimization_usage.calls
+    # every faulted request was retried: the calls are the same, plus the unusable replies that still came back with
+    # tokens (no choices: a real server bills those too); faults that returned nothing are not calls
+    assert faulty.calls == clean.calls + by_kind.get("empty_choices", 0)

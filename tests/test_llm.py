@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from optimizers.budget import Prices
 from optimizers.llm import LLM, Budget, BudgetExceeded, Endpoint, EndpointDown, LLMError, Meter, ResponseCache
 from tests.stub_server import StubServer
 
@@ -124,12 +125,20 @@ def test_budget_holds_under_concurrency():
         assert len(stub.chat_requests()) == 5 and len(errors) == 7
 
 
-def test_token_budget():
+def test_token_budget_is_never_passed_and_a_call_whose_worst_case_cannot_fit_is_not_sent():
     with StubServer(lambda r: "one two three") as stub:
         llm = make(stub, budget=Budget(max_tokens=5))
-        llm.complete(MSG, seed=1)
         with pytest.raises(BudgetExceeded, match="token"):
-            llm.complete(MSG, seed=2)
+            llm.complete(MSG, seed=1)
+        assert stub.chat_requests() == []
+        cap = 2_000
+        llm = make(stub, budget=Budget(max_tokens=cap))
+        n = 0
+        with pytest.raises(BudgetExceeded, match="token"):
+            while True:
+                llm.complete(MSG, seed=n, max_tokens=16)
+                n += 1
+        assert n >= 3 and llm.meter.snapshot().tokens <= cap
 
 
 def test_concurrency_limit_is_respected():
@@ -161,7 +170,7 @@ def test_truncation_is_reported():
 def test_costs_from_price_table():
     with StubServer(lambda r: "one two") as stub:
         llm = make(stub)
-        llm.meter.prices = {"stub-task": (1.0, 2.0)}  # $ per 1M tokens
+        llm.meter.prices = Prices({"stub-task": (1.0, 2.0)})  # $ per 1M tokens
         llm.complete(MSG)
         c = llm.meter.snapshot()
         assert c.cost == pytest.approx((c.prompt_tokens * 1.0 + c.completion_tokens * 2.0) / 1e6)

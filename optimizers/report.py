@@ -1,0 +1,107 @@
+"""The run's report inside the run's budget: the initial and the best prompt scored on each reported split, paid from
+the same cap as the optimization.
+
+Before and during the optimization the report's requests (those the cache cannot answer yet) are held back on the
+meter, keyed by their cache keys, so the optimization stops early enough to pay for them; a held request the
+optimizer makes itself (scoring the initial prompt on dev, say) is paid from the hold. When not every split fits,
+the report keeps the most telling ones, test first, and says which it left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .budget import ZERO, Amount, Meter
+from .data import Example, Splits
+from .evaluate import EvalResult, Evaluator
+from .llm import LLM
+from .task import Task
+
+PRIORITY = ("test", "dev", "train")  # what a user reads first; a report cut short keeps these
+
+
+def ordered(report_splits: Sequence[str]) -> list[str]:
+    return [s for s in PRIORITY if s in report_splits] + [s for s in report_splits if s not in PRIORITY]
+
+
+@dataclass
+class ReportPlan:
+    """The report's outstanding requests per split (cache key -> worst case) for a set of prompts."""
+
+    shares: dict[str, dict[str, Amount]] = field(default_factory=dict)  # split -> key -> amount
+    skipped: list[str] = field(default_factory=list)  # splits that do not fit
+
+    def held(self) -> dict[str, Amount]:
+        out: dict[str, Amount] = {}
+        for split, keys in self.shares.items():
+            if split not in self.skipped:
+                out.update(keys)
+        return out
+
+    def cost(self, split: str) -> Amount:
+        total = ZERO
+        for a in self.shares.get(split, {}).values():
+            total = total + a
+        return total
+
+
+def outstanding(llm: LLM, meter: Meter, task: Task, prompts: Sequence[str], examples: Sequence[Example]
+                ) -> dict[str, Amount]:
+    """The requests of scoring `prompts` on `examples` that the cache cannot answer, with their worst cases."""
+    params = task.request_params(llamacpp=llm.accepts_extras)
+    out: dict[str, Amount] = {}
+    for prompt in dict.fromkeys(prompts):
+        for ex in examples:
+            msgs = task.messages(prompt, ex)
+            key = llm.cache_key(msgs, **params)
+            if key is None or key in out or llm.is_cached(key):
+                continue
+            out[key] = meter.upper(llm.model, msgs, int(llm.params(params).get("max_tokens") or 0))[0]
+    return out
+
+
+def plan(llm: LLM, meter: Meter, task: Task, splits: Splits, report_splits: Sequence[str],
+         prompts: Sequence[str]) -> ReportPlan:
+    """Hold as many splits as fit, in priority order; the meter holds the result (or keeps its old hold)."""
+    p = ReportPlan()
+    fitting: dict[str, Amount] = {}
+    for split in ordered(report_splits):
+        exs = getattr(splits, split)
+        if not exs:
+            continue
+        p.shares[split] = outstanding(llm, meter, task, prompts, exs)
+        trial = {**fitting, **p.shares[split]}
+        if meter.hold(trial):
+            fitting = trial
+        else:
+            p.skipped.append(split)
+    meter.hold(fitting)
+    return p
+
+
+def score_splits(evaluator: Evaluator, meter: Meter, llm: LLM, task: Task, splits: Splits,
+                 report_splits: Sequence[str], prompts: dict[str, str],
+                 on_scored: Callable[[str, str, EvalResult], None]) -> list[str]:
+    """Score each prompt (name -> text) on each split whose outstanding requests fit, test first; returns the splits
+    left out for the budget. Identical texts are scored once (the caller copies the score)."""
+    meter.release_hold()
+    meter.phase = "report"
+    skipped: list[str] = []
+    for split in ordered(report_splits):
+        exs = getattr(splits, split)
+        if not exs:
+            continue
+        need = outstanding(llm, meter, task, list(prompts.values()), exs)
+        total = ZERO
+        for a in need.values():
+            total = total + a
+        if not meter.fits(total):
+            skipped.append(split)
+            continue
+        done: dict[str, EvalResult] = {}
+        for name, text in prompts.items():
+            res = done.get(text) or evaluator.evaluate(text, exs)
+            done[text] = res
+            on_scored(name, split, res)
+    return skipped
