@@ -26,6 +26,11 @@ def embedded_model_alias() -> str:
     return os.environ.get("PROMPTOPT_MODEL", DEFAULT_MODEL)
 
 
+def default_endpoint_model() -> str:
+    """The task model on a configured endpoint when none is named."""
+    return os.environ.get("PROMPTOPT_TASK_MODEL", "gpt-4o-mini")
+
+
 def _patience(patience: float | None) -> float:
     return float(os.environ.get("PROMPTOPT_PATIENCE", 120)) if patience is None else patience
 
@@ -37,7 +42,7 @@ def open_backend(base_url: str | None = None, api_key: str | None = None, *, max
     if base_url:
         ep = Endpoint(base_url, api_key, max_concurrency=max_concurrency or 4, patience=_patience(patience),
                       timeout=timeout)
-        model = os.environ.get("PROMPTOPT_TASK_MODEL", "gpt-4o-mini")
+        model = default_endpoint_model()
         return Backend(ep, False, model, ep.base_url)
     url = os.environ.get("PROMPTOPT_EMBEDDED_URL")
     if url:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -170,6 +171,7 @@ class Claim:
     upper: Amount
     prompt_bound: int
     max_completion: int
+    key: str | None = None
 
 
 class Meter:
@@ -190,6 +192,12 @@ class Meter:
         self._held_keys: dict[str, Amount] = {}
         self.by_phase: dict[str, Counters] = {}
         self.phase = "optimization"  # switched by the runner between phases, never while calls are in flight
+        # A process killed between two stored usage snapshots has paid for calls no snapshot counts; their answers
+        # are in the cache, tagged with the run and the time they were billed, and a resumed run bills them again
+        # in its books (not on the wire) when its replay meets them: `run_id` and `recorded_until` say which.
+        self.run_id: str | None = None
+        self.recorded_until = 0.0
+        self._booked: set[str] = set()
         for mine, given in ((self.by_role, start_by_role), (self.by_phase, start_by_phase)):
             for name, c in (given or {}).items():
                 mine.setdefault(name, Counters()).add(c)
@@ -228,7 +236,7 @@ class Meter:
                     self._held = self._held + share
                 raise BudgetExceeded(why)
             self._inflight = self._inflight + up
-        return Claim(role, model, up, bound, max_completion)
+        return Claim(role, model, up, bound, max_completion, key)
 
     def settle(self, claim: Claim, prompt_tokens: int | None, completion_tokens: int | None, *,
                metered: bool = True) -> Counters:
@@ -244,6 +252,8 @@ class Meter:
         with self._lock:
             self._inflight = self._inflight - claim.upper
             self._bill(claim.role, c)
+            if claim.key is not None:
+                self._booked.add(claim.key)  # in this execution's books: a later hit on it is free
         return c
 
     def cancel(self, claim: Claim) -> None:
@@ -255,6 +265,23 @@ class Meter:
         """A request that failed for good (after its retries)."""
         with self._lock:
             self._bill(role, Counters(errors=1))
+
+    def replayed(self, role: str, model: str, key: str, entry: dict[str, Any]) -> None:
+        """A cache hit during replay: free, unless the run paid for it after its last stored snapshot (see above)."""
+        pt, ct = entry.get("prompt_tokens") or 0, entry.get("completion_tokens") or 0
+        with self._lock:
+            unrecorded = (self.run_id is not None and entry.get("run") == self.run_id
+                          and float(entry.get("billed_at") or 0) > self.recorded_until and key not in self._booked)
+            if unrecorded:
+                self._booked.add(key)
+                self._bill(role, Counters(calls=1, prompt_tokens=pt, completion_tokens=ct,
+                                          cost=self.prices.cost(model, pt, ct)))
+                return
+        self.hit(role, model, pt, ct)
+
+    def stamp(self) -> dict[str, Any]:
+        """What a cache entry keeps of the call that paid for it."""
+        return {"run": self.run_id, "billed_at": time.time()}
 
     def hit(self, role: str, model: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         """A cache hit: free, counted as savings."""
@@ -313,6 +340,14 @@ class Meter:
             c = Counters()
             c.add(self.total)
             return c
+
+    def checkpoint(self) -> tuple[Counters, dict[str, dict[str, Any]], dict[str, dict[str, Any]], float]:
+        """Totals, by role, by phase, and the time they hold for: one consistent reading to store."""
+        with self._lock:
+            c = Counters()
+            c.add(self.total)
+            return (c, {r: x.as_dict() for r, x in self.by_role.items()},
+                    {r: x.as_dict() for r, x in self.by_phase.items()}, time.time())
 
     def roles(self) -> dict[str, dict[str, Any]]:
         with self._lock:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .budget import Budget, Prices, parse_price
 from .data import BUNDLED, DataError, read_table
-from .llm import Budget, LLMError
+from .llm import LLMError
 from .result import SCORE_DIGITS, RunResult, stored_result
 from .status import observed_status
 
@@ -179,23 +180,71 @@ def _print_result(r: RunResult, as_json: bool) -> None:
         if i and b:
             print(f"  {split:5} initial {i.score:.3f} [{i.ci[0]:.2f}, {i.ci[1]:.2f}]  ->  best {b.score:.3f}"
                   f" [{b.ci[0]:.2f}, {b.ci[1]:.2f}]  (n={b.n})")
-    print(f"calls {r.calls} (optimization {r.optimization_usage.calls}, report {r.report_usage.calls}), cache hits "
-          f"{r.cache_hits}, tokens {r.prompt_tokens}+{r.completion_tokens}, {r.wall_time_s} s")
+    if r.report_error:
+        print(f"report incomplete: {r.report_error}")
+    print(f"calls {r.calls} (optimization {r.optimization_usage.calls}, report {r.report_usage.calls}; budget "
+          f"{Budget(**r.config.get('budget', {})).describe()}), cache hits {r.cache_hits} (saved {r.saved_tokens} "
+          f"tokens), tokens {r.prompt_tokens}+{r.completion_tokens}, ${r.cost:.4f}, {r.wall_time_s} s")
+    if r.unmetered_calls:
+        print(f"note: {r.unmetered_calls} replies came without usage: their tokens were counted locally or at "
+              "their upper bound")
+
+
+def _print_estimate(cfg: Any, prepared: Any, as_json: bool) -> int:
+    """The whole run's estimate (optimizers.estimate: the optimizer's own loop against an instant model, then the
+    report), per role, inside the budget; no call is made."""
+    from .backend import default_endpoint_model
+    from .estimate import dry_run
+
+    est = dry_run(cfg.optimizer, cfg.params, cfg.task, prepared.splits, cfg.initial_prompt, seed=cfg.seed,
+                  budget=cfg.budget, report_splits=cfg.report_splits, prices=Prices(dict(cfg.prices)))
+    embedded = cfg.base_url is None
+    task = cfg.task_model or ("embedded" if embedded else default_endpoint_model())
+    models = {"task": task, "report": task, "optimizer": cfg.optimizer_model or task}
+    prices = Prices(dict(cfg.prices))
+    rows = {}
+    for role, r in est.roles.items():
+        cost = 0.0 if embedded else r.cost(prices, models[role])
+        rows[role] = {"model": models[role], "calls": r.calls, "prompt_tokens": r.prompt_tokens,
+                      "max_completion_tokens": r.max_completion_tokens, "max_cost": cost,
+                      "price": "free (embedded)" if embedded else prices.source(models[role])}
+    out = {"estimate": rows, "calls": est.calls, "at_least": est.capped, "budget": cfg.budget.describe(),
+           "stopped_by_budget": est.stopped_by_budget, "report_skipped": est.report_skipped}
+    if as_json:
+        print(json.dumps(out))
+        return 0
+    lead = "at least " if est.capped else ""
+    print(f"estimate of the whole run ({cfg.optimizer}, budget {cfg.budget.describe()}): {lead}{est.calls} calls")
+    print(f"  {'role':10} {'model':28} {'calls':>7} {'prompt tok':>11} {'max compl tok':>14} {'max $':>10}  price")
+    for role, r in rows.items():
+        cost = "?" if r["max_cost"] is None else f"{r['max_cost']:.4f}"
+        print(f"  {role:10} {r['model'][:28]:28} {r['calls']:>7} {r['prompt_tokens']:>11} "
+              f"{r['max_completion_tokens']:>14} {cost:>10}  {r['price']}")
+    if est.stopped_by_budget:
+        print("the budget stops the optimization early, leaving the report its share")
+    if est.report_skipped:
+        print(f"warning: the budget cannot pay for the report on {', '.join(est.report_skipped)} "
+              "(test is reported first); raise the budget to report on every split")
+    return 0
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     from . import methods  # noqa: F401  (registers the optimizers)
     from .base import REGISTRY
-    from .runner import Runner
+    from .runner import Runner, check_money_cap
 
     if a.optimizer not in REGISTRY:
         raise UsageError(f"--optimizer: unknown {a.optimizer!r}; choose one of {', '.join(sorted(REGISTRY))}")
     prepared = load_task_data(a, a.initial_prompt, "--initial-prompt")
     try:
+        prices = dict(parse_price(p) for p in a.price or [])
         cfg = prepared.run_config(REGISTRY[a.optimizer], params=_parse_params(a.param), seed=a.seed,
                                   base_url=a.base_url, task_model=a.model, optimizer_model=a.optimizer_model,
-                                  max_concurrency=a.concurrency, cache_dir=a.cache_dir,
+                                  max_concurrency=a.concurrency, cache_dir=a.cache_dir, prices=prices,
                                   budget=Budget(max_calls=a.max_calls, max_tokens=a.max_tokens, max_cost=a.max_cost))
+        check_money_cap(cfg)
+        if a.dry_run:
+            return _print_estimate(cfg, prepared, a.json)
         store = _store(a)
         runner = Runner(store)
         run_id = runner.create(cfg, prepared.splits)
@@ -344,9 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--optimizer-model", help="model that writes prompts (default: the task model)")
     r.add_argument("--param", action="append", help="optimizer parameter NAME=VALUE (repeatable; JSON values)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--max-calls", type=int, help="budget: LLM calls for the optimization")
-    r.add_argument("--max-tokens", type=int, help="budget: tokens (prompt + completion)")
-    r.add_argument("--max-cost", type=float, help="budget: money, with a price table")
+    r.add_argument("--max-calls", type=int, help="budget: billed LLM calls of the whole run (optimization and report)")
+    r.add_argument("--max-tokens", type=int, help="budget: billed tokens (prompt + completion) of the whole run")
+    r.add_argument("--max-cost", type=float, help="budget: USD of the whole run (needs each model's price)")
+    r.add_argument("--price", action="append", metavar="MODEL=IN,OUT",
+                   help="a model's price in USD per 1M input and output tokens (repeatable; overrides the built-in "
+                        "table of common hosted models)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the estimate of the whole run (per role: calls, tokens, money) and make no call")
     r.add_argument("--db", help=db_help)
     r.add_argument("--out", help="folder for result.json")
     r.add_argument("--json", action="store_true")

@@ -154,6 +154,7 @@ class Usage(_Event):
     unmetered_calls: int = 0
     by_role: dict[str, dict[str, Any]] = {}
     by_phase: dict[str, dict[str, Any]] = {}
+    at: float = 0.0  # the time these totals hold for (calls billed later are rebilled on resume: budget.Meter)
 
 
 class Error(_Event):

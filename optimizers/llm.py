@@ -232,8 +232,8 @@ class LLM:
             key = ResponseCache.key(self.endpoint.cache_id, self.model, messages, p)
             hit = self.cache.get(key)
             if hit is not None:
-                self.meter.hit(self.role, self.model, hit.get("prompt_tokens") or 0, hit.get("completion_tokens") or 0)
-                return Completion(**{**hit, "cached": True})
+                self.meter.replayed(self.role, self.model, key, hit)
+                return Completion(**{k: v for k, v in hit.items() if k in _COMPLETION_FIELDS}, cached=True)
         try:
             comp = self.endpoint.call(lambda: self._attempt(messages, p, key))
         except BudgetExceeded:
@@ -242,7 +242,7 @@ class LLM:
             self.meter.error(self.role)
             raise
         if key is not None:
-            self.cache.set(key, {k: v for k, v in asdict(comp).items() if k != "cached"})
+            self.cache.set(key, {**{k: v for k, v in asdict(comp).items() if k != "cached"}, **self.meter.stamp()})
         return comp
 
     def _attempt(self, messages: list[dict[str, str]], p: dict[str, Any], key: str | None) -> Completion:
@@ -326,6 +326,9 @@ class LLM:
                    "top": [{"token": x.token, "logprob": x.logprob} for x in (t.top_logprobs or [])]}
                   for t in ch.logprobs.content]
         return Completion(text=text, finish_reason=ch.finish_reason, logprobs=lp)
+
+
+_COMPLETION_FIELDS = {"text", "finish_reason", "prompt_tokens", "completion_tokens", "logprobs"}
 
 
 def comp_tokens_bound(comp: Completion, p: dict[str, Any]) -> int:

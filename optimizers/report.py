@@ -11,12 +11,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from .budget import ZERO, Amount, Meter
+from .budget import ZERO, Amount, BudgetExceeded, Meter
 from .data import Example, Splits
 from .evaluate import EvalResult, Evaluator
-from .llm import LLM
 from .task import Task
+
+
+class ReportModel(Protocol):
+    """What planning the report needs of the task model besides `lm.LanguageModel`: its cache, seen from outside
+    (`llm.LLM`, and the estimator's dry model whose 'cache' is what it was already asked)."""
+
+    model: str
+
+    @property
+    def accepts_extras(self) -> bool: ...
+
+    def params(self, params: dict[str, Any]) -> dict[str, Any]: ...
+
+    def cache_key(self, messages: list[dict[str, str]], **params: Any) -> str | None: ...
+
+    def is_cached(self, key: str | None) -> bool: ...
 
 PRIORITY = ("test", "dev", "train")  # what a user reads first; a report cut short keeps these
 
@@ -46,7 +62,7 @@ class ReportPlan:
         return total
 
 
-def outstanding(llm: LLM, meter: Meter, task: Task, prompts: Sequence[str], examples: Sequence[Example]
+def outstanding(llm: ReportModel, meter: Meter, task: Task, prompts: Sequence[str], examples: Sequence[Example]
                 ) -> dict[str, Amount]:
     """The requests of scoring `prompts` on `examples` that the cache cannot answer, with their worst cases."""
     params = task.request_params(llamacpp=llm.accepts_extras)
@@ -61,7 +77,7 @@ def outstanding(llm: LLM, meter: Meter, task: Task, prompts: Sequence[str], exam
     return out
 
 
-def plan(llm: LLM, meter: Meter, task: Task, splits: Splits, report_splits: Sequence[str],
+def plan(llm: ReportModel, meter: Meter, task: Task, splits: Splits, report_splits: Sequence[str],
          prompts: Sequence[str]) -> ReportPlan:
     """Hold as many splits as fit, in priority order; the meter holds the result (or keeps its old hold)."""
     p = ReportPlan()
@@ -80,7 +96,23 @@ def plan(llm: LLM, meter: Meter, task: Task, splits: Splits, report_splits: Sequ
     return p
 
 
-def score_splits(evaluator: Evaluator, meter: Meter, llm: LLM, task: Task, splits: Splits,
+class ReportReserve:
+    """The report's share of the cap through a run: held at the start for the initial prompt, moved to each new best
+    at each step's end; when the new best's report no longer fits, the optimization must stop there."""
+
+    def __init__(self, llm: ReportModel, meter: Meter, task: Task, splits: Splits, report_splits: Sequence[str],
+                 initial_prompt: str):
+        self.llm, self.meter, self.task, self.splits = llm, meter, task, splits
+        self.report_splits, self.initial = list(report_splits), initial_prompt
+        self.skipped = plan(llm, meter, task, splits, report_splits, [initial_prompt]).skipped
+
+    def after_step(self, best_prompt: str) -> None:
+        now = plan(self.llm, self.meter, self.task, self.splits, self.report_splits, [self.initial, best_prompt])
+        if set(now.skipped) - set(self.skipped):
+            raise BudgetExceeded("the rest of the budget pays for the best prompt's report")
+
+
+def score_splits(evaluator: Evaluator, meter: Meter, llm: ReportModel, task: Task, splits: Splits,
                  report_splits: Sequence[str], prompts: dict[str, str],
                  on_scored: Callable[[str, str, EvalResult], None]) -> list[str]:
     """Score each prompt (name -> text) on each split whose outstanding requests fit, test first; returns the splits

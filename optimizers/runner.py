@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import __version__
-from .backend import Backend, open_backend
+from .backend import Backend, default_endpoint_model, open_backend
 from .base import REGISTRY, Context, candidate_id
 from .budget import BudgetExceeded, Counters, Meter, Prices
 from .config import RunConfig
@@ -28,7 +28,7 @@ from .data import Splits
 from .evaluate import EvalResult, Evaluator
 from .events import CandidateScored, Error, Event, RunFinished, RunStarted, StepDone, Usage
 from .llm import LLM, EndpointDown, LLMError, ResponseCache
-from .report import plan, score_splits
+from .report import ReportReserve, score_splits
 from .result import RunResult, Score, Spend
 from .status import HEARTBEAT_S, RunStatus
 from .store import Store
@@ -45,17 +45,34 @@ class ReplayDiverged(RuntimeError):
 
 
 def _usage_event(meter: Meter, step: int) -> Usage:
-    return Usage(step=step, **meter.snapshot().as_dict(), by_role=meter.roles(), by_phase=meter.phases())
+    total, roles, phases, at = meter.checkpoint()
+    return Usage(step=step, **total.as_dict(), by_role=roles, by_phase=phases, at=at)
 
 
-def _meter(cfg: RunConfig, last: Usage | None) -> Meter:
+def check_money_cap(cfg: RunConfig) -> None:
+    """A money budget is only a promise when every paid model has a price: refuse the run before any call."""
+    if cfg.budget.max_cost is None or cfg.base_url is None:
+        return  # no money cap, or the embedded model (free)
+    task = cfg.task_model or default_endpoint_model()
+    prices = Prices(dict(cfg.prices))
+    missing = [m for m in dict.fromkeys([task, cfg.optimizer_model or task]) if prices.of(m) is None]
+    if missing:
+        raise ValueError(f"a money budget needs a price for {', '.join(missing)}: set it with --price "
+                         f"{missing[0]}=IN,OUT (USD per 1M input and output tokens) or on the Optimize page")
+
+
+def _meter(run_id: str, cfg: RunConfig, last: Usage | None) -> Meter:
     """The run's meter, starting from what every earlier execution of the run spent (its last usage event)."""
     if last is None:
-        return Meter(cfg.budget, Prices(dict(cfg.prices)))
-    counters = {name: Counters.from_dict(d) for name, d in last.by_phase.items()}
-    return Meter(cfg.budget, Prices(dict(cfg.prices)), start=Counters.from_dict(last.model_dump()),
-                 start_by_role={r: Counters.from_dict(d) for r, d in last.by_role.items()},
-                 start_by_phase=counters or {"optimization": Counters.from_dict(last.model_dump())})
+        meter = Meter(cfg.budget, Prices(dict(cfg.prices)))
+    else:
+        counters = {name: Counters.from_dict(d) for name, d in last.by_phase.items()}
+        meter = Meter(cfg.budget, Prices(dict(cfg.prices)), start=Counters.from_dict(last.model_dump()),
+                      start_by_role={r: Counters.from_dict(d) for r, d in last.by_role.items()},
+                      start_by_phase=counters or {"optimization": Counters.from_dict(last.model_dump())})
+        meter.recorded_until = last.at
+    meter.run_id = run_id
+    return meter
 
 
 @contextmanager
@@ -88,6 +105,7 @@ class Runner:
         if config.optimizer not in REGISTRY:
             raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {sorted(REGISTRY)}")
         REGISTRY[config.optimizer].Params(**config.params)  # fail now, not in the worker
+        check_money_cap(config)
         return self.store.create_run(config.model_dump(mode="json"), optimizer=config.optimizer, seed=config.seed,
                                      data_name=config.data.name, splits=splits)
 
@@ -109,7 +127,7 @@ class Runner:
         cfg = RunConfig(**run["config"])
         splits = self.store.load_splits(run_id)
         stored = self.store.stream_kinds(run_id)
-        meter = _meter(cfg, self.store.last_event(run_id, "usage"))
+        meter = _meter(run_id, cfg, self.store.last_event(run_id, "usage"))
         t0 = time.time()
         self.store.request_stop(run_id, False)
         self.store.set_status(run_id, RunStatus.RUNNING, worker_pid=os.getpid())
@@ -150,10 +168,10 @@ class Runner:
                 on_event(seq, ev)
 
         status, reason = RunStatus.DONE, ""
-        held = plan(task_llm, meter, cfg.task, splits, cfg.report_splits, [cfg.initial_prompt])
-        if held.skipped:
+        reserve = ReportReserve(task_llm, meter, cfg.task, splits, cfg.report_splits, cfg.initial_prompt)
+        if reserve.skipped:
             put(Error(message=f"the budget ({cfg.budget.describe()}) cannot pay for the report on "
-                              f"{', '.join(held.skipped)}: it will report on fewer splits (test first)",
+                              f"{', '.join(reserve.skipped)}: it will report on fewer splits (test first)",
                       recoverable=True, where="budget"), False)
         try:
             if not stored:
@@ -169,10 +187,8 @@ class Runner:
                     last_step = ev
                     if not replaying:
                         put(_usage_event(meter, ev.step), False)
-                    best = ctx.candidates[ev.best_id].text if ev.best_id in ctx.candidates else cfg.initial_prompt
-                    now = plan(task_llm, meter, cfg.task, splits, cfg.report_splits, [cfg.initial_prompt, best])
-                    if set(now.skipped) - set(held.skipped):
-                        raise BudgetExceeded("the rest pays for the report of the best prompt")
+                    reserve.after_step(ctx.candidates[ev.best_id].text if ev.best_id in ctx.candidates
+                                       else cfg.initial_prompt)
                 if self.store.stop_requested(run_id):
                     raise _Stopped()
         except BudgetExceeded as e:

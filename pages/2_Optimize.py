@@ -19,7 +19,7 @@ from optimizers.status import RunStatus, observed_status
 from optimizers.store import Store
 from ui import charts
 from ui.diff import diff_stats, render_markers
-from ui.launch import create_and_launch, estimate_run, registered_optimizers, report_calls, resume
+from ui.launch import create_and_launch, estimate_run, price_inputs, registered_optimizers, resume
 from ui.params_form import params_form, validation_messages
 from ui.session import _store_at, base_url, connection_sidebar, db_path, page_link, run_link, selected_run, store
 
@@ -96,33 +96,40 @@ def new_run_form() -> None:
                                      help="Counted from the prices you set; the embedded model is free."))
     seed = int(c4.number_input("Seed", 0, 2**31 - 1, 0, 1, key="opt_seed"))
 
-    from optimizers.llm import Budget
+    from optimizers.budget import Budget, Prices
 
-    est = estimate_run(name, params.model_dump(), po, prompt.strip(), seed,
-                       Budget(max_calls or None, max_tokens or None, max_cost or None))
-    rep = report_calls(po.splits)
+    prices = price_inputs(task_model or ("embedded" if not url else "gpt-4o-mini"),
+                          opt_model or task_model or ("embedded" if not url else "gpt-4o-mini"), embedded=not url)
+    budget = Budget(max_calls or None, max_tokens or None, max_cost or None)
+    est = estimate_run(name, params.model_dump(), po, prompt.strip(), seed, budget, prices)
     if est is None:
         msg = (f"No estimate for {name} with these settings: the run makes **at most {max_calls:,} calls** (the budget)"
                if max_calls else f"No estimate for {name} with these settings and no call budget")
     else:
         lead = "at least " if est.capped else ""
-        msg = (f"Estimate (a dry run of {name} against an instant scripted model): **{lead}{est.calls:,} calls** "
-               f"({est.task_calls:,} task, {est.optimizer_calls:,} optimizer), about {est.prompt_tokens:,} prompt "
-               f"tokens and at most {est.max_completion_tokens:,} completion tokens"
-               + (" (the budget stops it there)" if est.stopped_by_budget else "")
-               + ". A real model's rejected or repeated proposals and cache hits make it fewer")
-    st.markdown(msg + f". After the run, the report scores the initial and the best prompt on every split: up to "
-                f"{rep:,} more calls, outside the budget.")
+        cost = est.cost(Prices(prices), task_model or "embedded", opt_model or task_model or "embedded")
+        msg = (f"Estimate of the whole run (a dry run of {name} against an instant scripted model, then its report): "
+               f"**{lead}{est.calls:,} calls**: optimization {est.task_calls:,} task + {est.optimizer_calls:,} "
+               f"optimizer, report {est.report_calls:,}; about {est.prompt_tokens:,} prompt tokens and at most "
+               f"{est.max_completion_tokens:,} completion tokens"
+               + (f", at most ${cost:,.4f}" if cost is not None else ", cost unknown (set the prices below)")
+               + (" (the budget stops the optimization there, leaving the report its share)"
+                  if est.stopped_by_budget else "")
+               + ". The budget covers all of it. A real model's rejected or repeated proposals and cache hits make "
+               "it fewer.")
+        if est.report_skipped:
+            st.warning(f"The budget cannot pay for the whole report: it would leave out "
+                       f"{', '.join(est.report_skipped)} (test is reported first). Raise the budget to report on "
+                       f"every split.")
+    st.markdown(msg)
     if not max_calls and not max_tokens and not max_cost:
         st.warning("No budget set: the run stops only when the optimizer finishes or you stop it.")
 
     if st.button("Start the run", type="primary", key="opt_start"):
-        from optimizers.llm import Budget
-
         try:
             cfg = po.run_config(cls, initial_prompt=prompt, params=params.model_dump(), seed=seed,
                                 base_url=url or None, task_model=task_model, optimizer_model=opt_model,
-                                budget=Budget(max_calls or None, max_tokens or None, max_cost or None))
+                                budget=budget, prices=prices)
             rid = create_and_launch(cfg, po.splits)
         except DataError as e:
             st.error(f"Could not start the run: {e}")

@@ -11,9 +11,9 @@ from typing import Any
 
 import streamlit as st
 
+from optimizers.budget import Budget, Prices
 from optimizers.config import RunConfig
 from optimizers.data import Splits
-from optimizers.llm import Budget
 from optimizers.prepare import PreparedTask
 from optimizers.status import RunStatus
 from ui import session
@@ -31,26 +31,46 @@ def registered_optimizers() -> dict[str, type]:
 
 
 def estimate_run(name: str, params: dict[str, Any], po: PreparedTask, prompt: str, seed: int,
-                 budget: Budget) -> Any:
+                 budget: Budget, prices: dict[str, tuple[float, float]] | None = None) -> Any:
     """The dry-run estimate (optimizers.estimate): the optimizer's own loop against an instant scripted model, so
     the count follows the code, not a formula. Cached per settings in the session; None if the dry run fails."""
     from optimizers.estimate import dry_run
 
     key = "est:" + hashlib.sha256(json.dumps(
-        [name, params, po.name, po.splits.sizes(), prompt, seed, str(budget)], sort_keys=True,
+        [name, params, po.name, po.splits.sizes(), prompt, seed, str(budget), prices], sort_keys=True,
         default=str).encode()).hexdigest()
     if key not in st.session_state:
         try:
             st.session_state[key] = dry_run(name, params, po.task, po.splits, prompt or "Answer.", seed=seed,
-                                            budget=budget)
+                                            budget=budget, prices=Prices(dict(prices or {})))
         except Exception:  # an estimate must never break the form
             st.session_state[key] = None
     return st.session_state[key]
 
 
-def report_calls(splits: Splits) -> int:
-    """The report after the run: the initial and the best prompt on every split (outside the budget)."""
-    return 2 * sum(splits.sizes().values())
+def price_inputs(task_model: str, optimizer_model: str, *, embedded: bool) -> dict[str, tuple[float, float]]:
+    """Prices per model in USD per 1M tokens (input, output), set here for this session; known hosted models start
+    from the built-in table, marked as a default to check. The embedded model is free."""
+    from optimizers.budget import BUILTIN_PRICES, BUILTIN_PRICES_DATE
+
+    if embedded:
+        st.caption("Prices: the embedded local model is free, so a money budget never stops it.")
+        return {}
+    out: dict[str, tuple[float, float]] = {}
+    with st.expander("Prices (USD per 1M tokens)", expanded=False):
+        for model in dict.fromkeys([task_model, optimizer_model]):
+            known = BUILTIN_PRICES.get(model)
+            note = (f"built-in default from {BUILTIN_PRICES_DATE}: check your provider's page" if known
+                    else "unknown: set it, or a money budget cannot be enforced")
+            st.caption(f"**{model}**: {note}")
+            c1, c2 = st.columns(2)
+            pin = c1.number_input(f"{model}: input", 0.0, 1e4, float(known[0]) if known else 0.0, 0.05,
+                                  key=f"price_in.{model}", format="%.4f")
+            pout = c2.number_input(f"{model}: output", 0.0, 1e4, float(known[1]) if known else 0.0, 0.05,
+                                   key=f"price_out.{model}", format="%.4f")
+            if known or pin or pout:
+                out[model] = (float(pin), float(pout))
+    return out
 
 
 def worker_backend_args() -> dict[str, Any]:
