@@ -279,6 +279,14 @@ class Meter:
                 return
         self.hit(role, model, pt, ct)
 
+    def orphaned(self, entries: list[dict[str, Any]]) -> None:
+        """Requests a killed process had sent without seeing the reply: the server may have billed them, so the books
+        take each at its claimed worst case (one call), which keeps the books at or above the real bill."""
+        with self._lock:
+            for e in entries:
+                self._bill(e.get("role") or "task", Counters(calls=1, prompt_tokens=int(e.get("tokens") or 0),
+                                                             cost=float(e.get("cost") or 0.0)))
+
     def stamp(self) -> dict[str, Any]:
         """What a cache entry keeps of the call that paid for it."""
         return {"run": self.run_id, "billed_at": time.time()}

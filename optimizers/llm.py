@@ -15,6 +15,7 @@ import os
 import threading
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +25,7 @@ import diskcache
 import openai
 import tenacity
 
-from .budget import PER_MESSAGE_TOKENS, Budget, BudgetExceeded, Counters, Meter  # noqa: F401  (re-exported)
+from .budget import PER_MESSAGE_TOKENS, Budget, BudgetExceeded, Claim, Counters, Meter  # noqa: F401  (re-exported)
 from .lm import Completion
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,36 @@ class ResponseCache:
 
     def close(self) -> None:
         self._cache.close()
+        if self._inflight is not None:
+            self._inflight.close()
+
+    # --- requests in flight: a killed process leaves them here, and the resumed run bills them -----------------
+    _inflight: diskcache.Cache | None = None
+
+    def _journal(self) -> diskcache.Cache:
+        if self._inflight is None:
+            self._inflight = diskcache.Cache(str(self.directory / "inflight"))
+        return self._inflight
+
+    def sent(self, run_id: str, claim: Claim) -> str:
+        token = f"{run_id}:{uuid.uuid4().hex}"
+        self._journal().set(token, {"role": claim.role, "model": claim.model, "tokens": claim.upper.tokens,
+                                    "cost": claim.upper.cost})
+        return token
+
+    def answered(self, token: str) -> None:
+        self._journal().delete(token)
+
+    def orphans(self, run_id: str) -> list[dict[str, Any]]:
+        """Requests of this run that were in flight when its process died, removed as they are read."""
+        j = self._journal()
+        out = []
+        for token in list(j.iterkeys()):
+            if str(token).startswith(run_id + ":"):
+                entry = j.pop(token)
+                if entry:
+                    out.append(entry)
+        return out
 
 
 _TRANSIENT = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError, openai.APIResponseValidationError,
@@ -249,11 +280,15 @@ class LLM:
         """One try, with its own claim on the budget: every try that reached the model and came back with tokens is
         billed (an unusable reply too, before it is retried); a try that got no reply is not."""
         claim = self.meter.claim(self.role, self.model, messages, int(p.get("max_tokens") or 0), key=key)
+        token = self.cache.sent(self.meter.run_id, claim) if self.cache is not None and self.meter.run_id else None
         try:
             resp = self._send(messages, p)
         except BaseException:
             self.meter.cancel(claim)
             raise
+        finally:
+            if token:
+                self.cache.answered(token)
         usage = getattr(resp, "usage", None) if not isinstance(resp, str) else None
         pt = getattr(usage, "prompt_tokens", None) if usage is not None else None
         ct = getattr(usage, "completion_tokens", None) if usage is not None else None

@@ -77,19 +77,37 @@ def outstanding(llm: ReportModel, meter: Meter, task: Task, prompts: Sequence[st
     return out
 
 
+def next_best(llm: ReportModel, meter: Meter, task: Task, prompts: Sequence[str], examples: Sequence[Example]
+              ) -> dict[str, Amount]:
+    """A share for a best prompt the optimizer has not chosen yet, on the first reported split: a new best chosen in
+    the last step must still be scored on test. Sized with the longest prompt so far; keys no request has."""
+    longest = max(prompts, key=len)
+    params = llm.params(task.request_params(llamacpp=llm.accepts_extras))
+    return {f"next-best:{i}": meter.upper(llm.model, task.messages(longest, ex), int(params.get("max_tokens") or 0))[0]
+            for i, ex in enumerate(examples)}
+
+
 def plan(llm: ReportModel, meter: Meter, task: Task, splits: Splits, report_splits: Sequence[str],
          prompts: Sequence[str]) -> ReportPlan:
-    """Hold as many splits as fit, in priority order; the meter holds the result (or keeps its old hold)."""
+    """Hold as many splits as fit, in priority order (the first with a share for a future best when that fits too);
+    the meter holds the result (or keeps its old hold)."""
     p = ReportPlan()
     fitting: dict[str, Amount] = {}
+    first = True
     for split in ordered(report_splits):
         exs = getattr(splits, split)
         if not exs:
             continue
         p.shares[split] = outstanding(llm, meter, task, prompts, exs)
-        trial = {**fitting, **p.shares[split]}
-        if meter.hold(trial):
-            fitting = trial
+        options = [p.shares[split]]
+        if first:
+            options.insert(0, {**p.shares[split], **next_best(llm, meter, task, prompts, exs)})
+            first = False
+        for option in options:
+            trial = {**fitting, **option}
+            if meter.hold(trial):
+                fitting = trial
+                break
         else:
             p.skipped.append(split)
     meter.hold(fitting)

@@ -134,6 +134,7 @@ class Runner:
 
         backend = self.backend(cfg)
         cache = ResponseCache(cfg.cache_dir)
+        meter.orphaned(cache.orphans(run_id))
         task_model = cfg.task_model or backend.model
         opt_model = cfg.optimizer_model or task_model
         task_llm = LLM(backend.endpoint, task_model, role="task", meter=meter, cache=cache)

@@ -53,6 +53,7 @@ class StubServer:
         self.faults_served = 0
         self.faults_by_kind: dict[str, int] = {}
         self.billed = 0  # replies that carried usage (tokens): what a paying user is charged for
+        self.billed_by_model: dict[str, list[int]] = {}  # model -> [prompt tokens, completion tokens, calls]
         self.send_usage = True  # False: a server that reports no usage
         self._inflight = 0
         self.max_seen_concurrency = 0
@@ -199,6 +200,8 @@ class StubServer:
             texts = [inp] if isinstance(inp, str) else list(inp or [])
             with self._lock:
                 self.billed += 1
+                b = self.billed_by_model.setdefault(body.get("model", "stub"), [0, 0, 0])
+                b[0], b[2] = b[0] + sum(map(_words, texts)), b[2] + 1
             return self._send(h, 200, {"object": "list", "model": body.get("model"),
                                        "data": [{"object": "embedding", "index": i, "embedding": _embed(t)}
                                                 for i, t in enumerate(texts)],
@@ -229,6 +232,8 @@ class StubServer:
             reply_body["usage"] = usage
         with self._lock:
             self.billed += 1
+            b = self.billed_by_model.setdefault(body.get("model", "stub"), [0, 0, 0])
+            b[0], b[1], b[2] = b[0] + ptoks, b[1] + _words(text), b[2] + 1
         return self._send(h, 200, reply_body)
 
     @staticmethod

@@ -107,17 +107,16 @@ def test_full_run_stores_events_and_reports(tmp_path):
 def test_budget_stops_at_last_step_and_resume_continues_without_paying_twice(tmp_path):
     with StubServer(scripted(opt_reply)) as stub:
         runner, store = make_runner(stub, tmp_path)
-        rid = runner.create(config(tmp_path, budget=Budget(max_calls=20)), splits())
+        rid = runner.create(config(tmp_path, budget=Budget(max_calls=30)), splits())
         res = runner.execute(rid)
         assert res.status == "budget"
         # one cap for the whole run: the optimization stopped early enough to pay for its report
-        assert res.calls == len(stub.chat_requests()) <= 20
+        assert res.calls == len(stub.chat_requests()) <= 30
         assert res.optimization_usage.calls + res.report_usage.calls == res.calls
-        # the initial prompt's whole report (26 calls) cannot fit in 20: train, the least telling split, is left out
-        assert res.report_skipped == ["train"] and "train" in res.report_error
-        assert set(res.scores["best"]) == {"test", "dev"}
+        # the report kept its share (initial on test and dev, a future best on test): test and dev are reported
+        assert {"test", "dev"} <= set(res.scores["best"])
         steps_before = [e.step for _, e in store.events(rid, kinds=["step_done"])]
-        assert steps_before == [0]
+        assert steps_before and steps_before == list(range(len(steps_before)))
         n_opt_requests = len(stub.chat_requests())
         # raise the budget and resume: the stored part replays from the cache, new work continues
         store.set_budget(rid, {"max_calls": 200})
@@ -127,6 +126,7 @@ def test_budget_stops_at_last_step_and_resume_continues_without_paying_twice(tmp
         assert res2.calls == len(stub.chat_requests()) <= 200  # the cap covers every execution of the run
         steps_after = [e.step for _, e in store.events(rid, kinds=["step_done"])]
         assert steps_after == [0, 1, 2, 3, 4]  # no step stored twice
+        assert len(steps_before) < 5
         new_requests = stub.chat_requests()[n_opt_requests:]
         # nothing already answered was asked again (every earlier request hit the cache)
         first = {str(r["messages"]) + str(r.get("seed")) + r["model"] for r in stub.chat_requests()[:n_opt_requests]}
