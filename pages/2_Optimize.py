@@ -195,12 +195,23 @@ def _spend_view(sp: dict) -> None:
     used, lim = sp["used"], sp["limits"]
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("calls", f"{used['calls']:,}" + (f" / {lim['calls']:,}" if lim["calls"] else ""))
-    c2.metric("cache hits", f"{used['cache_hits']:,}")
+    c2.metric("cache hits (free)", f"{used['cache_hits']:,}",
+              help=f"saved {used['saved_tokens']:,} tokens, ${used['saved_cost']:.4f}")
     c3.metric("tokens", f"{used['tokens']:,}" + (f" / {lim['tokens']:,}" if lim["tokens"] else ""))
     c4.metric("cost", f"${used['cost']:.4f}" + (f" / ${lim['cost']:.2f}" if lim["cost"] else ""))
     if sp["fraction"] is not None:
-        st.progress(sp["fraction"], text=f"{sp['fraction']:.0%} of the budget (tightest limit), as of step "
-                                         f"{sp['at_step'] if sp['at_step'] is not None else '-'}")
+        st.progress(sp["fraction"], text=f"{sp['fraction']:.0%} of the budget (tightest limit; it covers the report "
+                                         f"too), as of step {sp['at_step'] if sp['at_step'] is not None else '-'}")
+    rows = [{"spent by": f"{kind} {name}", "calls": c.get("calls", 0),
+             "tokens": c.get("prompt_tokens", 0) + c.get("completion_tokens", 0), "cost $": c.get("cost", 0.0),
+             "cache hits": c.get("cache_hits", 0)}
+            for kind, part in (("role", used["by_role"]), ("phase", used["by_phase"])) for name, c in part.items()]
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    if used["unmetered_calls"]:
+        st.info(f"{used['unmetered_calls']:,} replies came without token usage from the server: their tokens were "
+                "counted with the server's own tokenizer where it has one, else at their upper bound (so the budget "
+                "still holds).")
 
 
 def _report_view(run: dict) -> None:

@@ -168,7 +168,10 @@ def spend(store: Store, run_id: str) -> dict[str, Any]:
     used = {"calls": u.calls if u else 0, "cache_hits": u.cache_hits if u else 0,
             "tokens": (u.prompt_tokens + u.completion_tokens) if u else 0,
             "prompt_tokens": u.prompt_tokens if u else 0, "completion_tokens": u.completion_tokens if u else 0,
-            "errors": u.errors if u else 0, "cost": u.cost if u else 0.0}
+            "errors": u.errors if u else 0, "cost": u.cost if u else 0.0,
+            "saved_tokens": u.saved_tokens if u else 0, "saved_cost": u.saved_cost if u else 0.0,
+            "unmetered_calls": u.unmetered_calls if u else 0,
+            "by_role": dict(u.by_role) if u else {}, "by_phase": dict(u.by_phase) if u else {}}
     limits = {"calls": budget.get("max_calls"), "tokens": budget.get("max_tokens"), "cost": budget.get("max_cost")}
     fractions = {k: min(used[k] / v, 1.0) for k, v in limits.items() if v}
     return {"used": used, "limits": limits, "fraction": max(fractions.values()) if fractions else None,
