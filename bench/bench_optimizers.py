@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from optimizers.config import SplitConfig  # noqa: E402
+from optimizers.prepare import prepare_task  # noqa: E402
 from optimizers.result import RunResult, Score  # noqa: E402
 
 BUDGET_KNOBS: dict[str, dict[str, object]] = {
@@ -95,8 +97,13 @@ def main() -> None:
     rows, records = [], []
     for task in a.tasks.split(","):
         for name in a.optimizers.split(","):
+            # The run's cap covers its report too: the optimization gets max_calls, the report on test (initial and
+            # best prompt: 2 x n_test, held back from the start) comes on top, as DSPy's evaluation does.
+            n_test = len(prepare_task(task, split=SplitConfig(max_train=a.max_train, max_dev=a.max_dev,
+                                                              max_test=a.max_test)).splits.test)
             args = [sys.executable, "-m", "optimizers", "run", "--data", task, "--optimizer", name,
-                    "--max-calls", str(a.max_calls), "--seed", str(a.seed), "--db", str(db),
+                    "--max-calls", str(a.max_calls + 2 * n_test), "--report-splits", "test",
+                    "--seed", str(a.seed), "--db", str(db),
                     "--max-train", str(a.max_train), "--max-dev", str(a.max_dev), "--max-test", str(a.max_test),
                     "--out", str(out / f"{task}-{name}"), "--json",
                     # A fresh response cache per run: every optimizer pays for its own calls (with a shared cache the

@@ -190,6 +190,14 @@ def _print_result(r: RunResult, as_json: bool) -> None:
               "their upper bound")
 
 
+def _report_splits(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in names if x not in ("train", "dev", "test")]
+    if bad or not names:
+        raise UsageError(f"--report-splits: a comma-separated list of train, dev, test; got {text!r}")
+    return names
+
+
 def _print_estimate(cfg: Any, prepared: Any, as_json: bool) -> int:
     """The whole run's estimate (optimizers.estimate: the optimizer's own loop against an instant model, then the
     report), per role, inside the budget; no call is made."""
@@ -241,6 +249,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         cfg = prepared.run_config(REGISTRY[a.optimizer], params=_parse_params(a.param), seed=a.seed,
                                   base_url=a.base_url, task_model=a.model, optimizer_model=a.optimizer_model,
                                   max_concurrency=a.concurrency, cache_dir=a.cache_dir, prices=prices,
+                                  report_splits=_report_splits(a.report_splits),
                                   budget=Budget(max_calls=a.max_calls, max_tokens=a.max_tokens, max_cost=a.max_cost))
         check_money_cap(cfg)
         if a.dry_run:
@@ -399,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--price", action="append", metavar="MODEL=IN,OUT",
                    help="a model's price in USD per 1M input and output tokens (repeatable; overrides the built-in "
                         "table of common hosted models)")
+    r.add_argument("--report-splits", default="train,dev,test",
+                   help="splits the final report scores the initial and the best prompt on (test is paid first)")
     r.add_argument("--dry-run", action="store_true",
                    help="print the estimate of the whole run (per role: calls, tokens, money) and make no call")
     r.add_argument("--db", help=db_help)
