@@ -30,10 +30,9 @@ def main() -> int:
     rows = []
     for name in a.optimizers.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "PROMPTOPT_CACHE_DIR": str(Path(tmp) / "cache"),
-                   "PROMPTOPT_DB": str(Path(tmp) / "runs.sqlite")}
+            env = {**os.environ, "PROMPTOPT_DB": str(Path(tmp) / "runs.sqlite")}
             cmd = [sys.executable, "-m", "optimizers", "run", "--data", a.data, "--optimizer", name,
-                   "--max-calls", str(a.max_calls), "--json"]
+                   "--max-calls", str(a.max_calls), "--cache-dir", str(Path(tmp) / "cache"), "--json"]
             if a.base_url:
                 cmd += ["--base-url", a.base_url] + (["--model", a.model] if a.model else [])
             p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
