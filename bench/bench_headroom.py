@@ -20,7 +20,7 @@ new favourite label shows as a share near 1). Labels are read out of the reply b
 
 Resumable: every reply is appended to a JSONL cache (request hash -> reply) before the next call, so a killed run
 continues where it stopped and a re-run costs nothing. The server is llama.cpp's (optimizers.local_model.LocalServer,
-2 threads), started only when a request misses the cache; temperature 0, 16 reply tokens.
+2 threads), started only when a request misses the cache; temperature 0 and the library's 32 reply tokens.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from optimizers.task import Task  # noqa: E402
 
 EXPERTS_FILE = ROOT / "bench" / "expert_prompts.json"
 DEFAULT_CACHE = Path(os.environ.get("PROMPTOPT_CACHE_DIR") or Path.home() / ".cache" / "promptopt") / "headroom.jsonl"
-MAX_TOKENS = 16
+MAX_TOKENS = Task.model_fields["max_tokens"].default  # the library's reply length for a task (32)
 K_DEMOS = 8
 LAYOUTS = ("system", "inline")
 # (train, dev, test) fractions: the CLI's 0.5 / 0.25 / 0.25 unless a set is too small for >= 100 test examples
@@ -67,6 +67,7 @@ SPLITS: dict[str, tuple[float, float, float]] = {
     "bbh_navigate": (0.4, 0.2, 0.4),
     "bbh_boolean_expressions": (0.4, 0.2, 0.4),
     "bbh_snarks": (0.2, 0.2, 0.6),  # 178 rows
+    "bbh_causal_judgement": (0.3, 0.15, 0.55),  # 187 rows
 }
 BBH_SPLIT = (0.4, 0.2, 0.4)  # every other BIG-Bench Hard set (250 rows -> 100 test)
 DEFAULT_SPLIT = (0.5, 0.25, 0.25)
@@ -77,6 +78,10 @@ CANDIDATE_INITIAL = {
     "temporal_sequences": "When could the person have gone there? Answer (A), (B), (C) or (D).",
     "formal_fallacies": "Is the argument valid or invalid? Answer valid or invalid.",
     "logical_deduction_three_objects": "Which option is true? Answer (A), (B) or (C).",
+    "causal_judgement": "How would a typical person answer this question about causation? Answer Yes or No.",
+    "ruin_names": "Which option is a humorous edit of the name? Answer (A), (B), (C) or (D).",
+    "tracking_shuffled_objects_three_objects": "Which option is true at the end? Answer (A), (B) or (C).",
+    "date_understanding": "Which option is the correct date? Answer with the option letter.",
 }
 QA_TEMPLATE = "{prompt}\n\nQ: {input}\nA:"
 
@@ -97,6 +102,9 @@ def candidate_set(name: str, bbh_dir: Path) -> BundledSet:
     short = name.removeprefix("bbh_")
     path = bbh_dir / f"{short}.json"
     labels = sorted({e["target"] for e in json.loads(path.read_text())["examples"]})
+    letters = [lab for lab in labels if len(lab) == 3 and lab[0] == "(" and lab[2] == ")"]
+    if letters:  # multiple choice: a stray free-text target (ruin_names has two) is dropped below
+        labels = letters
     return BundledSet(name, f"BIG-Bench Hard: {short} (candidate)", path, ["input"], "target", labels, QA_TEMPLATE,
                       CANDIDATE_INITIAL[short], "BIG-Bench Hard (suzgunmirac/BIG-Bench-Hard)", "MIT", "candidate")
 
@@ -112,6 +120,7 @@ def load_setup(name: str, experts: dict, bbh_dir: Path, max_test: int | None) ->
     if name not in experts:
         raise SystemExit(f"{EXPERTS_FILE.name} has no expert prompts for {name}")
     examples, _ = build_examples(read_table(b.path), b.input_cols, b.label_col)
+    examples = [e for e in examples if e.label in b.labels]
     split = SPLITS.get(name) or (BBH_SPLIT if name.startswith("bbh_") else DEFAULT_SPLIT)
     s = split_examples(examples, train=split[0], dev=split[1], test=split[2], seed=0,
                        max_train=SPLIT_CAPS["max_train"], max_dev=SPLIT_CAPS["max_dev"],
@@ -218,7 +227,9 @@ class Caller:
         self.seconds.append(dt)
         reply = r.choices[0].message.content or ""
         self.cache.put({"key": k, "model": self.model, "reply": reply, "seconds": round(dt, 3),
-                        "prompt_tokens": r.usage.prompt_tokens if r.usage else None})
+                        "prompt_tokens": r.usage.prompt_tokens if r.usage else None,
+                        "completion_tokens": r.usage.completion_tokens if r.usage else None,
+                        "finish_reason": r.choices[0].finish_reason})
         return reply
 
     def _start(self) -> None:
