@@ -206,6 +206,7 @@ class Caller:
         self.server: LocalServer | None = None
         self.client = None
         self.seconds: list[float] = []
+        self.used: set[str] = set()  # the cache entries this run's tables rest on
 
     def key(self, msgs: list[dict]) -> str:
         req = {"model": self.identity, "messages": msgs, "temperature": 0, "max_tokens": MAX_TOKENS, "seed": 0}
@@ -213,6 +214,7 @@ class Caller:
 
     def __call__(self, msgs: list[dict]) -> str | None:
         k = self.key(msgs)
+        self.used.add(k)
         hit = self.cache.data.get(k)
         if hit is not None:
             return hit["reply"]
@@ -263,6 +265,11 @@ class Row:
     @property
     def acc(self) -> float:
         return sum(self.correct) / self.n if self.n else float("nan")
+
+    @property
+    def no_label(self) -> float:
+        """Share of replies with no label in them (a format failure, scored wrong)."""
+        return round(sum(p is None for p in self.preds) / max(self.n, 1), 3)
 
     def top(self) -> tuple[str, float]:
         c = Counter("(none)" if p is None else p for p in self.preds)
@@ -330,16 +337,17 @@ def table(s: Setup, model: str, rows: list[Row]) -> tuple[str, dict]:
     out = [f"#### {s.name} on {model} (test n = {len(s.test)}, split {s.split[0]}/{s.split[1]}/{s.split[2]} seed 0;"
            f" majority label {majority[0]} {majority[1] / len(s.test):.2f})", "",
            "| prompt | layout | k | accuracy [95% CI] | vs initial (same layout) | gained / lost | McNemar p "
-           "| top answer (share) |", "|---|---|---:|---|---:|---|---:|---|"]
+           "| top answer (share) | no label |", "|---|---|---:|---|---:|---|---:|---|---:|"]
     summary: dict = {"task": s.name, "model": model, "n": len(s.test), "rows": []}
     for r in rows:
         if not r.complete:
-            out.append(f"| {r.prompt} | {r.layout} | {r.k} | not run | | | | |")
+            out.append(f"| {r.prompt} | {r.layout} | {r.k} | not run | | | | | |")
             continue
         lo, hi = wilson(sum(r.correct), r.n)
         base = ref.get(r.layout)
         rec = {"prompt": r.prompt, "layout": r.layout, "k": r.k, "accuracy": round(r.acc, 4), "n": r.n,
-               "top_answer": r.top()[0], "top_share": round(r.top()[1], 3), "instruction": r.instruction}
+               "top_answer": r.top()[0], "top_share": round(r.top()[1], 3), "no_label": r.no_label,
+               "instruction": r.instruction}
         if base is not None and base is not r:
             t = mcnemar(base.correct, r.correct)
             rec.update(delta=round(r.acc - base.acc, 4), gained=t["b_only"], lost=t["a_only"], p=t["p_value"])
@@ -348,7 +356,7 @@ def table(s: Setup, model: str, rows: list[Row]) -> tuple[str, dict]:
             cmp = "(reference) | | "
         top = r.top()
         out.append(f"| {r.prompt} | {r.layout} | {r.k} | {r.acc:.3f} [{lo:.2f}, {hi:.2f}] | {cmp} "
-                   f"| {top[0]} ({top[1]:.2f}) |")
+                   f"| {top[0]} ({top[1]:.2f}) | {r.no_label:.2f} |")
         summary["rows"].append(rec)
     return "\n".join(out), summary
 
@@ -426,7 +434,7 @@ def main() -> None:
                 summaries.append(sm)
         finally:
             call.close()
-        secs = [r["seconds"] for r in cache.data.values() if r.get("model") == model and "seconds" in r]
+        secs = [cache.data[k]["seconds"] for k in call.used if k in cache.data]
         if secs:
             secs.sort()
             speed.append(f"| {model} | {len(secs)} | {sum(secs) / len(secs):.2f} | {secs[len(secs) // 2]:.2f} |")
@@ -437,7 +445,9 @@ def main() -> None:
     print(headline(summaries) + "\n")
     print("\n\n".join(tables) + "\n")
     if speed:
-        print("| model | calls in the cache | mean s / call | median s / call |\n|---|---:|---:|---:|")
+        print("Seconds per call as measured when each reply was first made (wall time of the request, on a shared "
+              "machine), over the replies these tables use:\n")
+        print("| model | replies | mean s / call | median s / call |\n|---|---:|---:|---:|")
         print("\n".join(speed))
     if a.json_out:
         a.json_out.write_text(json.dumps(summaries, indent=1) + "\n")
