@@ -1,0 +1,86 @@
+"""The bundled sets added for headroom load, have balanced labels and a split with >= 100 test rows; the support-triage
+file is what its seeded generator writes; bench_headroom renders both layouts as documented and draws its
+demonstrations from train only."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from optimizers.data import BUNDLED, build_examples, load_bundled, split_examples
+
+ROOT = Path(__file__).resolve().parent.parent
+# the split each set's entry in optimizers/data.py (description) and data/README.md names
+NEW_SETS = {"support_triage": (0.5, 0.25, 0.25)}
+
+
+@pytest.mark.parametrize("name", list(NEW_SETS))
+def test_new_set_loads_balanced_with_100_test_rows(name):
+    df, b = load_bundled(name)
+    exs, problems = build_examples(df, b.input_cols, b.label_col)
+    assert not problems
+    counts = Counter(e.label for e in exs)
+    assert sorted(counts) == sorted(b.labels)
+    assert max(counts.values()) <= 1.25 * min(counts.values()), counts
+    train, dev, test = NEW_SETS[name]
+    s = split_examples(exs, train=train, dev=dev, test=test, seed=0)
+    assert len(s.test) >= 100
+    assert not {e.id for e in s.test} & {e.id for e in s.train + s.dev}
+
+
+def test_support_triage_is_its_generator_output_and_balanced_exactly():
+    r = subprocess.run([sys.executable, str(ROOT / "data" / "make_support_triage.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    df, _ = load_bundled("support_triage")
+    assert df["label"].value_counts().to_dict() == {"urgent": 240, "normal": 240}
+    assert df["text"].is_unique
+
+
+def _bench():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_headroom
+
+    return bench_headroom
+
+
+def test_layouts_render_as_documented():
+    bh = _bench()
+    experts = json.loads(bh.EXPERTS_FILE.read_text())
+    for name in list(BUNDLED):
+        assert len(experts.get(name, [])) == 3, name
+        s = bh.load_setup(name, experts, ROOT, None)
+        ex = s.test[0]
+        inline = bh.messages("inline", s.bundled, "INSTR", ex)
+        assert inline == [{"role": "user", "content": s.task.render("INSTR", ex)}]  # k = 0: what eval sends
+        demos = bh.pick_demos(s.train, 4)
+        assert {d.id for d in demos} <= {e.id for e in s.train}
+        sysm = bh.messages("system", s.bundled, "INSTR", ex, demos)
+        assert sysm[0] == {"role": "system", "content": "INSTR"}
+        assert [m["role"] for m in sysm[1:]] == ["user", "assistant"] * 4 + ["user"]
+        assert [m["content"] for m in sysm[2:-1:2]] == [d.label for d in demos]
+        # inline demos are inserted above the input and change nothing else of the k = 0 message
+        k0, shots = inline[0]["content"], bh.messages("inline", s.bundled, "INSTR", ex, demos)[0]["content"]
+        head = os.path.commonprefix([k0, shots])
+        tail = os.path.commonprefix([k0[::-1], shots[::-1]])[::-1]
+        assert len(head) + len(tail) >= len(k0) and "INSTR" in head
+        middle = shots[len(head):len(shots) - len(tail)]
+        assert all(d.fields[s.bundled.input_cols[0]] in shots and " " + d.label + "\n" in shots for d in demos)
+        assert len(middle) > 0
+
+
+def test_demos_are_seeded_balanced_and_from_train_only():
+    bh = _bench()
+    df, b = load_bundled("support_triage")
+    exs, _ = build_examples(df, b.input_cols, b.label_col)
+    s = split_examples(exs, seed=0)
+    a, again = bh.pick_demos(s.train, 8), bh.pick_demos(s.train, 8)
+    assert [d.id for d in a] == [d.id for d in again]
+    assert Counter(d.label for d in a) == {"urgent": 4, "normal": 4}
+    assert not {d.id for d in a} & {e.id for e in s.dev + s.test}
