@@ -115,7 +115,7 @@ def new_run_form() -> None:
                + (f", at most ${cost:,.4f}" if cost is not None else ", cost unknown (set the prices below)")
                + (" (the budget stops the optimization there, leaving the report its share)"
                   if est.stopped_by_budget else "")
-               + ". The budget covers all of it. A real model's rejected or repeated proposals and cache hits make "
+               + f". The budget ({budget.describe()}) covers all of it. A real model's rejected or repeated proposals and cache hits make "
                "it fewer.")
         if est.report_skipped:
             st.warning(f"The budget cannot pay for the whole report: it would leave out "
