@@ -128,3 +128,20 @@ def test_a_killed_run_resumed_stays_inside_the_cap(tmp_path):
     # the books recovered what the killed processes paid for: answers they cached (rebilled from their stamps) and
     # requests they had in flight (billed at their worst case, as the server may have answered them)
     assert calls <= run["result"]["calls"] <= cap
+
+
+def test_a_server_that_reports_no_usage_is_billed_at_the_bound_and_the_token_cap_still_holds(tmp_path):
+    budget = Budget(max_tokens=15000)
+    with StubServer(E2EResponder()) as stub:
+        stub.send_usage = False
+
+        def backend(cfg):
+            return Backend(Endpoint(stub.base_url, "k", max_retries=0, patience=5, max_concurrency=2), False,
+                           "stub-task", "stub")
+
+        runner = Runner(Store(tmp_path / "runs.sqlite"), backend_factory=backend)
+        res = runner.execute(runner.create(config(tmp_path, "protegi", budget), splits()))
+        _, real_tokens, _ = server_bill(stub)
+    assert res.calls == stub.billed and res.unmetered_calls == res.calls > 0
+    # no tokenizer at this endpoint: every call is billed at its bound, which is above what the server counted
+    assert real_tokens <= res.prompt_tokens + res.completion_tokens <= budget.max_tokens
