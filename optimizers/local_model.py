@@ -340,14 +340,18 @@ def _require_runtime() -> None:
                 f"3.21, about 10 minutes) or set OPENAI_BASE_URL to use a remote endpoint.")
 
 
+def model_alias(model: str | os.PathLike) -> str:
+    """The name a server answers to for a model: a bundled model's name, or a GGUF file's stem."""
+    return str(model) if str(model) in MODELS else Path(model).stem
+
+
 class LocalServer:
     """llama.cpp's OpenAI-compatible server (python -m llama_cpp.server) as a child process on a free 127.0.0.1 port."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, n_threads: int | None = None, n_ctx: int = 4096,
                  log_path: Path | None = None, cache_dir: Path | None = None):
         self.model = str(model) if model is not None else (os.environ.get("PROMPTOPT_MODEL") or DEFAULT_MODEL)
-        self.model_name = self.model if self.model in MODELS else Path(self.model).stem
-        self.model_alias = self.model_name
+        self.model_name = self.model_alias = model_alias(self.model)
         self.n_threads = n_threads or _default_threads()
         self.n_ctx = n_ctx
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
