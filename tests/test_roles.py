@@ -1,6 +1,6 @@
 """A model and an endpoint per role: each role's requests reach its own server (real HTTP, two scripted stubs) with its
 own model and key, from the Runner, the CLI and a spawned worker; the environment's say in each role; old stored
-configs (one base_url, task_model, optimizer_model) load and run."""
+configs (one base_url, task_model, optimizer_model) load and run; the Inspect page says which model wrote what."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 import optimizers.methods  # noqa: F401  (registers the optimizers)
 from optimizers import backend as B
@@ -258,3 +259,26 @@ def test_an_old_stored_config_runs_on_its_one_endpoint(tmp_path, monkeypatch):
                                 data_name="toy", splits=splits())
         assert Runner(store, api_key=TASK_KEY).execute(rid2).status == "done"
     assert store.last_event(rid, "run_started").roles["optimizer"].model == "stub-opt"
+
+
+# --- the Inspect page -----------------------------------------------------------------------------------------------
+
+def test_inspect_says_which_model_wrote_what(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTOPT_PATIENCE", "1")
+    monkeypatch.setenv("PROMPTOPT_DB", str(tmp_path / "runs.sqlite"))
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # the page itself calls nothing
+    store = Store(tmp_path / "runs.sqlite")
+    runner = Runner(store, api_key=TASK_KEY, optimizer_api_key=OPT_KEY)
+    t, o = role_stubs()
+    with t, o:
+        rid = runner.create(config(tmp_path, RoleEndpoint(base_url=t.base_url, model="stub-task"),
+                                   RoleEndpoint(base_url=o.base_url, model="stub-opt")), splits())
+        assert runner.execute(rid).status == "done"
+    at = AppTest.from_file("../pages/3_Inspect.py", default_timeout=60)
+    at.query_params["run"] = rid
+    at.run()
+    assert not at.exception, at.exception
+    text = "\n".join(x.value for x in at.text)
+    assert f"Prompts written by the optimizer model stub-opt at {o.base_url}" in text
+    assert f"Scores from the answers of the task model stub-task at {t.base_url}" in text
+    assert "model: stub-opt" in text  # each raw exchange names its model

@@ -287,8 +287,10 @@ def _walk(node):
 
 @pytest.fixture
 def dash_env(tmp_path, monkeypatch):
-    with StubServer(scripted(opt_reply), api_key=SECRET) as stub:
+    with StubServer(scripted(opt_reply), api_key=SECRET) as stub, \
+            StubServer(scripted(opt_reply), api_key=OPT_SECRET) as opt_stub:
         monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
+        monkeypatch.setenv("PROMPTOPT_OPTIMIZER_BASE_URL", opt_stub.base_url)
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)
         monkeypatch.setenv("PROMPTOPT_TASK_MODEL", "stub-task")
         monkeypatch.setenv("PROMPTOPT_OPTIMIZER_MODEL", "stub-opt")
@@ -296,10 +298,10 @@ def dash_env(tmp_path, monkeypatch):
         monkeypatch.setenv("PROMPTOPT_CACHE_DIR", str(tmp_path / "cache"))
         monkeypatch.setenv("PROMPTOPT_PATIENCE", "1")
         store = Store(tmp_path / "runs.sqlite")
-        runner = Runner(store, api_key=SECRET)
-        rid = runner.create(config(stub.base_url, tmp_path), splits())
+        runner = Runner(store, api_key=SECRET, optimizer_api_key=OPT_SECRET)
+        rid = runner.create(config(stub.base_url, tmp_path, opt_stub.base_url), splits())
         assert runner.execute(rid).status == "done"
-        yield {"stub": stub, "store": store, "run_id": rid}
+        yield {"stub": stub, "opt_stub": opt_stub, "store": store, "run_id": rid}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[Path(p).stem for p in PAGES])
@@ -307,18 +309,21 @@ def test_pages_never_show_the_key(page, dash_env, tmp_path):
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(page, default_timeout=60)
+    fields = {"_w_api_key": SECRET, "_w_optimizer_api_key": OPT_SECRET}
     at.session_state["api_key"] = SECRET
-    at.session_state["_w_api_key"] = SECRET
+    at.session_state["optimizer_api_key"] = OPT_SECRET
+    for k, v in fields.items():
+        at.session_state[k] = v
     if "Inspect" in page or "Optimize" in page:
         at.query_params["run"] = dash_env["run_id"]
     at.run()
     assert not at.exception, at.exception
-    password_fields = [t for t in at.text_input if t.key == "_w_api_key"]
-    assert password_fields and password_fields[0].value == SECRET  # the field keeps it: the only place it may be
+    for k, v in fields.items():  # each field keeps its own key: the only place it may be
+        assert [t.value for t in at.text_input if t.key == k] == [v]
     checked = 0
     for root in (at.main, at.sidebar):
         for node in _walk(root):
-            if getattr(node, "key", None) == "_w_api_key":
+            if getattr(node, "key", None) in fields:
                 continue
             proto = getattr(node, "proto", None)
             blob = (str(proto) if proto is not None else "") + repr(getattr(node, "value", ""))
@@ -327,8 +332,13 @@ def test_pages_never_show_the_key(page, dash_env, tmp_path):
             assert_clean(blob, f"{page}: {type(node).__name__}")
             checked += 1
     assert checked > 5
-    # the page used the key: the stub (which refuses anything else) listed its models for it
+    # the keys were used: each stub (which refuses anything else) served its role, Home listed each one's models
     assert any(r.get("_headers", {}).get("authorization") == f"Bearer {SECRET}" for r in dash_env["stub"].requests)
+    opt_requests = dash_env["opt_stub"].requests
+    assert any(r.get("_headers", {}).get("authorization") == f"Bearer {OPT_SECRET}" for r in opt_requests)
+    if page == "../app.py":
+        assert any(r["_path"].endswith("/models") and r["_headers"].get("authorization") == f"Bearer {OPT_SECRET}"
+                   for r in opt_requests)
     grep_tree(tmp_path)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +52,17 @@ def report_calls(splits: Splits) -> int:
     return 2 * sum(splits.sizes().values())
 
 
-def worker_backend_args() -> dict[str, Any]:
-    """spawn_worker keyword arguments: the session key, and the embedded server's URL when no endpoint is set (started
-    here, once, so workers reuse it instead of each loading the model)."""
-    kw: dict[str, Any] = {"api_key": session.api_key()}
-    if not (session.base_url() or os.environ.get("OPENAI_BASE_URL") or os.environ.get("PROMPTOPT_EMBEDDED_URL")):
-        server = session.embedded_server()
-        kw["embedded_url"] = server.base_url
-        kw["embedded_alias"] = server.model_alias
-    return kw
+def worker_backend_args(config: RunConfig) -> dict[str, Any]:
+    """spawn_worker keyword arguments: the session's keys, and the embedded server of each role that runs on the
+    embedded backend (started here, once per model, so workers reuse it instead of each loading the model)."""
+    from optimizers.backend import Handoff, handed_off, plan_roles
+
+    embedded: dict[str, Handoff] = {}
+    for role, plan in plan_roles(config.task_endpoint, config.optimizer_endpoint).items():
+        if plan.embedded and handed_off(plan.model) is None:  # one handed to this process reaches the worker too
+            server = session.embedded_server(plan.model)
+            embedded[role] = Handoff(server.base_url, server.model_alias)
+    return {"api_key": session.api_key(), "optimizer_api_key": session.optimizer_api_key(), "embedded": embedded}
 
 
 def _log_path(run_id: str) -> str:
@@ -74,7 +75,8 @@ def launch(run_id: str) -> None:
     """Start (or resume) a stored run in a worker process."""
     from optimizers import runner as runner_mod
 
-    runner_mod.spawn_worker(session.db_path(), run_id, log_path=_log_path(run_id), **worker_backend_args())
+    config = RunConfig(**session.store().get_run(run_id)["config"])
+    runner_mod.spawn_worker(session.db_path(), run_id, log_path=_log_path(run_id), **worker_backend_args(config))
 
 
 def create_and_launch(config: RunConfig, splits: Splits) -> str:
