@@ -188,16 +188,17 @@ class Server(Protocol):
     model_alias: str
 
 
-StartEmbedded = Callable[[str], Server]  # model -> its running server (default local_model.shared_server)
+StartEmbedded = Callable[[str, int], Server]  # (model, threads) -> its running server (local_model.shared_server)
 
 
 class _Opener:
     """Opens the planned roles, one Endpoint per server: a second role on the same server shares the first's."""
 
     def __init__(self, max_concurrency: int | None, patience: float | None, timeout: float,
-                 start: StartEmbedded | None):
+                 start: StartEmbedded | None, plans: Mapping[str, RolePlan]):
         self.max_concurrency, self.patience, self.timeout = max_concurrency, _patience(patience), timeout
         self.start = start
+        self.threads = embedded_threads(plans)
         self._opened: dict[tuple[str, str | None], Backend] = {}
 
     def open(self, role: str, plan: RolePlan, key: str | None) -> Backend:
@@ -223,8 +224,16 @@ class _Opener:
         h = handed_off(model)
         if h is not None:
             return h.url, h.alias
-        server = (self.start or shared_server)(model)
+        server = (self.start or shared_server)(model, self.threads)
         return server.base_url, server.model_alias  # type: ignore[return-value]
+
+
+def embedded_threads(plans: Mapping[str, RolePlan]) -> int:
+    """Threads for each embedded server the roles need (the cores split between distinct models, see
+    local_model.threads_per_server)."""
+    from .local_model import model_alias, threads_per_server
+
+    return threads_per_server(len({model_alias(p.model) for p in plans.values() if p.embedded}))
 
 
 def open_role_backends(task: RoleEndpoint, optimizer: RoleEndpoint, *, task_key: str | None = None,
@@ -236,7 +245,7 @@ def open_role_backends(task: RoleEndpoint, optimizer: RoleEndpoint, *, task_key:
     120 s)."""
     plans = plan_roles(task, optimizer)
     keys = role_keys(plans, task_key, optimizer_key)
-    opener = _Opener(max_concurrency, patience, timeout, start_embedded)
+    opener = _Opener(max_concurrency, patience, timeout, start_embedded, plans)
     return RoleBackends(*(opener.open(role, plans[role], keys[role]) for role in ROLES))
 
 
@@ -244,9 +253,9 @@ def open_backend(base_url: str | None = None, api_key: str | None = None, *, mod
                  max_concurrency: int | None = None, patience: float | None = None, timeout: float = 300.0,
                  start_embedded: StartEmbedded | None = None) -> Backend:
     """The task role's backend alone (scoring prompts: the CLI's eval, Home, Compare, the benches)."""
-    plan = plan_roles(RoleEndpoint(base_url=base_url, model=model))["task"]
-    opener = _Opener(max_concurrency, patience, timeout, start_embedded)
-    return opener.open("task", plan, role_keys({"task": plan}, api_key)["task"])
+    plans = plan_roles(RoleEndpoint(base_url=base_url, model=model))
+    opener = _Opener(max_concurrency, patience, timeout, start_embedded, plans)
+    return opener.open("task", plans["task"], role_keys(plans, api_key)["task"])
 
 
 def embedded_backend(url: str, alias: str, *, max_concurrency: int | None = None, patience: float | None = None,

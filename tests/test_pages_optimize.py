@@ -192,11 +192,13 @@ def test_each_roles_embedded_server_is_passed_to_workers(env, monkeypatch):
     from optimizers.backend import Handoff
 
     monkeypatch.delenv("OPENAI_BASE_URL")
-    ports = {"qwen2.5-coder-0.5b": 9, "qwen2.5-coder-1.5b": 10}
-    started: list[str] = []
+    from optimizers.local_model import threads_per_server
 
-    def fake_server(model: str):
-        started.append(model)
+    ports = {"qwen2.5-coder-0.5b": 9, "qwen2.5-coder-1.5b": 10}
+    started: list[tuple[str, int]] = []
+
+    def fake_server(model: str, n_threads: int | None = None):
+        started.append((model, n_threads))
         return type("FakeServer", (), {"base_url": f"http://127.0.0.1:{ports[model]}/v1", "model_alias": model})()
 
     monkeypatch.setattr("ui.session.embedded_server", fake_server)
@@ -211,7 +213,7 @@ def test_each_roles_embedded_server_is_passed_to_workers(env, monkeypatch):
     assert env["calls"][-1]["embedded"] == {
         "task": Handoff("http://127.0.0.1:9/v1", "qwen2.5-coder-0.5b"),
         "optimizer": Handoff("http://127.0.0.1:10/v1", "qwen2.5-coder-1.5b")}
-    assert sorted(set(started)) == sorted(ports)
+    assert sorted(set(started)) == [(m, threads_per_server(2)) for m in sorted(ports)]  # the cores split
     cfg = env["store"].list_runs()[0]["config"]
     assert cfg["task_endpoint"] == {"base_url": None, "model": "qwen2.5-coder-0.5b"}
     assert cfg["optimizer_endpoint"] == {"base_url": None, "model": "qwen2.5-coder-1.5b"}
@@ -227,7 +229,7 @@ def test_the_session_and_a_worker_build_the_same_embedded_endpoint(monkeypatch):
         base_url, model_alias = "http://127.0.0.1:9/v1", "tiny-model"
 
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.setattr(session, "embedded_server", lambda model: FakeServer())
+    monkeypatch.setattr(session, "embedded_server", lambda model, n_threads=None: FakeServer())
     monkeypatch.setenv("PROMPTOPT_EMBEDDED_URL", FakeServer.base_url)
     monkeypatch.setenv("PROMPTOPT_EMBEDDED_ALIAS", FakeServer.model_alias)
     ours, workers = session.backend(), open_backend()

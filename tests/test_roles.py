@@ -162,6 +162,19 @@ def test_handed_off_servers_are_used_per_role_and_nothing_starts(monkeypatch):
     assert b.task.endpoint is b.optimizer.endpoint
 
 
+def test_two_embedded_models_split_the_cores(monkeypatch):
+    from optimizers.local_model import _usable_cores, threads_per_server
+
+    monkeypatch.delenv("PROMPTOPT_THREADS", raising=False)
+    one = B.plan_roles(RoleEndpoint(model="smollm2-135m"), RoleEndpoint())
+    two = B.plan_roles(RoleEndpoint(model="smollm2-135m"), RoleEndpoint(model="qwen2.5-coder-1.5b"))
+    assert B.embedded_threads(one) == _usable_cores()
+    assert B.embedded_threads(two) == max(1, _usable_cores() // 2)
+    assert B.embedded_threads(B.plan_roles(RoleEndpoint(base_url="http://x/v1"), RoleEndpoint())) == _usable_cores()
+    monkeypatch.setenv("PROMPTOPT_THREADS", "3")
+    assert B.embedded_threads(two) == threads_per_server(5) == 3
+
+
 def _wait(proc: subprocess.Popen, timeout: float = 120) -> int:
     t0 = time.monotonic()
     while proc.poll() is None:

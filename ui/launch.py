@@ -55,12 +55,13 @@ def report_calls(splits: Splits) -> int:
 def worker_backend_args(config: RunConfig) -> dict[str, Any]:
     """spawn_worker keyword arguments: the session's keys, and the embedded server of each role that runs on the
     embedded backend (started here, once per model, so workers reuse it instead of each loading the model)."""
-    from optimizers.backend import Handoff, handed_off, plan_roles
+    from optimizers.backend import Handoff, embedded_threads, handed_off, plan_roles
 
     embedded: dict[str, Handoff] = {}
-    for role, plan in plan_roles(config.task_endpoint, config.optimizer_endpoint).items():
+    plans = plan_roles(config.task_endpoint, config.optimizer_endpoint)
+    for role, plan in plans.items():
         if plan.embedded and handed_off(plan.model) is None:  # one handed to this process reaches the worker too
-            server = session.embedded_server(plan.model)
+            server = session.embedded_server(plan.model, embedded_threads(plans))
             embedded[role] = Handoff(server.base_url, server.model_alias)
     return {"api_key": session.api_key(), "optimizer_api_key": session.optimizer_api_key(), "embedded": embedded}
 

@@ -39,12 +39,13 @@ def store() -> Store:
 
 
 @st.cache_resource(show_spinner="Starting the embedded model (the first start assembles and checks it)...")
-def embedded_server(model: str) -> Any:
+def embedded_server(model: str, n_threads: int | None = None) -> Any:
     """The app's embedded llama.cpp server for `model` (one per model: the task and the optimizer role may each have
-    one), started on first need (never at app start); workers reuse its URL; stopped when the app exits."""
+    one), started on first need (never at app start) with `n_threads` (optimizers.backend.embedded_threads); workers
+    reuse its URL; stopped when the app exits."""
     from optimizers.local_model import shared_server
 
-    return shared_server(model)
+    return shared_server(model, n_threads)
 
 
 def embedded_running(model: str) -> Any | None:
