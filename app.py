@@ -6,7 +6,6 @@ App start never waits on the embedded model: it starts on first need (a score, o
 
 from __future__ import annotations
 
-import os
 import time
 
 import pandas as pd
@@ -14,8 +13,9 @@ import streamlit as st
 
 from optimizers.data import BUNDLED
 from optimizers.prepare import prepare_task
+from ui import session
 from ui.launch import create_and_launch, registered_optimizers
-from ui.session import api_key, backend, base_url, connection_sidebar, embedded_running, list_models, page_link, store
+from ui.session import backend, connection_sidebar, page_link, store
 
 st.set_page_config(page_title="PromptOpt", layout="wide")
 
@@ -44,12 +44,10 @@ def quick_start() -> None:
     st.session_state["po_data"] = po
     fields = opts[name].Params.model_fields
     params = {k: v for k, v in QUICK_PARAMS.get(name, {}).items() if k in fields}
-    url = base_url()
+    task_endpoint, optimizer_endpoint = session.role_endpoints()
     try:
-        cfg = po.run_config(opts[name], params=params, base_url=url or None,
-                            task_model=(st.session_state.get("task_model") or "").strip() or None,
-                            optimizer_model=(st.session_state.get("optimizer_model") or "").strip() or None,
-                            budget=Budget(max_calls=QUICK_BUDGET))
+        cfg = po.run_config(opts[name], params=params, task_endpoint=task_endpoint,
+                            optimizer_endpoint=optimizer_endpoint, budget=Budget(max_calls=QUICK_BUDGET))
         rid = create_and_launch(cfg, po.splits)
     except Exception as e:
         st.error(f"Could not start the quick-start run: {type(e).__name__}: {e}")
@@ -63,28 +61,37 @@ st.caption("Optimize a task prompt with an LLM: APE, ProTeGi, OPRO, PE2, GPO.")
 
 # --- backend ------------------------------------------------------------------------------------------------------
 st.subheader("Backend")
-url = base_url()
-if url:
-    st.write(f"Endpoint: `{url}`" + (" (API key set for this session)" if api_key() else ""))
-    models, err = list_models(url)
-    if err:
-        st.warning(f"Could not list the models: {err}")
-    elif models:
-        st.caption(f"Models found via /v1/models ({len(models)}): " + ", ".join(models[:30])
-                   + (" ..." if len(models) > 30 else ""))
+try:
+    plans = session.role_plans()
+except Exception as e:
+    st.error(f"Cannot resolve the task and optimizer endpoints: {e}")
+    plans = {}
+listed: set[str] = set()
+for role, plan in plans.items():
+    who = "Task model" if role == "task" else "Optimizer model"
+    if plan.base_url:
+        key = session.api_key() if role == "task" else session.optimizer_api_key()
+        st.write(f"{who}: `{plan.model}` at endpoint `{plan.base_url}`"
+                 + (" (API key set for this session)" if key else ""))
+        if plan.base_url in listed:
+            continue
+        listed.add(plan.base_url)
+        models, err = session.list_models(plan.base_url, role)
+        if err:
+            st.warning(f"Could not list the models: {err}")
+        elif models:
+            st.caption(f"Models found via /v1/models ({len(models)}): " + ", ".join(models[:30])
+                       + (" ..." if len(models) > 30 else ""))
+        else:
+            st.caption("The endpoint lists no models.")
     else:
-        st.caption("The endpoint lists no models.")
-else:
-    from optimizers.backend import embedded_model_alias
-
-    server = embedded_running()
-    alias = embedded_model_alias()
-    if server is not None:
-        load = f", loaded in {server.load_seconds:.1f} s" if server.load_seconds else ""
-        st.write(f"Embedded local model: `{alias}` (llama.cpp, loopback only): **running**{load}.")
-    else:
-        st.write(f"Embedded local model: `{alias}` (llama.cpp, loopback only): **not started**; it starts on first "
-                 "use (a score or a run).")
+        server = session.embedded_running(plan.model)
+        if server is not None:
+            load = f", loaded in {server.load_seconds:.1f} s" if server.load_seconds else ""
+            st.write(f"{who}: embedded `{server.model_alias}` (llama.cpp, loopback only): **running**{load}.")
+        else:
+            st.write(f"{who}: embedded `{plan.model}` (llama.cpp, loopback only): **not started**; it starts on "
+                     "first use (a score or a run).")
 speed = st.session_state.get("backend_speed")
 if speed:
     st.caption(f"Measured speed on the last score: {speed['calls_per_s']:.2f} calls/s, "
@@ -115,8 +122,7 @@ if st.button("Score on the test split", key="home_score"):
     try:
         be = backend()
         meter = Meter()
-        model = (st.session_state.get("task_model") or "").strip() or os.environ.get("PROMPTOPT_TASK_MODEL") \
-            or be.model
+        model = be.model
         llm = LLM(be.endpoint, model, meter=meter, cache=ResponseCache())
         bar = st.progress(0.0, text="scoring...")
         done = [0]

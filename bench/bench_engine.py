@@ -92,21 +92,22 @@ sys.path.insert(0, sys.argv[4])
 from bench.bench_engine import examples, TASK
 from optimizers import methods
 from optimizers.data import Splits
-from optimizers.config import DataConfig, RunConfig
+from optimizers.config import DataConfig, RoleEndpoint, RunConfig
 from optimizers.runner import Runner
 from optimizers.store import Store
 n, url, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 exs = examples(n)
 store = Store(tmp + "/mem.sqlite")
-cfg = RunConfig(optimizer="baseline", initial_prompt="Classify the review.", task=TASK, base_url=url,
-                task_model="stub-task", data=DataConfig(name="bench", input_cols=["text"], label_col="label"),
+cfg = RunConfig(optimizer="baseline", initial_prompt="Classify the review.", task=TASK,
+                task_endpoint=RoleEndpoint(base_url=url, model="stub-task"),
+                data=DataConfig(name="bench", input_cols=["text"], label_col="label"),
                 max_concurrency=8, cache_dir=tmp + "/mem-cache", report_splits=["dev"])
 t = time.perf_counter()
 from optimizers.data import Example
 train = [Example("t" + e.id, e.fields, e.label) for e in exs[:10]]
 res = Runner(store, api_key="bench").execute(Runner(store).create(cfg, Splits(train, exs, [])))
 print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "wall": time.perf_counter() - t, "status": res["status"]}))
+                  "wall": time.perf_counter() - t, "status": res.status}))
 """
     root = str(Path(__file__).resolve().parents[1])
     out = subprocess.run([sys.executable, "-c", code, str(n), url, str(tmp), root], capture_output=True, text=True)

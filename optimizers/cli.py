@@ -49,8 +49,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else the embedded model)")
-    p.add_argument("--model", help="task model (default: the backend's)")
+    p.add_argument("--base-url", help="the task model's OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else "
+                   "the embedded model; key: OPENAI_API_KEY)")
+    p.add_argument("--model", help="task model (default: PROMPTOPT_TASK_MODEL on an endpoint; embedded: "
+                   "PROMPTOPT_MODEL, or a bundled model name or a .gguf path here)")
     p.add_argument("--concurrency", type=int, help="requests in flight at once")
     p.add_argument("--cache-dir", help="response cache folder (default ~/.cache/promptopt/llm)")
 
@@ -98,10 +100,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     exs = prepared.examples if a.split == "all" else getattr(prepared.splits, a.split)
     if a.limit:
         exs = exs[: a.limit]
-    backend = open_backend(a.base_url, max_concurrency=a.concurrency)
+    backend = open_backend(a.base_url, model=a.model, max_concurrency=a.concurrency)
     meter = Meter()
     cache = ResponseCache(a.cache_dir)
-    llm = LLM(backend.endpoint, a.model or backend.model, role="task", meter=meter, cache=cache)
+    llm = LLM(backend.endpoint, backend.model, role="task", meter=meter, cache=cache)
     bar = _progress(len(exs), "scoring", a.json)
     res = Evaluator(llm, prepared.task).evaluate(prepared.initial_prompt, exs, progress=bar.update)
     bar.close()
@@ -201,21 +203,21 @@ def _report_splits(text: str) -> list[str]:
 def _print_estimate(cfg: Any, prepared: Any, as_json: bool) -> int:
     """The whole run's estimate (optimizers.estimate: the optimizer's own loop against an instant model, then the
     report), per role, inside the budget; no call is made."""
-    from .backend import default_endpoint_model
+    from .backend import plan_roles
     from .estimate import dry_run
 
     est = dry_run(cfg.optimizer, cfg.params, cfg.task, prepared.splits, cfg.initial_prompt, seed=cfg.seed,
                   budget=cfg.budget, report_splits=cfg.report_splits, prices=Prices(dict(cfg.prices)))
-    embedded = cfg.base_url is None
-    task = cfg.task_model or ("embedded" if embedded else default_endpoint_model())
-    models = {"task": task, "report": task, "optimizer": cfg.optimizer_model or task}
+    plans = plan_roles(cfg.task_endpoint, cfg.optimizer_endpoint)
+    plans["report"] = plans["task"]
     prices = Prices(dict(cfg.prices))
     rows = {}
     for role, r in est.roles.items():
-        cost = 0.0 if embedded else r.cost(prices, models[role])
-        rows[role] = {"model": models[role], "calls": r.calls, "prompt_tokens": r.prompt_tokens,
+        plan = plans[role]
+        cost = 0.0 if plan.embedded else r.cost(prices, plan.model)
+        rows[role] = {"model": plan.model, "calls": r.calls, "prompt_tokens": r.prompt_tokens,
                       "max_completion_tokens": r.max_completion_tokens, "max_cost": cost,
-                      "price": "free (embedded)" if embedded else prices.source(models[role])}
+                      "price": "free (embedded)" if plan.embedded else prices.source(plan.model)}
     out = {"estimate": rows, "calls": est.calls, "at_least": est.capped, "budget": cfg.budget.describe(),
            "stopped_by_budget": est.stopped_by_budget, "report_skipped": est.report_skipped}
     if as_json:
@@ -239,6 +241,7 @@ def _print_estimate(cfg: Any, prepared: Any, as_json: bool) -> int:
 def cmd_run(a: argparse.Namespace) -> int:
     from . import methods  # noqa: F401  (registers the optimizers)
     from .base import REGISTRY
+    from .config import RoleEndpoint
     from .runner import Runner, check_money_cap
 
     if a.optimizer not in REGISTRY:
@@ -247,7 +250,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     try:
         prices = dict(parse_price(p) for p in a.price or [])
         cfg = prepared.run_config(REGISTRY[a.optimizer], params=_parse_params(a.param), seed=a.seed,
-                                  base_url=a.base_url, task_model=a.model, optimizer_model=a.optimizer_model,
+                                  task_endpoint=RoleEndpoint(base_url=a.base_url, model=a.model),
+                                  optimizer_endpoint=RoleEndpoint(base_url=a.optimizer_base_url,
+                                                                  model=a.optimizer_model),
                                   max_concurrency=a.concurrency, cache_dir=a.cache_dir, prices=prices,
                                   report_splits=_report_splits(a.report_splits),
                                   budget=Budget(max_calls=a.max_calls, max_tokens=a.max_tokens, max_cost=a.max_cost))
@@ -399,7 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(r)
     r.add_argument("--optimizer", required=True, help="ape, protegi, opro, pe2, gpo or baseline")
     r.add_argument("--initial-prompt", help="starting instruction (default: the bundled set's)")
-    r.add_argument("--optimizer-model", help="model that writes prompts (default: the task model)")
+    r.add_argument("--optimizer-base-url", help="the optimizer model's endpoint (default: "
+                   "PROMPTOPT_OPTIMIZER_BASE_URL, else the task model's; key: PROMPTOPT_OPTIMIZER_API_KEY, else the "
+                   "task's key on the task's endpoint, else OPENAI_API_KEY)")
+    r.add_argument("--optimizer-model", help="model that writes prompts (default: PROMPTOPT_OPTIMIZER_MODEL on an "
+                   "endpoint, PROMPTOPT_OPTIMIZER_MODEL_EMBEDDED embedded, else the task model; embedded: a bundled "
+                   "model name or a .gguf path, served alongside the task model)")
     r.add_argument("--param", action="append", help="optimizer parameter NAME=VALUE (repeatable; JSON values)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--max-calls", type=int, help="budget: billed LLM calls of the whole run (optimization and report)")

@@ -32,8 +32,11 @@ class RoleEstimate:
     prompt_tokens: int = 0  # characters / 4 of every request
     max_completion_tokens: int = 0  # an upper bound: each request's max_tokens
 
-    def cost(self, prices: Prices, model: str) -> float | None:
-        """Upper bound in money at the model's (input, output) price per 1M tokens; None when the price is unknown."""
+    def cost(self, prices: Prices, model: str | None) -> float | None:
+        """Upper bound in money at the model's (input, output) price per 1M tokens; None when the price is unknown.
+        model None: an embedded model (free)."""
+        if model is None:
+            return 0.0
         p = prices.of(model)
         return None if p is None else (self.prompt_tokens * p[0] + self.max_completion_tokens * p[1]) / 1e6
 
@@ -71,8 +74,8 @@ class Estimate:
     def max_completion_tokens(self) -> int:
         return sum(r.max_completion_tokens for r in self.roles.values())
 
-    def cost(self, prices: Prices, task_model: str, optimizer_model: str) -> float | None:
-        """Upper bound for the whole run; None when a role's price is unknown."""
+    def cost(self, prices: Prices, task_model: str | None, optimizer_model: str | None) -> float | None:
+        """Upper bound for the whole run; None when a role's price is unknown (a model None is embedded: free)."""
         parts = [self.roles["task"].cost(prices, task_model), self.roles["report"].cost(prices, task_model),
                  self.roles["optimizer"].cost(prices, optimizer_model)]
         return None if any(c is None for c in parts) else sum(parts)  # type: ignore[arg-type]

@@ -21,12 +21,21 @@ class _Event(BaseModel):
     ts: float = Field(default_factory=time.time)
 
 
+class RoleServed(BaseModel):
+    """Which model, at which endpoint, answered a role's requests (never a key)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    endpoint: str  # a base URL, or "embedded llama.cpp"
+
+
 class RunStarted(_Event):
     kind: Literal["run_started"] = "run_started"
     optimizer: str
     params: dict[str, Any]
     seed: int
     resumed: bool = False
+    roles: dict[str, RoleServed] = {}  # "task" / "optimizer", as resolved when this (re)start opened them
 
 
 class MetaPrompt(_Event):

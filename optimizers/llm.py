@@ -117,8 +117,10 @@ class Endpoint:
 
     def __init__(self, base_url: str, api_key: str | None = None, *, max_concurrency: int = 4, timeout: float = 120.0,
                  max_retries: int = 3, patience: float = 120.0, llamacpp: bool = False,
-                 on_wait: Callable[[str], None] | None = None, cache_id: str | None = None):
+                 on_wait: Callable[[str], None] | None = None, cache_id: str | None = None,
+                 key_hint: str = "OPENAI_API_KEY or the key field"):
         self.base_url = base_url.rstrip("/")
+        self.key_hint = key_hint  # where this endpoint's key comes from, named when the endpoint refuses it
         self.cache_id = cache_id or self.base_url
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "none"
         # openai's own retries cover short faults and honour Retry-After; `patience` covers longer outages.
@@ -173,7 +175,7 @@ class Endpoint:
             return retrying(request)
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise LLMError(f"the endpoint {self.base_url} refused the API key (HTTP {e.status_code}); "
-                           "check OPENAI_API_KEY or the key field") from None
+                           f"check {self.key_hint}") from None
         except openai.NotFoundError as e:
             raise LLMError(f"not found at {self.base_url}: {self.redact(e.message)} (is the model name right?)") from None
         except (openai.BadRequestError, openai.UnprocessableEntityError) as e:

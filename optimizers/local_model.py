@@ -281,12 +281,25 @@ def _assemble(spec: ModelSpec, parts: list[Path], cache: Path) -> Path:
         return target
 
 
-def _default_threads() -> int:
-    """All usable cores: llama-cpp-python's own default (half the cores) halves the speed on small machines."""
+def _usable_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def threads_per_server(servers: int = 1) -> int:
+    """Threads for each of `servers` llama.cpp children that may compute at once: PROMPTOPT_THREADS, else the usable
+    cores split between them. One child gets them all (llama-cpp-python's own default, half the cores, halves its
+    speed); two children get half each, because llama.cpp's threads spin at every barrier and two children whose
+    threads outnumber the cores stall each other (measured: bench/bench_roles.py, optimizers/backend.py)."""
+    env = (os.environ.get("PROMPTOPT_THREADS") or "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ModelError(f"PROMPTOPT_THREADS must be a whole number of threads, not {env!r}") from None
+    return max(1, _usable_cores() // max(1, servers))
 
 
 def _free_port() -> int:
@@ -340,15 +353,19 @@ def _require_runtime() -> None:
                 f"3.21, about 10 minutes) or set OPENAI_BASE_URL to use a remote endpoint.")
 
 
+def model_alias(model: str | os.PathLike) -> str:
+    """The name a server answers to for a model: a bundled model's name, or a GGUF file's stem."""
+    return str(model) if str(model) in MODELS else Path(model).stem
+
+
 class LocalServer:
     """llama.cpp's OpenAI-compatible server (python -m llama_cpp.server) as a child process on a free 127.0.0.1 port."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, n_threads: int | None = None, n_ctx: int = 4096,
                  log_path: Path | None = None, cache_dir: Path | None = None):
         self.model = str(model) if model is not None else (os.environ.get("PROMPTOPT_MODEL") or DEFAULT_MODEL)
-        self.model_name = self.model if self.model in MODELS else Path(self.model).stem
-        self.model_alias = self.model_name
-        self.n_threads = n_threads or _default_threads()
+        self.model_name = self.model_alias = model_alias(self.model)
+        self.n_threads = n_threads or threads_per_server()
         self.n_ctx = n_ctx
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.log_path = Path(log_path) if log_path is not None else (
@@ -470,9 +487,10 @@ def _stop_shared() -> None:
         server.stop()
 
 
-def shared_server(model: str | os.PathLike | None = None) -> LocalServer:
+def shared_server(model: str | os.PathLike | None = None, n_threads: int | None = None) -> LocalServer:
     """One running server per model for the whole process (the dashboard's sessions and a CLI run share it); restarted
-    if it died, stopped at interpreter exit. The child also exits on its own if this process is killed."""
+    if it died, stopped at interpreter exit. The child also exits on its own if this process is killed. `n_threads`
+    applies when this call starts the server (default threads_per_server())."""
     global _atexit_registered
     key = str(model) if model is not None else (os.environ.get("PROMPTOPT_MODEL") or DEFAULT_MODEL)
     with _shared_lock:
@@ -481,6 +499,6 @@ def shared_server(model: str | os.PathLike | None = None) -> LocalServer:
             _atexit_registered = True
         server = _shared.get(key)
         if server is None:
-            server = _shared[key] = LocalServer(key)
+            server = _shared[key] = LocalServer(key, n_threads=n_threads)
         server.start()  # under the lock: concurrent first callers must not start two servers
         return server

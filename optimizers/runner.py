@@ -15,18 +15,18 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from . import __version__
-from .backend import Backend, default_endpoint_model, open_backend
+from .backend import Backend, Handoff, RoleBackends, handoff_env, open_role_backends, plan_roles
 from .base import REGISTRY, Context, candidate_id
 from .budget import BudgetExceeded, Counters, Meter, Prices
 from .config import RunConfig
 from .data import Splits
 from .evaluate import EvalResult, Evaluator
-from .events import CandidateScored, Error, Event, RunFinished, RunStarted, StepDone, Usage
+from .events import CandidateScored, Error, Event, RoleServed, RunFinished, RunStarted, StepDone, Usage
 from .llm import LLM, EndpointDown, LLMError, ResponseCache
 from .report import ReportReserve, score_splits
 from .result import RunResult, Score, Spend
@@ -51,11 +51,11 @@ def _usage_event(meter: Meter, step: int) -> Usage:
 
 def check_money_cap(cfg: RunConfig) -> None:
     """A money budget is only a promise when every paid model has a price: refuse the run before any call."""
-    if cfg.budget.max_cost is None or cfg.base_url is None:
-        return  # no money cap, or the embedded model (free)
-    task = cfg.task_model or default_endpoint_model()
+    if cfg.budget.max_cost is None:
+        return
     prices = Prices(dict(cfg.prices))
-    missing = [m for m in dict.fromkeys([task, cfg.optimizer_model or task]) if prices.of(m) is None]
+    paid = [p.model for p in plan_roles(cfg.task_endpoint, cfg.optimizer_endpoint).values() if not p.embedded]
+    missing = [m for m in dict.fromkeys(paid) if prices.of(m) is None]  # the embedded models are free
     if missing:
         raise ValueError(f"a money budget needs a price for {', '.join(missing)}: set it with --price "
                          f"{missing[0]}=IN,OUT (USD per 1M input and output tokens) or on the Optimize page")
@@ -95,10 +95,13 @@ def _heartbeat(store: Store, run_id: str) -> Iterator[None]:
 
 
 class Runner:
-    def __init__(self, store: Store, *, api_key: str | None = None,
-                 backend_factory: Callable[[RunConfig], Backend] | None = None):
+    """api_key / optimizer_api_key: each role's key, held in memory (else the environment's, see optimizers.backend).
+    backend_factory: tests' servers instead of the configured ones (one Backend serves both roles)."""
+
+    def __init__(self, store: Store, *, api_key: str | None = None, optimizer_api_key: str | None = None,
+                 backend_factory: Callable[[RunConfig], Backend | RoleBackends] | None = None):
         self.store = store
-        self._api_key = api_key
+        self._api_key, self._optimizer_api_key = api_key, optimizer_api_key
         self._backend_factory = backend_factory
 
     def create(self, config: RunConfig, splits: Splits) -> str:
@@ -109,10 +112,14 @@ class Runner:
         return self.store.create_run(config.model_dump(mode="json"), optimizer=config.optimizer, seed=config.seed,
                                      data_name=config.data.name, splits=splits)
 
-    def backend(self, cfg: RunConfig) -> Backend:
+    def backends(self, cfg: RunConfig) -> RoleBackends:
+        """Each role's server and model for this run (starting the embedded servers it needs)."""
         if self._backend_factory:
-            return self._backend_factory(cfg)
-        return open_backend(cfg.base_url, self._api_key, max_concurrency=cfg.max_concurrency)
+            made = self._backend_factory(cfg)
+            return made if isinstance(made, RoleBackends) else RoleBackends.on_one(
+                made, cfg.task_endpoint, cfg.optimizer_endpoint)
+        return open_role_backends(cfg.task_endpoint, cfg.optimizer_endpoint, task_key=self._api_key,
+                                  optimizer_key=self._optimizer_api_key, max_concurrency=cfg.max_concurrency)
 
     def execute(self, run_id: str, *, on_event: Callable[[int, Event], None] | None = None) -> RunResult:
         """Run (or resume) to the end, the budget, a stop request or a fault."""
@@ -132,16 +139,15 @@ class Runner:
         self.store.request_stop(run_id, False)
         self.store.set_status(run_id, RunStatus.RUNNING, worker_pid=os.getpid())
 
-        backend = self.backend(cfg)
+        backends = self.backends(cfg)
         cache = ResponseCache(cfg.cache_dir)
         meter.orphaned(cache.orphans(run_id))
-        task_model = cfg.task_model or backend.model
-        opt_model = cfg.optimizer_model or task_model
-        task_llm = LLM(backend.endpoint, task_model, role="task", meter=meter, cache=cache)
+        task_llm = LLM(backends.task.endpoint, backends.task.model, role="task", meter=meter, cache=cache)
         opt_defaults: dict[str, Any] = {"temperature": 0.7}
         if cfg.optimizer_temperature is not None:
             opt_defaults["temperature"] = cfg.optimizer_temperature
-        opt_llm = LLM(backend.endpoint, opt_model, role="optimizer", meter=meter, cache=cache, defaults=opt_defaults)
+        opt_llm = LLM(backends.optimizer.endpoint, backends.optimizer.model, role="optimizer", meter=meter,
+                      cache=cache, defaults=opt_defaults)
         evaluator = Evaluator(task_llm, cfg.task)
         ctx = Context(task=cfg.task, train=splits.train, dev=splits.dev, initial_prompt=cfg.initial_prompt,
                       evaluator=evaluator, optimizer_llm=opt_llm, seed=cfg.seed)
@@ -174,13 +180,15 @@ class Runner:
             put(Error(message=f"the budget ({cfg.budget.describe()}) cannot pay for the report on "
                               f"{', '.join(reserve.skipped)}: it will report on fewer splits (test first)",
                       recoverable=True, where="budget"), False)
+        roles = {role: RoleServed(model=b.model, endpoint=b.describe())
+                 for role, b in (("task", backends.task), ("optimizer", backends.optimizer))}
         try:
             if not stored:
-                put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed), True)
+                put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, roles=roles), True)
             else:
                 index = 1  # RunStarted is stored already
-                put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, resumed=True),
-                    False)
+                put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, resumed=True,
+                               roles=roles), False)
             for ev in opt.run():
                 replaying = index < len(stored)
                 put(ev, True)
@@ -201,8 +209,8 @@ class Runner:
         except (LLMError, ReplayDiverged) as e:
             status, reason = RunStatus.FAILED, str(e)
         except Exception as e:  # a bug: keep the run, say what broke, let the user resume after a fix
-            status, reason = RunStatus.FAILED, f"{type(e).__name__}: {backend.endpoint.redact(str(e))}"
-            log.error("run %s crashed:\n%s", run_id, backend.endpoint.redact(traceback.format_exc()))
+            status, reason = RunStatus.FAILED, f"{type(e).__name__}: {backends.redact(str(e))}"
+            log.error("run %s crashed:\n%s", run_id, backends.redact(traceback.format_exc()))
         if status in (RunStatus.PAUSED, RunStatus.FAILED):
             put(Error(message=reason, recoverable=status is RunStatus.PAUSED, where="run"), False)
         put(_usage_event(meter, last_step.step if last_step else 0), False)
@@ -226,11 +234,11 @@ class Runner:
         deadline = time.monotonic() + wait
         while result.status is RunStatus.PAUSED and time.monotonic() < deadline:
             cfg = RunConfig(**self.store.get_run(run_id)["config"])
-            endpoint = self.backend(cfg).endpoint
+            endpoints = self.backends(cfg).endpoints()
             self.store.set_status(run_id, RunStatus.PAUSED, f"{result.reason} - waiting for it to return "
                                                             f"(auto-resume for up to {wait:.0f} s)")
             while time.monotonic() < deadline and not self.store.stop_requested(run_id):
-                if endpoint.is_up():
+                if all(ep.is_up() for ep in endpoints):
                     break
                 sleep(probe_every)
             else:
@@ -285,17 +293,17 @@ class Runner:
         )
 
 
-def spawn_worker(db_path: str, run_id: str, *, api_key: str | None = None, embedded_url: str | None = None,
-                 embedded_alias: str | None = None, log_path: str | None = None) -> subprocess.Popen:
+def spawn_worker(db_path: str, run_id: str, *, api_key: str | None = None, optimizer_api_key: str | None = None,
+                 embedded: Mapping[str, Handoff] | None = None, log_path: str | None = None) -> subprocess.Popen:
     """Run a stored run in its own process, so it outlives the browser tab and a crash of either side is contained.
-    The key reaches the child through its environment only (never its command line or the store)."""
+    The keys reach the child through its environment only (never its command line or the store); `embedded`: the
+    role -> server this process started, so the worker does not load the same model again."""
     env = dict(os.environ)
     if api_key:
         env["OPENAI_API_KEY"] = api_key
-    if embedded_url:
-        env["PROMPTOPT_EMBEDDED_URL"] = embedded_url
-    if embedded_alias:
-        env["PROMPTOPT_EMBEDDED_ALIAS"] = embedded_alias
+    if optimizer_api_key:
+        env["PROMPTOPT_OPTIMIZER_API_KEY"] = optimizer_api_key
+    env.update(handoff_env(embedded or {}))
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     return subprocess.Popen([sys.executable, "-m", "optimizers", "worker", run_id, "--db", str(db_path)], env=env,
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -19,9 +19,21 @@ from optimizers.status import RunStatus, observed_status
 from optimizers.store import Store
 from ui import charts
 from ui.diff import diff_stats, render_markers
+from ui.inspectors import render_roles, roles_view
 from ui.launch import create_and_launch, estimate_run, price_inputs, registered_optimizers, resume
 from ui.params_form import params_form, validation_messages
-from ui.session import _store_at, base_url, connection_sidebar, db_path, page_link, run_link, selected_run, store
+from ui.session import (
+    _store_at,
+    connection_sidebar,
+    db_path,
+    describe_roles,
+    page_link,
+    role_endpoints,
+    role_plans,
+    run_link,
+    selected_run,
+    store,
+)
 
 st.set_page_config(page_title="PromptOpt: Optimize", layout="wide")
 connection_sidebar()
@@ -83,12 +95,14 @@ def new_run_form() -> None:
         st.caption("Changed from the defaults: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
 
     prompt = st.text_area("Initial prompt", value=po.initial_prompt, key=f"opt_prompt.{po.name}")
-    url = base_url()
-    task_model = (st.session_state.get("task_model") or "").strip() or None
-    opt_model = (st.session_state.get("optimizer_model") or "").strip() or None
-    st.caption(f"Backend: {'endpoint ' + url if url else 'the embedded local model'}; task model: "
-               f"{task_model or 'the backend default'}; optimizer model: {opt_model or 'the task model'} "
-               "(change them in the sidebar).")
+    task_endpoint, optimizer_endpoint = role_endpoints()
+    try:
+        st.caption(f"{describe_roles()} (change them in the sidebar).")
+        plans = role_plans()
+    except Exception as e:
+        st.error(f"Cannot resolve the task and optimizer endpoints: {e}")
+        return
+    paid = {role: (None if p.embedded else p.model) for role, p in plans.items()}
     c1, c2, c3, c4 = st.columns(4)
     max_calls = int(c1.number_input("Budget: max calls (0 = none)", 0, 10_000_000, 300, 50, key="opt_calls"))
     max_tokens = int(c2.number_input("Budget: max tokens (0 = none)", 0, 10**10, 0, 10_000, key="opt_tokens"))
@@ -98,8 +112,7 @@ def new_run_form() -> None:
 
     from optimizers.budget import Budget, Prices
 
-    prices = price_inputs(task_model or ("embedded" if not url else "gpt-4o-mini"),
-                          opt_model or task_model or ("embedded" if not url else "gpt-4o-mini"), embedded=not url)
+    prices = price_inputs([m for m in paid.values() if m])
     budget = Budget(max_calls or None, max_tokens or None, max_cost or None)
     est = estimate_run(name, params.model_dump(), po, prompt.strip(), seed, budget, prices)
     if est is None:
@@ -107,7 +120,7 @@ def new_run_form() -> None:
                if max_calls else f"No estimate for {name} with these settings and no call budget")
     else:
         lead = "at least " if est.capped else ""
-        cost = est.cost(Prices(prices), task_model or "embedded", opt_model or task_model or "embedded")
+        cost = est.cost(Prices(prices), paid["task"], paid["optimizer"])
         msg = (f"Estimate of the whole run (a dry run of {name} against an instant scripted model, then its report): "
                f"**{lead}{est.calls:,} calls**: optimization {est.task_calls:,} task + {est.optimizer_calls:,} "
                f"optimizer, report {est.report_calls:,}; about {est.prompt_tokens:,} prompt tokens and at most "
@@ -128,7 +141,7 @@ def new_run_form() -> None:
     if st.button("Start the run", type="primary", key="opt_start"):
         try:
             cfg = po.run_config(cls, initial_prompt=prompt, params=params.model_dump(), seed=seed,
-                                base_url=url or None, task_model=task_model, optimizer_model=opt_model,
+                                task_endpoint=task_endpoint, optimizer_endpoint=optimizer_endpoint,
                                 budget=budget, prices=prices)
             rid = create_and_launch(cfg, po.splits)
         except DataError as e:
@@ -271,8 +284,8 @@ def run_view(rid: str) -> None:
     rid = run["id"]
     cfg = run["config"]
     st.subheader(f"Run {rid}: {run['optimizer']} on {run['data_name']}")
-    st.caption(f"created {dt.datetime.fromtimestamp(run['created']):%Y-%m-%d %H:%M:%S}, seed {run['seed']}, backend "
-               f"{cfg.get('base_url') or 'embedded model'}, task model {cfg.get('task_model') or 'default'}")
+    st.caption(f"created {dt.datetime.fromtimestamp(run['created']):%Y-%m-%d %H:%M:%S}, seed {run['seed']}")
+    render_roles(roles_view(S.last_event(rid, "run_started"), cfg))
     run_link(rid, label="Link to this run (share or bookmark)")
     interval = 2 if observed_status(run).live else None
 

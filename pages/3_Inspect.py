@@ -11,7 +11,7 @@ import streamlit as st
 
 from optimizers.result import SCORE_DIGITS, stored_result
 from optimizers.status import RunStatus, observed_status
-from ui.inspectors import render_step, steps_of
+from ui.inspectors import last_started, render_roles, render_step, roles_view, steps_of
 from ui.session import cached_events, connection_sidebar, runs_or_stop
 
 st.set_page_config(page_title="PromptOpt: Inspect", layout="wide")
@@ -63,6 +63,7 @@ def _header() -> None:
     if r.get("reason"):
         st.caption("Status reason:")
         st.text(r["reason"])
+    render_roles(roles_view(last_started(_events(str(S.path), rid, S.event_count(rid))), cfg))
     with st.expander("Initial prompt and parameters"):
         st.code(cfg.get("initial_prompt", ""), language=None, wrap_lines=True)
         st.json(cfg.get("params") or {})

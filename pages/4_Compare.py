@@ -92,9 +92,9 @@ if go:
 
     examples = list(test[: int(n_max)])
     try:
-        be = backend()
+        be = backend(model.strip() or None)
         meter = Meter()
-        llm = LLM(be.endpoint, model or be.model, role="task", meter=meter, cache=ResponseCache())
+        llm = LLM(be.endpoint, be.model, role="task", meter=meter, cache=ResponseCache())
         ev = Evaluator(llm, task)
         total = len(examples) * len(prompts)
         bar = st.progress(0.0, text="scoring...")

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from optimizers.config import stored_roles
 from optimizers.export import candidate_rows, run_json, to_csv, to_json
 from optimizers.result import SCORE_DIGITS, stored_result
 from optimizers.status import RunStatus, observed_status
@@ -32,10 +33,10 @@ PAGES = {"Optimize": "pages/2_Optimize.py", "Inspect": "pages/3_Inspect.py", "Ru
 def run_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for r in runs:
-        cfg, res = r.get("config") or {}, stored_result(r)
+        roles, res = stored_roles(r.get("config") or {}), stored_result(r)
+        task_model = roles["task"].model or "(default)"
         rows.append({"run": r["id"], "optimizer": r["optimizer"], "data": r.get("data_name"),
-                     "task model": cfg.get("task_model") or "(default)",
-                     "optimizer model": cfg.get("optimizer_model") or cfg.get("task_model") or "(default)",
+                     "task model": task_model, "optimizer model": roles["optimizer"].model or task_model,
                      "best test": res.best_test if res else None, "cost": res.cost if res else None,
                      "calls": res.calls if res else None, "status": observed_status(r).value,
                      "created": datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M")})

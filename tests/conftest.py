@@ -65,6 +65,18 @@ def scripted(optimizer_reply: Callable[[dict[str, Any]], str | StubReply],
     return respond
 
 
+# Role settings a developer's shell may hold: a test sets the ones it means.
+ROLE_ENV = ("PROMPTOPT_OPTIMIZER_BASE_URL", "PROMPTOPT_OPTIMIZER_API_KEY", "PROMPTOPT_OPTIMIZER_MODEL",
+            "PROMPTOPT_OPTIMIZER_MODEL_EMBEDDED", "PROMPTOPT_EMBEDDED_URL", "PROMPTOPT_EMBEDDED_ALIAS",
+            "PROMPTOPT_OPTIMIZER_EMBEDDED_URL", "PROMPTOPT_OPTIMIZER_EMBEDDED_ALIAS")
+
+
+@pytest.fixture(autouse=True)
+def _no_role_env(monkeypatch):
+    for name in ROLE_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def stub():
     with StubServer() as s:

@@ -32,7 +32,7 @@ def test_home_embedded_model_is_not_started_at_app_start(monkeypatch, tmp_path):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.setenv("PROMPTOPT_DB", str(tmp_path / "runs.sqlite"))
 
-    def boom():
+    def boom(model=None, n_threads=None):
         raise AssertionError("the embedded model must start lazily")
 
     monkeypatch.setattr("ui.session.embedded_server", boom)

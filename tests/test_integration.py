@@ -63,3 +63,30 @@ def test_each_optimizer_runs_on_embedded_model(env, tmp_path, name):
     exported = json.loads(cli(env, "export", res["run_id"]).stdout)
     kinds = {e["kind"] for e in exported["events"]}
     assert {"run_started", "candidate_proposed", "candidate_scored", "run_finished"} <= kinds
+
+
+def test_a_model_per_role_each_on_its_own_embedded_server(env, tmp_path):
+    """Task: SmolLM2 by its bundled name; optimizer: the same weights by file path, so another alias and a second
+    llama.cpp child. Every optimizer request reaches the optimizer's child under its alias, none of the task's."""
+    from optimizers.local_model import model_alias, model_path
+
+    smol_file = str(model_path("smollm2-135m"))
+    opt_alias = model_alias(smol_file)
+    assert opt_alias != "smollm2-135m"
+    out = tmp_path / "out"
+    r = cli(env, "run", "--data", "sentiment", "--optimizer", "opro", "--model", "smollm2-135m",
+            "--optimizer-model", smol_file, "--max-train", "6", "--max-dev", "4", "--max-test", "4",
+            "--max-calls", "30", "--seed", "2", "--param", "optimizer_max_tokens=120", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "result.json").read_text())
+    assert res["status"] in ("done", "budget")
+    events = json.loads(cli(env, "export", res["run_id"]).stdout)["events"]
+    started = next(e for e in events if e["kind"] == "run_started")
+    assert started["roles"] == {"task": {"model": "smollm2-135m", "endpoint": "embedded llama.cpp"},
+                                "optimizer": {"model": opt_alias, "endpoint": "embedded llama.cpp"}}
+    asked = [e for e in events if e["kind"] == "meta_prompt"]
+    assert asked and {e["model"] for e in asked} == {opt_alias}
+    # the optimizer's own child served exactly the optimizer's requests (its log is this test's alone)
+    log = Path(env["PROMPTOPT_CACHE_DIR"]) / "models" / "logs" / f"server-{opt_alias}.log"
+    posts = log.read_text(errors="replace").count("POST /v1/chat/completions")
+    assert posts == sum(not e["cached"] for e in asked) > 0

@@ -58,11 +58,11 @@ def env(monkeypatch, tmp_path):
         monkeypatch.setenv("PROMPTOPT_PATIENCE", "2")
         calls: list[dict] = []
 
-        def fake_spawn(db_path, run_id, *, api_key=None, embedded_url=None, embedded_alias=None, log_path=None,
-                       execute=True):
-            calls.append({"db": str(db_path), "run_id": run_id, "api_key": api_key, "embedded_url": embedded_url})
+        def fake_spawn(db_path, run_id, *, api_key=None, optimizer_api_key=None, embedded=None, log_path=None):
+            calls.append({"db": str(db_path), "run_id": run_id, "api_key": api_key,
+                          "optimizer_api_key": optimizer_api_key, "embedded": embedded or {}})
             if fake_spawn.execute:
-                Runner(Store(db_path), api_key=api_key).execute(run_id)
+                Runner(Store(db_path), api_key=api_key, optimizer_api_key=optimizer_api_key).execute(run_id)
 
         fake_spawn.execute = True
         monkeypatch.setattr("optimizers.runner.spawn_worker", fake_spawn)
@@ -140,7 +140,7 @@ def test_start_creates_the_run_and_shows_it_live(env):
     assert run["optimizer"] == "protegi" and run["data_name"] == "sentiment"
     assert run["config"]["params"]["rounds"] == 2 and run["config"]["budget"]["max_calls"] == 400
     assert "sk-session-only" not in str(run["config"])  # the key never reaches the store
-    assert env["calls"][0]["api_key"] == "sk-session-only" and env["calls"][0]["embedded_url"] is None
+    assert env["calls"][0]["api_key"] == "sk-session-only" and env["calls"][0]["embedded"] == {}
     assert run["status"] == "done"
     assert at.query_params["run"] == [run["id"]] or at.query_params["run"] == run["id"]
     assert any("finished" in s.value for s in at.success)
@@ -186,21 +186,37 @@ def test_unknown_run_is_a_message(env):
     assert any("nosuchrun" in e.value for e in at.error)
 
 
-def test_embedded_server_url_is_passed_to_workers(env, monkeypatch):
+def test_each_roles_embedded_server_is_passed_to_workers(env, monkeypatch):
+    """Task 0.5B and optimizer 1.5B on the embedded backend: the page starts (here: fakes) one server per model and
+    hands each role its own; the run stores the models, not the servers' ports."""
+    from optimizers.backend import Handoff
+
     monkeypatch.delenv("OPENAI_BASE_URL")
+    from optimizers.local_model import threads_per_server
 
-    class FakeServer:
-        base_url, model_alias = "http://127.0.0.1:9/v1", "tiny-model"
+    ports = {"qwen2.5-coder-0.5b": 9, "qwen2.5-coder-1.5b": 10}
+    started: list[tuple[str, int]] = []
 
-    monkeypatch.setattr("ui.session.embedded_server", lambda: FakeServer())
+    def fake_server(model: str, n_threads: int | None = None):
+        started.append((model, n_threads))
+        return type("FakeServer", (), {"base_url": f"http://127.0.0.1:{ports[model]}/v1", "model_alias": model})()
+
+    monkeypatch.setattr("ui.session.embedded_server", fake_server)
     env["spawn"].execute = False
     at = AppTest.from_file(PAGE, default_timeout=30)
     at.session_state["po_data"] = small_data()
+    at.session_state["task_model"] = "qwen2.5-coder-0.5b"
+    at.session_state["optimizer_model"] = "qwen2.5-coder-1.5b"
     at.run()
     at.button(key="opt_start").click().run()
     assert not at.exception
-    assert env["calls"][-1]["embedded_url"] == "http://127.0.0.1:9/v1"
-    assert env["store"].list_runs()[0]["config"]["base_url"] is None
+    assert env["calls"][-1]["embedded"] == {
+        "task": Handoff("http://127.0.0.1:9/v1", "qwen2.5-coder-0.5b"),
+        "optimizer": Handoff("http://127.0.0.1:10/v1", "qwen2.5-coder-1.5b")}
+    assert sorted(set(started)) == [(m, threads_per_server(2)) for m in sorted(ports)]  # the cores split
+    cfg = env["store"].list_runs()[0]["config"]
+    assert cfg["task_endpoint"] == {"base_url": None, "model": "qwen2.5-coder-0.5b"}
+    assert cfg["optimizer_endpoint"] == {"base_url": None, "model": "qwen2.5-coder-1.5b"}
 
 
 def test_the_session_and_a_worker_build_the_same_embedded_endpoint(monkeypatch):
@@ -213,7 +229,7 @@ def test_the_session_and_a_worker_build_the_same_embedded_endpoint(monkeypatch):
         base_url, model_alias = "http://127.0.0.1:9/v1", "tiny-model"
 
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.setattr(session, "embedded_server", lambda: FakeServer())
+    monkeypatch.setattr(session, "embedded_server", lambda model, n_threads=None: FakeServer())
     monkeypatch.setenv("PROMPTOPT_EMBEDDED_URL", FakeServer.base_url)
     monkeypatch.setenv("PROMPTOPT_EMBEDDED_ALIAS", FakeServer.model_alias)
     ours, workers = session.backend(), open_backend()

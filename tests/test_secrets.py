@@ -1,5 +1,5 @@
-"""Secrets and exposure: an API key given to the CLI, the Runner, a spawned worker or the dashboard never reaches the
-store (and its WAL), the response cache, result.json, exports, logs, stdout/stderr, stored error messages, the run's
+"""Secrets and exposure: an API key (the task role's or the optimizer role's) given to the CLI, the Runner, a spawned
+worker or the dashboard never reaches the store (and its WAL), the response cache, result.json, exports, logs, stdout/stderr, stored error messages, the run's
 reason, a worker's command line, or any element of a rendered page except its own password field; and no page or
 inspector renders text as HTML except constant strings. (Loopback binding: tests/test_local_model.py.)"""
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from optimizers import export, methods  # noqa: F401  (registers the optimizers)
-from optimizers.config import DataConfig, RunConfig
+from optimizers.config import DataConfig, RoleEndpoint, RunConfig
 from optimizers.runner import Runner, spawn_worker
 from optimizers.store import Store
 from tests.conftest import TOY_TASK, scripted
@@ -27,7 +27,9 @@ from tests.test_runner import splits
 ROOT = Path(__file__).resolve().parent.parent
 MIDDLE = "Qx7vMIDDLEk3yZ9w"
 SECRET = f"sk-proj-{MIDDLE}tail0042"
-NEEDLES = (SECRET, MIDDLE)
+OPT_MIDDLE = "Rw2uOPTMIDDLEj8pL4"
+OPT_SECRET = f"sk-opt-{OPT_MIDDLE}tail0077"  # the optimizer role's key, for its own endpoint
+NEEDLES = (SECRET, MIDDLE, OPT_SECRET, OPT_MIDDLE)
 OPRO_PARAMS = {"num_search_steps": 2, "num_generated_instructions": 2}
 
 
@@ -68,15 +70,18 @@ def check_store(store: Store, run_id: str) -> dict:
     return run
 
 
-def config(base_url: str, tmp_path: Path, **kw) -> RunConfig:
+def config(base_url: str, tmp_path: Path, optimizer_base_url: str | None = None, **kw) -> RunConfig:
     return RunConfig(optimizer=kw.pop("optimizer", "opro"), params=kw.pop("params", OPRO_PARAMS),
                      initial_prompt="Classify the text.", task=TOY_TASK,
-                     data=DataConfig(name="toy", input_cols=["text"], label_col="label"), base_url=base_url,
-                     task_model="stub-task", optimizer_model="stub-opt", cache_dir=str(tmp_path / "cache"), **kw)
+                     data=DataConfig(name="toy", input_cols=["text"], label_col="label"),
+                     task_endpoint=RoleEndpoint(base_url=base_url, model="stub-task"),
+                     optimizer_endpoint=RoleEndpoint(base_url=optimizer_base_url, model="stub-opt"),
+                     cache_dir=str(tmp_path / "cache"), **kw)
 
 
 def test_runconfig_has_no_key_field():
     assert not any("key" in f.lower() for f in RunConfig.model_fields)
+    assert not any("key" in f.lower() for f in RoleEndpoint.model_fields)
 
 
 # --- the CLI ----------------------------------------------------------------------------------------------------------
@@ -125,6 +130,28 @@ def test_cli_run_export_and_failure_never_show_the_key(tmp_path, toy_csv):
         r = cli("run", *common, "--base-url", echo.base_url, "--out", str(tmp_path / "outecho"), env=env)
         outputs += [r.stdout, r.stderr]
         assert "invalid header Bearer ***" in r.stdout + r.stderr + (tmp_path / "outecho" / "result.json").read_text()
+    # the optimizer role on an endpoint of its own with a key of its own; then that endpoint refusing the key, and
+    # quoting it back
+    opt_env = {**env, "PROMPTOPT_OPTIMIZER_API_KEY": OPT_SECRET}
+    with StubServer(scripted(opt_reply), api_key=SECRET) as task_stub, \
+            StubServer(scripted(opt_reply), api_key=OPT_SECRET) as opt_stub:
+        r = cli("run", *common, "--base-url", task_stub.base_url, "--optimizer-base-url", opt_stub.base_url,
+                "--out", str(tmp_path / "outopt"), env=opt_env)
+        assert r.returncode == 0, r.stderr
+        outputs += [r.stdout, r.stderr]
+        assert {q["_headers"]["authorization"] for q in task_stub.chat_requests()} == {f"Bearer {SECRET}"}
+        assert {q["_headers"]["authorization"] for q in opt_stub.chat_requests()} == {f"Bearer {OPT_SECRET}"}
+        assert {q["model"] for q in opt_stub.chat_requests()} == {"stub-opt"}
+        with StubServer(scripted(opt_reply), api_key="sk-some-other-key-000") as refusing:
+            r = cli("run", *common, "--base-url", task_stub.base_url, "--optimizer-base-url", refusing.base_url,
+                    "--out", str(tmp_path / "outopt401"), env=opt_env)
+            outputs += [r.stdout, r.stderr]
+            assert "PROMPTOPT_OPTIMIZER_API_KEY" in (tmp_path / "outopt401" / "result.json").read_text()
+        with StubServer(scripted(echo_key, lambda r: "positive")) as echo:
+            r = cli("run", *common, "--base-url", task_stub.base_url, "--optimizer-base-url", echo.base_url,
+                    "--out", str(tmp_path / "outoptecho"), env=opt_env)
+            outputs += [r.stdout, r.stderr]
+            assert "invalid header Bearer ***" in (tmp_path / "outoptecho" / "result.json").read_text()
     # and a dead endpoint
     r = cli("run", *common, "--base-url", "http://127.0.0.1:9/v1", "--out", str(tmp_path / "outdead"), env=env)
     outputs += [r.stdout, r.stderr]
@@ -136,7 +163,7 @@ def test_cli_run_export_and_failure_never_show_the_key(tmp_path, toy_csv):
     assert any("cache" in p.parts for p in files)
     store = Store(tmp_path / "runs.sqlite")
     runs = store.list_runs()
-    assert len(runs) == 4 and {r["status"] for r in runs} >= {"done", "failed", "paused"}
+    assert len(runs) == 7 and {r["status"] for r in runs} >= {"done", "failed", "paused"}
     for run in runs:
         check_store(store, run["id"])
 
@@ -165,6 +192,19 @@ def test_runner_in_process_never_stores_or_logs_the_key(tmp_path, monkeypatch, c
     down = runner.execute(runner.create(config("http://127.0.0.1:9/v1", tmp_path), splits()))  # nothing listening
     assert down.status == "paused"
     results.append(down)
+    # the optimizer role's own endpoint and key: used there only, and redacted when that endpoint quotes it
+    two = Runner(store, api_key=SECRET, optimizer_api_key=OPT_SECRET)
+    with StubServer(scripted(opt_reply), api_key=SECRET) as task_stub, \
+            StubServer(scripted(opt_reply), api_key=OPT_SECRET) as opt_stub:
+        both = two.execute(two.create(config(task_stub.base_url, tmp_path, opt_stub.base_url), splits()))
+        assert both.status == "done" and opt_stub.chat_requests()
+        assert {q["_headers"]["authorization"] for q in opt_stub.chat_requests()} == {f"Bearer {OPT_SECRET}"}
+        assert {q["_headers"]["authorization"] for q in task_stub.chat_requests()} == {f"Bearer {SECRET}"}
+        results.append(both)
+        with StubServer(scripted(echo_key, lambda r: "positive")) as echo:
+            quoted_opt = two.execute(two.create(config(task_stub.base_url, tmp_path, echo.base_url), splits()))
+            assert quoted_opt.status == "paused" and "invalid header Bearer ***" in quoted_opt.reason
+            results.append(quoted_opt)
     for res in results:
         assert_clean(res.model_dump_json(), "a run result")
         run = check_store(store, res.run_id)
@@ -172,7 +212,8 @@ def test_runner_in_process_never_stores_or_logs_the_key(tmp_path, monkeypatch, c
         if res.status != "done":
             assert store.events(res.run_id, kinds=["error"]), "the error path was not exercised"
     assert_clean(caplog.text, "the log")
-    assert_clean(repr(runner.backend(RunConfig(**store.get_run(ok.run_id)["config"])).endpoint), "repr(Endpoint)")
+    for ep in two.backends(RunConfig(**store.get_run(both.run_id)["config"])).endpoints():
+        assert_clean(repr(ep), "repr(Endpoint)")
     grep_tree(tmp_path)
     assert (tmp_path / "runs.sqlite").exists()
 
@@ -204,19 +245,23 @@ def test_spawned_worker_gets_the_key_by_environment_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(subprocess, "Popen", spy)
     with StubServer(scripted(opt_reply), api_key=SECRET) as stub, \
+            StubServer(scripted(opt_reply), api_key=OPT_SECRET) as opt_stub, \
             StubServer(scripted(opt_reply), api_key="sk-some-other-key-000") as other:
-        good = runner.create(config(stub.base_url, tmp_path), splits())
+        good = runner.create(config(stub.base_url, tmp_path, opt_stub.base_url), splits())
         refused = runner.create(config(other.base_url, tmp_path), splits())
         for rid, name in ((good, "good.log"), (refused, "refused.log")):
-            proc = spawn_worker(str(db), rid, api_key=SECRET, log_path=str(tmp_path / name))
+            proc = spawn_worker(str(db), rid, api_key=SECRET, optimizer_api_key=OPT_SECRET,
+                                log_path=str(tmp_path / name))
             assert _wait(proc) == 0, (tmp_path / name).read_text()
             for arg in proc.args:
                 assert_clean(str(arg), "the worker's command line")
         assert stub.chat_requests()[0]["_headers"]["authorization"] == f"Bearer {SECRET}"
+        assert opt_stub.chat_requests()[0]["_headers"]["authorization"] == f"Bearer {OPT_SECRET}"
     assert len(seen_popen) == 2
     for args, env in seen_popen:
         assert_clean(" ".join(map(str, args)), "the Popen args")
-        assert env.get("OPENAI_API_KEY") == SECRET  # the environment is how it gets there
+        # the environment is how they get there
+        assert env.get("OPENAI_API_KEY") == SECRET and env.get("PROMPTOPT_OPTIMIZER_API_KEY") == OPT_SECRET
     assert store.get_run(good)["status"] == "done"
     assert store.get_run(refused)["status"] == "failed"
     assert "refused the API key" in (tmp_path / "refused.log").read_text() + (store.get_run(refused)["reason"] or "")
@@ -242,8 +287,10 @@ def _walk(node):
 
 @pytest.fixture
 def dash_env(tmp_path, monkeypatch):
-    with StubServer(scripted(opt_reply), api_key=SECRET) as stub:
+    with StubServer(scripted(opt_reply), api_key=SECRET) as stub, \
+            StubServer(scripted(opt_reply), api_key=OPT_SECRET) as opt_stub:
         monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
+        monkeypatch.setenv("PROMPTOPT_OPTIMIZER_BASE_URL", opt_stub.base_url)
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)
         monkeypatch.setenv("PROMPTOPT_TASK_MODEL", "stub-task")
         monkeypatch.setenv("PROMPTOPT_OPTIMIZER_MODEL", "stub-opt")
@@ -251,10 +298,10 @@ def dash_env(tmp_path, monkeypatch):
         monkeypatch.setenv("PROMPTOPT_CACHE_DIR", str(tmp_path / "cache"))
         monkeypatch.setenv("PROMPTOPT_PATIENCE", "1")
         store = Store(tmp_path / "runs.sqlite")
-        runner = Runner(store, api_key=SECRET)
-        rid = runner.create(config(stub.base_url, tmp_path), splits())
+        runner = Runner(store, api_key=SECRET, optimizer_api_key=OPT_SECRET)
+        rid = runner.create(config(stub.base_url, tmp_path, opt_stub.base_url), splits())
         assert runner.execute(rid).status == "done"
-        yield {"stub": stub, "store": store, "run_id": rid}
+        yield {"stub": stub, "opt_stub": opt_stub, "store": store, "run_id": rid}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[Path(p).stem for p in PAGES])
@@ -262,18 +309,21 @@ def test_pages_never_show_the_key(page, dash_env, tmp_path):
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(page, default_timeout=60)
+    fields = {"_w_api_key": SECRET, "_w_optimizer_api_key": OPT_SECRET}
     at.session_state["api_key"] = SECRET
-    at.session_state["_w_api_key"] = SECRET
+    at.session_state["optimizer_api_key"] = OPT_SECRET
+    for k, v in fields.items():
+        at.session_state[k] = v
     if "Inspect" in page or "Optimize" in page:
         at.query_params["run"] = dash_env["run_id"]
     at.run()
     assert not at.exception, at.exception
-    password_fields = [t for t in at.text_input if t.key == "_w_api_key"]
-    assert password_fields and password_fields[0].value == SECRET  # the field keeps it: the only place it may be
+    for k, v in fields.items():  # each field keeps its own key: the only place it may be
+        assert [t.value for t in at.text_input if t.key == k] == [v]
     checked = 0
     for root in (at.main, at.sidebar):
         for node in _walk(root):
-            if getattr(node, "key", None) == "_w_api_key":
+            if getattr(node, "key", None) in fields:
                 continue
             proto = getattr(node, "proto", None)
             blob = (str(proto) if proto is not None else "") + repr(getattr(node, "value", ""))
@@ -282,8 +332,13 @@ def test_pages_never_show_the_key(page, dash_env, tmp_path):
             assert_clean(blob, f"{page}: {type(node).__name__}")
             checked += 1
     assert checked > 5
-    # the page used the key: the stub (which refuses anything else) listed its models for it
+    # the keys were used: each stub (which refuses anything else) served its role, Home listed each one's models
     assert any(r.get("_headers", {}).get("authorization") == f"Bearer {SECRET}" for r in dash_env["stub"].requests)
+    opt_requests = dash_env["opt_stub"].requests
+    assert any(r.get("_headers", {}).get("authorization") == f"Bearer {OPT_SECRET}" for r in opt_requests)
+    if page == "../app.py":
+        assert any(r["_path"].endswith("/models") and r["_headers"].get("authorization") == f"Bearer {OPT_SECRET}"
+                   for r in opt_requests)
     grep_tree(tmp_path)
 
 

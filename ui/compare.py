@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from optimizers import metrics
+from optimizers.config import stored_roles
 from optimizers.data import Example
 from optimizers.evaluate import EvalResult, Evaluator
 from optimizers.export import to_csv, to_json
@@ -65,7 +66,7 @@ def run_test_data(store: Store, run_id: str) -> tuple[Task, list[Example]]:
 
 def run_task_model(store: Store, run_id: str) -> str | None:
     run = store.get_run(run_id)
-    return (run or {}).get("config", {}).get("task_model") if run else None
+    return stored_roles(run.get("config") or {})["task"].model if run else None
 
 
 def validate_prompts(prompts: Sequence[str]) -> list[str]:

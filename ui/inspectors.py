@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from optimizers.config import stored_roles
 from optimizers.methods.text import word_distance
 
 Ev = Any  # an optimizers.events event (pydantic model with .kind and .step)
@@ -21,6 +22,22 @@ ENGINE_KINDS = {"run_started", "usage", "run_finished"}
 
 
 # --- pure projections ----------------------------------------------------------------------------------------------
+
+def roles_view(started: Ev | None, config: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Which model, at which endpoint, served each role: as the run's last (re)start resolved them (its RunStarted
+    event); for runs stored before that was recorded, as the config states them."""
+    if started is not None and getattr(started, "roles", None):
+        return {role: {"model": r.model, "endpoint": r.endpoint} for role, r in started.roles.items()}
+    roles = stored_roles(config)
+    task = {"model": roles["task"].model or "the default model",
+            "endpoint": roles["task"].base_url or "the default backend (OPENAI_BASE_URL or embedded)"}
+    return {"task": task, "optimizer": {"model": roles["optimizer"].model or task["model"],
+                                        "endpoint": roles["optimizer"].base_url or task["endpoint"]}}
+
+
+def last_started(events: Sequence[SeqEv]) -> Ev | None:
+    return next((ev for _, ev in reversed(events) if ev.kind == "run_started"), None)
+
 
 def steps_of(events: Sequence[SeqEv]) -> list[int]:
     """Steps that hold optimizer work (engine bookkeeping alone does not make a step)."""
@@ -221,6 +238,17 @@ def _selections(sels: list[dict[str, Any]]) -> None:
     for i, s in enumerate(sels):
         st.write(f"Selection {i + 1}: method `{s['method']}`, {len(s['survivors'])} survivor(s) (the beam)")
         _table(s["rows"])
+
+
+def render_roles(roles: dict[str, dict[str, str]]) -> None:
+    """Who wrote what: the optimizer model wrote the prompts (each exchange below names its model), the task model
+    answered the examples behind every score."""
+    st = _st()
+    o, t = roles.get("optimizer"), roles.get("task")
+    if o:
+        st.text(f"Prompts written by the optimizer model {o['model']} at {o['endpoint']}")
+    if t:
+        st.text(f"Scores from the answers of the task model {t['model']} at {t['endpoint']}")
 
 
 def render_raw_exchanges(evs: Sequence[SeqEv], *, expanded: bool = False) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +47,17 @@ def estimate_run(name: str, params: dict[str, Any], po: PreparedTask, prompt: st
     return st.session_state[key]
 
 
-def price_inputs(task_model: str, optimizer_model: str, *, embedded: bool) -> dict[str, tuple[float, float]]:
+def price_inputs(paid_models: list[str]) -> dict[str, tuple[float, float]]:
     """Prices per model in USD per 1M tokens (input, output), set here for this session; known hosted models start
-    from the built-in table, marked as a default to check. The embedded model is free."""
+    from the built-in table, marked as a default to check. The embedded models are free (not in `paid_models`)."""
     from optimizers.budget import BUILTIN_PRICES, BUILTIN_PRICES_DATE
 
-    if embedded:
-        st.caption("Prices: the embedded local model is free, so a money budget never stops it.")
+    if not paid_models:
+        st.caption("Prices: the embedded local models are free, so a money budget never stops them.")
         return {}
     out: dict[str, tuple[float, float]] = {}
     with st.expander("Prices (USD per 1M tokens)", expanded=False):
-        for model in dict.fromkeys([task_model, optimizer_model]):
+        for model in dict.fromkeys(paid_models):
             known = BUILTIN_PRICES.get(model)
             note = (f"built-in default from {BUILTIN_PRICES_DATE}: check your provider's page" if known
                     else "unknown: set it, or a money budget cannot be enforced")
@@ -73,15 +72,18 @@ def price_inputs(task_model: str, optimizer_model: str, *, embedded: bool) -> di
     return out
 
 
-def worker_backend_args() -> dict[str, Any]:
-    """spawn_worker keyword arguments: the session key, and the embedded server's URL when no endpoint is set (started
-    here, once, so workers reuse it instead of each loading the model)."""
-    kw: dict[str, Any] = {"api_key": session.api_key()}
-    if not (session.base_url() or os.environ.get("OPENAI_BASE_URL") or os.environ.get("PROMPTOPT_EMBEDDED_URL")):
-        server = session.embedded_server()
-        kw["embedded_url"] = server.base_url
-        kw["embedded_alias"] = server.model_alias
-    return kw
+def worker_backend_args(config: RunConfig) -> dict[str, Any]:
+    """spawn_worker keyword arguments: the session's keys, and the embedded server of each role that runs on the
+    embedded backend (started here, once per model, so workers reuse it instead of each loading the model)."""
+    from optimizers.backend import Handoff, embedded_threads, handed_off, plan_roles
+
+    embedded: dict[str, Handoff] = {}
+    plans = plan_roles(config.task_endpoint, config.optimizer_endpoint)
+    for role, plan in plans.items():
+        if plan.embedded and handed_off(plan.model) is None:  # one handed to this process reaches the worker too
+            server = session.embedded_server(plan.model, embedded_threads(plans))
+            embedded[role] = Handoff(server.base_url, server.model_alias)
+    return {"api_key": session.api_key(), "optimizer_api_key": session.optimizer_api_key(), "embedded": embedded}
 
 
 def _log_path(run_id: str) -> str:
@@ -94,7 +96,8 @@ def launch(run_id: str) -> None:
     """Start (or resume) a stored run in a worker process."""
     from optimizers import runner as runner_mod
 
-    runner_mod.spawn_worker(session.db_path(), run_id, log_path=_log_path(run_id), **worker_backend_args())
+    config = RunConfig(**session.store().get_run(run_id)["config"])
+    runner_mod.spawn_worker(session.db_path(), run_id, log_path=_log_path(run_id), **worker_backend_args(config))
 
 
 def create_and_launch(config: RunConfig, splits: Splits) -> str:

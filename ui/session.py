@@ -2,7 +2,9 @@
 or the endpoint set in the sidebar), the connection sidebar, and links between pages.
 
 Contracts:
-* st.session_state["api_key"]: the key, this browser session only (never the store, logs, query params or exports).
+* st.session_state["api_key"] / ["optimizer_api_key"]: the task / optimizer role's key, this browser session only
+  (never the store, logs, query params or exports).
+* st.session_state["base_url"], ["task_model"], ["optimizer_base_url"], ["optimizer_model"]: the sidebar's endpoints.
 * st.session_state["po_data"]: the PreparedTask (optimizers.prepare) chosen on the Data page.
 * query parameter `run=<id>` opens that run.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 import streamlit as st
 
+from optimizers.config import RoleEndpoint
 from optimizers.store import Store
 
 
@@ -36,46 +39,76 @@ def store() -> Store:
 
 
 @st.cache_resource(show_spinner="Starting the embedded model (the first start assembles and checks it)...")
-def embedded_server() -> Any:
-    """The app's one embedded llama.cpp server, started on first need (never at app start); workers reuse its URL."""
+def embedded_server(model: str, n_threads: int | None = None) -> Any:
+    """The app's embedded llama.cpp server for `model` (one per model: the task and the optimizer role may each have
+    one), started on first need (never at app start) with `n_threads` (optimizers.backend.embedded_threads); workers
+    reuse its URL; stopped when the app exits."""
     from optimizers.local_model import shared_server
 
-    return shared_server()
+    return shared_server(model, n_threads)
 
 
-def embedded_running() -> Any | None:
-    """The embedded server if this process already started it (no side effect: does not start it)."""
+def embedded_running(model: str) -> Any | None:
+    """The embedded server for `model` if this process already started it (no side effect: does not start it)."""
     try:
         from optimizers import local_model
     except Exception:
         return None
-    for server in list(getattr(local_model, "_shared", {}).values()):
-        if server.alive():
-            return server
-    return None
+    server = getattr(local_model, "_shared", {}).get(model)
+    return server if server is not None and server.alive() else None
+
+
+# the sidebar's fields per role: (state name, environment default)
+_FIELDS = {"base_url": "OPENAI_BASE_URL", "task_model": "PROMPTOPT_TASK_MODEL",
+           "optimizer_base_url": "PROMPTOPT_OPTIMIZER_BASE_URL", "optimizer_model": "PROMPTOPT_OPTIMIZER_MODEL"}
+
+
+def _field(name: str) -> str:
+    if name not in st.session_state:
+        st.session_state[name] = os.environ.get(_FIELDS[name], "")
+    return (st.session_state.get(name) or "").strip()
 
 
 def base_url() -> str:
-    """The endpoint chosen in the sidebar ('' = the embedded model)."""
-    if "base_url" not in st.session_state:
-        st.session_state["base_url"] = os.environ.get("OPENAI_BASE_URL", "")
-    return (st.session_state.get("base_url") or "").strip()
+    """The task role's endpoint chosen in the sidebar ('' = the embedded model)."""
+    return _field("base_url")
 
 
 def api_key() -> str | None:
     return st.session_state.get("api_key") or None
 
 
-def backend() -> Any:
-    """open_backend for the session's base URL and key; the embedded model (started lazily, with a spinner) when none.
-    An endpoint backend is cheap and not cached (it would hold the key); the embedded server is cached per process."""
-    from optimizers.backend import embedded_backend, open_backend
+def optimizer_api_key() -> str | None:
+    return st.session_state.get("optimizer_api_key") or None
 
-    url = base_url()
-    if url:
-        return open_backend(url, api_key() or os.environ.get("OPENAI_API_KEY"))
-    server = embedded_server()
-    return embedded_backend(server.base_url, server.model_alias)
+
+def role_endpoints() -> tuple[RoleEndpoint, RoleEndpoint]:
+    """The task and optimizer endpoints set in the sidebar, as a run stores them (empty fields: the defaults)."""
+    return (RoleEndpoint(base_url=base_url() or None, model=_field("task_model") or None),
+            RoleEndpoint(base_url=_field("optimizer_base_url") or None, model=_field("optimizer_model") or None))
+
+
+def role_plans() -> dict[str, Any]:
+    """What each role resolves to under the sidebar's settings and the environment (nothing is started)."""
+    from optimizers.backend import plan_roles
+
+    return plan_roles(*role_endpoints())
+
+
+def describe_roles() -> str:
+    """One line: which model at which endpoint serves each role."""
+    return "; ".join(f"{role} model `{p.model}` at {p.base_url or 'the embedded llama.cpp server'}"
+                     for role, p in role_plans().items())
+
+
+def backend(model: str | None = None) -> Any:
+    """The task role's backend for the session's settings and key (Home's score, Compare), for `model` instead of the
+    sidebar's when given; the embedded model is started lazily, with a spinner, and cached per process. An endpoint
+    backend is cheap and not cached (it would hold the key)."""
+    from optimizers.backend import open_backend
+
+    task, _ = role_endpoints()
+    return open_backend(task.base_url, api_key(), model=model or task.model, start_embedded=embedded_server)
 
 
 def _key_fingerprint(key: str | None) -> str:
@@ -100,9 +133,12 @@ def _models_cached(url: str, fingerprint: str, _key: str | None) -> tuple[list[s
         return [], f"{url}/models did not answer ({type(e).__name__})"
 
 
-def list_models(url: str) -> tuple[list[str], str | None]:
-    """Model ids the endpoint lists at /v1/models (cached 30 s; the key is not part of the cache key)."""
-    key = api_key() or os.environ.get("OPENAI_API_KEY")
+def list_models(url: str, role: str = "task") -> tuple[list[str], str | None]:
+    """Model ids a role's endpoint lists at /v1/models (cached 30 s; the key is not part of the cache key)."""
+    from optimizers.backend import role_keys
+
+    plans = role_plans()
+    key = role_keys(plans, api_key(), optimizer_api_key())[role]
     return _models_cached(url, _key_fingerprint(key), key)
 
 
@@ -116,33 +152,54 @@ def _persisted_input(label: str, name: str, default: str, **kw: Any) -> str:
     return val
 
 
-def _take_key() -> None:
+def _take_key(name: str) -> None:
     """Move a typed key out of the widget at once, so the browser never holds it in the input's value."""
-    k = st.session_state.get("_w_api_key")
+    k = st.session_state.get(f"_w_{name}")
     if k:
-        st.session_state["api_key"] = k
-    st.session_state["_w_api_key"] = ""
+        st.session_state[name] = k
+    st.session_state[f"_w_{name}"] = ""
+
+
+def _key_input(label: str, name: str, set_text: str, help: str) -> None:
+    st.text_input(label, type="password", key=f"_w_{name}", on_change=_take_key, args=(name,), help=help)
+    if st.session_state.get(name):
+        st.caption(set_text)
+        if st.button("Forget the key", key=f"_forget_{name}"):
+            st.session_state.pop(name, None)
+            st.session_state.pop(f"_w_{name}", None)
+            st.rerun()
+
+
+_SESSION_ONLY = "Kept in this browser session only: never stored, logged or put in a link."
+_EMBEDDED_MODELS = "qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, smollm2-135m or the path of a .gguf file"
 
 
 def connection_sidebar() -> None:
-    """Base URL, task / optimizer model and the API key (password field, session only) in the sidebar."""
-    base_url()  # initialise from the environment
+    """A section per role (task, optimizer): base URL, model and API key (password field, session only)."""
+    for name in _FIELDS:
+        _field(name)  # initialise from the environment
     with st.sidebar:
         st.subheader("Connection")
-        _persisted_input("OpenAI-compatible base URL", "base_url", os.environ.get("OPENAI_BASE_URL", ""),
-                         help="Empty: the embedded local model (offline, no key).")
+        st.markdown("**Task role** (answers the task)")
+        _persisted_input("Task base URL", "base_url", os.environ.get("OPENAI_BASE_URL", ""),
+                         help="An OpenAI-compatible endpoint. Empty: the embedded local model (offline, no key).")
         _persisted_input("Task model", "task_model", os.environ.get("PROMPTOPT_TASK_MODEL", ""),
-                         help="Model that answers the task. Empty: the backend's default.")
+                         help=f"Empty: the backend's default. Embedded: {_EMBEDDED_MODELS}.")
+        _key_input("Task API key", "api_key", "A key is set for this session.", _SESSION_ONLY)
+        st.markdown("**Optimizer role** (writes the prompts)")
+        _persisted_input("Optimizer base URL", "optimizer_base_url",
+                         os.environ.get("PROMPTOPT_OPTIMIZER_BASE_URL", ""),
+                         help="Empty: the task model's endpoint (the embedded backend when that is empty too).")
         _persisted_input("Optimizer model", "optimizer_model", os.environ.get("PROMPTOPT_OPTIMIZER_MODEL", ""),
-                         help="Model that writes new prompts. Empty: the task model.")
-        st.text_input("API key", type="password", key="_w_api_key", on_change=_take_key,
-                      help="Kept in this browser session only: never stored, logged or put in a link.")
-        if st.session_state.get("api_key"):
-            st.caption("A key is set for this session.")
-            if st.button("Forget the key", key="_forget_key"):
-                st.session_state.pop("api_key", None)
-                st.session_state.pop("_w_api_key", None)
-                st.rerun()
+                         help=f"Empty: the task model (embedded: PROMPTOPT_OPTIMIZER_MODEL_EMBEDDED if set). "
+                              f"Embedded: {_EMBEDDED_MODELS}, served beside the task model.")
+        _key_input("Optimizer API key", "optimizer_api_key", "An optimizer key is set for this session.",
+                   _SESSION_ONLY + " Empty: PROMPTOPT_OPTIMIZER_API_KEY, else the task key on the task's endpoint, "
+                   "else OPENAI_API_KEY.")
+        try:
+            st.caption(describe_roles())
+        except Exception as e:  # a bad setting is the fields' to fix, not a traceback
+            st.caption(f"Cannot resolve the roles: {e}")
 
 
 def page_link(page: str, label: str, query_params: dict[str, str] | None = None) -> None:

@@ -459,7 +459,7 @@ def _without_password_values(html: str) -> str:
 
 def test_api_key_never_in_the_page_source(page, app, stub):
     goto(page, app)
-    key_box = page.get_by_label("API key", exact=True)
+    key_box = page.get_by_label("Task API key", exact=True)
     assert key_box.get_attribute("type") == "password"
     key_box.fill(TYPED_KEY)
     key_box.press("Enter")
@@ -494,7 +494,7 @@ def test_api_key_never_in_the_page_source(page, app, stub):
 
 def test_api_key_not_even_in_the_password_field_after_it_is_set(page, app):
     goto(page, app)
-    key_box = page.get_by_label("API key", exact=True)
+    key_box = page.get_by_label("Task API key", exact=True)
     key_box.fill(TYPED_KEY)
     key_box.press("Enter")
     settle(page)
