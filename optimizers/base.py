@@ -21,6 +21,7 @@ from .data import Example
 from .evaluate import EvalResult, Evaluator
 from .events import CandidateProposed, CandidateRejected, CandidateScored, Event, MetaPrompt, StepDone
 from .lm import Completion, LanguageModel
+from .prompt import instruction_of
 from .task import Task
 
 Gen = Generator[Event, None, Any]
@@ -93,13 +94,13 @@ class Context:
             reason = "empty"
         elif truncated:
             reason = "truncated"
-        elif max_words is not None and len(text.split()) > max_words:
+        elif max_words is not None and len(instruction_of(text).split()) > max_words:
             reason = "too_long"
         elif any(self.candidates[p].text.strip() == text for p in parents if p in self.candidates):
             reason = "unchanged"
         elif candidate_id(text) in self.candidates and not allow_existing:
             reason = "duplicate"
-        elif origin != "initial" and self._echoes_example(text):
+        elif origin != "initial" and self._echoes_example(instruction_of(text)):  # demonstrations copy by design
             reason = "echoes_example"
         if reason:
             yield CandidateRejected(step=step, text=text[:2000], reason=reason, parents=parents, origin=origin)

@@ -284,6 +284,8 @@ class Meter:
         take each at its claimed worst case (one call), which keeps the books at or above the real bill."""
         with self._lock:
             for e in entries:
+                if e.get("billed_at") is not None and float(e["billed_at"]) <= self.recorded_until:
+                    continue  # billed, and in the stored snapshot this meter starts from
                 self._bill(e.get("role") or "task", Counters(calls=1, prompt_tokens=int(e.get("tokens") or 0),
                                                              cost=float(e.get("cost") or 0.0)))
 

@@ -39,6 +39,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", choices=["accuracy", "macro_f1", "exact_match"], default=None)
     p.add_argument("--task-max-tokens", type=int, default=32, help="max tokens of each task-model answer")
     p.add_argument("--constrain-labels", action="store_true", help="llama.cpp only: force a label reply by grammar")
+    p.add_argument("--layout", choices=["user", "system"], default="user",
+                   help="where the instruction goes: inside the template's user turn, or as the system message")
+    p.add_argument("--demos", type=int, default=0, metavar="K",
+                   help="K fixed labelled demonstrations (from train only) before every input")
+    p.add_argument("--demo-style", choices=["turns", "inline"], default="turns",
+                   help="demonstrations as prior chat turns, or inline above the input")
     p.add_argument("--train", type=float, default=0.5, help="train fraction")
     p.add_argument("--dev", type=float, default=0.25, help="dev fraction")
     p.add_argument("--test", type=float, default=0.25, help="test fraction")
@@ -78,7 +84,8 @@ def load_task_data(a: argparse.Namespace, initial_prompt: str | None, prompt_fla
                             template=a.template, initial_prompt=initial_prompt,
                             labels=[s.strip() for s in a.labels.split(",")] if a.labels else None,
                             extraction=a.extraction or "label", regex=a.regex, metric=a.metric,
-                            max_tokens=a.task_max_tokens, constrain_labels=a.constrain_labels, split=split)
+                            max_tokens=a.task_max_tokens, constrain_labels=a.constrain_labels, split=split,
+                            layout=a.layout, demos=a.demos, demo_style=a.demo_style)
     for w in prepared.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return prepared
@@ -192,6 +199,21 @@ def _print_result(r: RunResult, as_json: bool) -> None:
               "their upper bound")
 
 
+def _demo_search(a: argparse.Namespace) -> dict[str, Any] | None:
+    if not a.then_demos:
+        if a.demo_param:
+            raise UsageError("--demo-param needs --then-demos")
+        return None
+    from .methods.demos import DemoParams
+
+    params = _parse_params(a.demo_param)
+    try:
+        DemoParams(**params)
+    except ValueError as e:
+        raise UsageError(f"--demo-param: {_short(e)}") from None
+    return params
+
+
 def _report_splits(text: str) -> list[str]:
     names = [x.strip() for x in text.split(",") if x.strip()]
     bad = [x for x in names if x not in ("train", "dev", "test")]
@@ -207,6 +229,7 @@ def _print_estimate(cfg: Any, prepared: Any, as_json: bool) -> int:
     from .estimate import dry_run
 
     est = dry_run(cfg.optimizer, cfg.params, cfg.task, prepared.splits, cfg.initial_prompt, seed=cfg.seed,
+                  demo_search=cfg.demo_search,
                   budget=cfg.budget, report_splits=cfg.report_splits, prices=Prices(dict(cfg.prices)))
     plans = plan_roles(cfg.task_endpoint, cfg.optimizer_endpoint)
     plans["report"] = plans["task"]
@@ -255,6 +278,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                                                                   model=a.optimizer_model),
                                   max_concurrency=a.concurrency, cache_dir=a.cache_dir, prices=prices,
                                   report_splits=_report_splits(a.report_splits),
+                                  demo_search=_demo_search(a),
                                   budget=Budget(max_calls=a.max_calls, max_tokens=a.max_tokens, max_cost=a.max_cost))
         check_money_cap(cfg)
         if a.dry_run:
@@ -411,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "endpoint, PROMPTOPT_OPTIMIZER_MODEL_EMBEDDED embedded, else the task model; embedded: a bundled "
                    "model name or a .gguf path, served alongside the task model)")
     r.add_argument("--param", action="append", help="optimizer parameter NAME=VALUE (repeatable; JSON values)")
+    r.add_argument("--then-demos", action="store_true",
+                   help="after the optimizer, search demonstration sets (from train, scored on dev) for its best "
+                        "instruction (optimizer 'demos' runs the search alone)")
+    r.add_argument("--demo-param", action="append",
+                   help="parameter of that demo search NAME=VALUE (k, trials; repeatable)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--max-calls", type=int, help="budget: billed LLM calls of the whole run (optimization and report)")
     r.add_argument("--max-tokens", type=int, help="budget: billed tokens (prompt + completion) of the whole run")

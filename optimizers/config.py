@@ -82,6 +82,7 @@ class RunConfig(BaseModel):
     task_endpoint: RoleEndpoint = RoleEndpoint()
     optimizer_endpoint: RoleEndpoint = RoleEndpoint()  # None fields: the task role's endpoint (and model, there)
     optimizer_temperature: float | None = None
+    demo_search: dict[str, Any] | None = None  # parameters of a demo search after the optimizer (methods.demos)
     budget: Budget = Field(default_factory=Budget)
     max_concurrency: int | None = None
     prices: dict[str, tuple[float, float]] = {}

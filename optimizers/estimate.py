@@ -20,6 +20,8 @@ from .evaluate import Evaluator
 from .events import StepDone
 from .llm import LLMError
 from .lm import Completion
+from .methods.demos import share as demo_search_share
+from .methods.demos import then_demo_search
 from .report import ReportReserve, score_splits
 from .task import Task
 
@@ -151,7 +153,7 @@ class _DryModel:
 
 def dry_run(optimizer: str, params: dict[str, Any], task: Task, splits: Splits, initial_prompt: str, *,
             seed: int = 0, budget: Budget | None = None, report_splits: Sequence[str] = ("train", "dev", "test"),
-            prices: Prices | None = None) -> Estimate:
+            prices: Prices | None = None, demo_search: dict[str, Any] | None = None) -> Estimate:
     """Run the optimizer on the real splits against the dry model, with the run's report reserve and budget stop,
     then its report; returns what each role asked for."""
     tally = {r: RoleEstimate() for r in ("task", "optimizer", "report")}
@@ -164,12 +166,18 @@ def dry_run(optimizer: str, params: dict[str, Any], task: Task, splits: Splits, 
     ctx = Context(task=task, train=splits.train, dev=splits.dev, initial_prompt=initial_prompt,
                   evaluator=evaluator, optimizer_llm=opt_llm, seed=seed)
     opt = REGISTRY[optimizer](ctx, p)
-    reserve = ReportReserve(task_llm, meter, task, splits, report_splits, initial_prompt)
+    share = None if demo_search is None else demo_search_share(ctx, demo_search, meter, task_llm.model,
+                                                                task.max_tokens)
+    reserve = ReportReserve(task_llm, meter, task, splits, report_splits, initial_prompt, share)
     best = initial_prompt
     stopped = capped = False
+    last: list[StepDone] = []
+    events = opt.run() if demo_search is None else then_demo_search(
+        opt, ctx, demo_search, lambda: last[-1] if last else None, reserve.release_extra)
     try:
-        for ev in opt.run():
+        for ev in events:
             if isinstance(ev, StepDone):
+                last.append(ev)
                 best = ctx.candidates[ev.best_id].text if ev.best_id in ctx.candidates else initial_prompt
                 reserve.after_step(best)
     except BudgetExceeded:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -87,18 +88,36 @@ class ResponseCache:
                                     "cost": claim.upper.cost})
         return token
 
+    def billed(self, token: str, role: str, model: str, counters: Counters, at: float) -> None:
+        """A reply that was billed but will not be cached (an unusable one, retried): it stays in the journal, so a
+        process killed before its next usage snapshot still has it counted on resume."""
+        self._journal().set(token, {"role": role, "model": model, "tokens": counters.tokens, "cost": counters.cost,
+                                    "billed_at": at})
+
     def answered(self, token: str) -> None:
+        """The reply is in the cache (whose stamp carries its bill from here) or never came: out of the journal."""
         self._journal().delete(token)
 
-    def orphans(self, run_id: str) -> list[dict[str, Any]]:
-        """Requests of this run that were in flight when its process died, removed as they are read."""
+    def orphans(self, run_id: str, recorded_until: float) -> list[dict[str, Any]]:
+        """This run's requests a dead process left unbilled in its stored usage: those it had in flight (marked billed
+        now, at their worst case) and those it billed after its last usage snapshot. An entry stays until a snapshot
+        covers it, so a resumed process killed before its own first snapshot leaves them for the next one."""
         j = self._journal()
         out = []
+        now = time.time()
         for token in list(j.iterkeys()):
-            if str(token).startswith(run_id + ":"):
-                entry = j.pop(token)
-                if entry:
-                    out.append(entry)
+            if not str(token).startswith(run_id + ":"):
+                continue
+            entry = j.get(token)
+            if not entry:
+                continue
+            if entry.get("billed_at") is None:
+                entry = {**entry, "billed_at": now}
+                j.set(token, entry)
+            elif float(entry["billed_at"]) <= recorded_until:
+                j.delete(token)  # in the snapshot the run resumes from
+                continue
+            out.append(entry)
         return out
 
 
@@ -267,8 +286,9 @@ class LLM:
             if hit is not None:
                 self.meter.replayed(self.role, self.model, key, hit)
                 return Completion(**{k: v for k, v in hit.items() if k in _COMPLETION_FIELDS}, cached=True)
+        tokens: list[str] = []  # the journal token of the try that succeeded
         try:
-            comp = self.endpoint.call(lambda: self._attempt(messages, p, key))
+            comp = self.endpoint.call(lambda: self._attempt(messages, p, key, tokens))
         except BudgetExceeded:
             raise
         except BaseException:
@@ -276,21 +296,24 @@ class LLM:
             raise
         if key is not None:
             self.cache.set(key, {**{k: v for k, v in asdict(comp).items() if k != "cached"}, **self.meter.stamp()})
+        for t in tokens:  # only now: a kill before the cache holds the reply leaves it journaled (billed on resume)
+            self.cache.answered(t)  # type: ignore[union-attr]
         return comp
 
-    def _attempt(self, messages: list[dict[str, str]], p: dict[str, Any], key: str | None) -> Completion:
+    def _attempt(self, messages: list[dict[str, str]], p: dict[str, Any], key: str | None,
+                 tokens: list[str] | None = None) -> Completion:
         """One try, with its own claim on the budget: every try that reached the model and came back with tokens is
-        billed (an unusable reply too, before it is retried); a try that got no reply is not."""
+        billed (an unusable reply too, before it is retried); a try that got no reply is not. The try is journaled
+        from before it is sent until its bill is durable (the cache's stamp, or the journal's own billed entry)."""
         claim = self.meter.claim(self.role, self.model, messages, int(p.get("max_tokens") or 0), key=key)
         token = self.cache.sent(self.meter.run_id, claim) if self.cache is not None and self.meter.run_id else None
         try:
             resp = self._send(messages, p)
         except BaseException:
             self.meter.cancel(claim)
-            raise
-        finally:
             if token:
-                self.cache.answered(token)
+                self.cache.answered(token)  # type: ignore[union-attr]
+            raise
         usage = getattr(resp, "usage", None) if not isinstance(resp, str) else None
         pt = getattr(usage, "prompt_tokens", None) if usage is not None else None
         ct = getattr(usage, "completion_tokens", None) if usage is not None else None
@@ -299,8 +322,12 @@ class LLM:
         except BadReply:
             if usage is None:
                 self.meter.cancel(claim)
+                if token:
+                    self.cache.answered(token)  # type: ignore[union-attr]
             else:
-                self.meter.settle(claim, pt, ct)
+                c = self.meter.settle(claim, pt, ct)
+                if token:
+                    self.cache.billed(token, self.role, self.model, c, time.time())  # type: ignore[union-attr]
             raise
         metered = pt is not None and ct is not None
         if pt is None:
@@ -309,6 +336,13 @@ class LLM:
             ct = comp_tokens_bound(comp, p)
         billed = self.meter.settle(claim, pt, ct, metered=metered)
         comp.prompt_tokens, comp.completion_tokens = billed.prompt_tokens, billed.completion_tokens
+        if token:
+            if key is None:
+                self.cache.billed(token, self.role, self.model, billed, time.time())  # type: ignore[union-attr]
+            elif tokens is not None:
+                tokens.append(token)
+            else:
+                self.cache.answered(token)  # type: ignore[union-attr]
         return comp
 
     def embed(self, texts: Sequence[str], *, model: str | None = None, patient: bool = False) -> list[list[float]]:

@@ -11,6 +11,7 @@ The rules, each decided once:
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 
 from .config import DataConfig, RunConfig, SplitConfig
 from .data import DataError, Example, Splits, build_examples, load_bundled, split_examples
+from .prompt import draw_demos
 from .task import Task
 
 if TYPE_CHECKING:
@@ -36,10 +38,15 @@ def guess_label_col(columns: list[str]) -> str:
     return columns[-1]
 
 
-def default_template(input_cols: list[str]) -> str:
+def default_template(input_cols: list[str], labels: list[str] | None = None) -> str:
+    """The input fields, then an answer cue that names a closed label set: small models answer off the set (or
+    as a chat assistant) when the cue does not say what an answer looks like (../shared/LOCAL_LLM.md)."""
+    cue = "Answer:"
+    if labels and len(labels) <= 12:
+        cue = f"Answer ({' or '.join(labels)}):" if len(labels) <= 3 else f"Answer (one of {', '.join(labels)}):"
     if len(input_cols) == 1:
-        return "{prompt}\n\nInput: {" + input_cols[0] + "}\nAnswer:"
-    return "{prompt}\n\n" + "\n".join(f"{c}: {{{c}}}" for c in input_cols) + "\nAnswer:"
+        return "{prompt}\n\nInput: {" + input_cols[0] + "}\n" + cue
+    return "{prompt}\n\n" + "\n".join(f"{c}: {{{c}}}" for c in input_cols) + "\n" + cue
 
 
 def check_initial_prompt(prompt: str, optimizer: type[Optimizer]) -> str:
@@ -82,8 +89,10 @@ def prepare_task(data: pd.DataFrame | str, *, name: str | None = None, input_col
                  label_col: str | None = None, template: str | None = None, initial_prompt: str | None = None,
                  labels: list[str] | None = None, extraction: str = "label", regex: str | None = None,
                  metric: str | None = None, max_tokens: int = 32, constrain_labels: bool = False,
-                 split: SplitConfig | dict[str, Any] | None = None, source: str | None = None) -> PreparedTask:
-    """`data` is a table or the name of a bundled set. Raises DataError naming every problem it finds."""
+                 split: SplitConfig | dict[str, Any] | None = None, source: str | None = None,
+                 layout: str = "user", demos: int = 0, demo_style: str = "turns") -> PreparedTask:
+    """`data` is a table or the name of a bundled set. Raises DataError naming every problem it finds.
+    demos: k fixed demonstrations for every prompt, drawn from the train split only (seeded by the split's seed)."""
     if isinstance(data, str):
         df, bundled = load_bundled(data)
         name, source = name or bundled.name, source or f"bundled:{bundled.name}"
@@ -102,10 +111,11 @@ def prepare_task(data: pd.DataFrame | str, *, name: str | None = None, input_col
     if extraction == "label":
         labels = labels or sorted({e.label for e in examples})
     try:
-        task = Task(template=default_template(input_cols) if template is None else template, input_cols=input_cols,
+        task = Task(template=default_template(input_cols, labels if extraction == "label" else None)
+                    if template is None else template, input_cols=input_cols,
                     labels=labels if extraction == "label" else None, extraction=extraction, regex=regex,
                     metric=metric or ("exact_match" if extraction == "exact" else "accuracy"), max_tokens=max_tokens,
-                    constrain_labels=constrain_labels)
+                    constrain_labels=constrain_labels, layout=layout, demo_style=demo_style)
     except (ValueError, re.error) as e:  # re.error: a bad --regex
         problems += _problems("task", e)
     try:
@@ -118,6 +128,11 @@ def prepare_task(data: pd.DataFrame | str, *, name: str | None = None, input_col
                             max_train=sc.max_train, max_dev=sc.max_dev, max_test=sc.max_test)
     if not splits.train:
         raise DataError("the train split is empty: raise its fraction or add examples")
+    if demos < 0:
+        raise DataError("demos: the number of demonstrations cannot be negative")
+    if demos:
+        drawn = draw_demos(splits.train, demos, random.Random(f"demos:{sc.seed}"))
+        task = task.model_copy(update={"demos": [{"id": d.id, "fields": d.fields, "label": d.label} for d in drawn]})
     if sc.stratify and not splits.stratified:
         warnings.append("some label has fewer than 3 examples: the split is not stratified")
     name = name or "data"

@@ -88,11 +88,12 @@ def next_best(llm: ReportModel, meter: Meter, task: Task, prompts: Sequence[str]
 
 
 def plan(llm: ReportModel, meter: Meter, task: Task, splits: Splits, report_splits: Sequence[str],
-         prompts: Sequence[str]) -> ReportPlan:
-    """Hold as many splits as fit, in priority order (the first with a share for a future best when that fits too);
-    the meter holds the result (or keeps its old hold)."""
+         prompts: Sequence[str], extra: dict[str, Amount] | None = None) -> ReportPlan:
+    """Hold as many splits as fit, in priority order (the first with a share for a future best when that fits too),
+    on top of `extra` (a later phase's share, e.g. a demo search after the optimizer); the meter holds the result (or
+    keeps its old hold)."""
     p = ReportPlan()
-    fitting: dict[str, Amount] = {}
+    fitting: dict[str, Amount] = dict(extra or {})
     first = True
     for split in ordered(report_splits):
         exs = getattr(splits, split)
@@ -119,15 +120,31 @@ class ReportReserve:
     at each step's end; when the new best's report no longer fits, the optimization must stop there."""
 
     def __init__(self, llm: ReportModel, meter: Meter, task: Task, splits: Splits, report_splits: Sequence[str],
-                 initial_prompt: str):
+                 initial_prompt: str, extra: dict[str, Amount] | None = None):
+        """extra: a later phase's share held with the report's (dropped, and `extra_dropped` set, when both do not
+        fit: the report comes first)."""
         self.llm, self.meter, self.task, self.splits = llm, meter, task, splits
         self.report_splits, self.initial = list(report_splits), initial_prompt
         self.skipped = plan(llm, meter, task, splits, report_splits, [initial_prompt]).skipped
+        self.extra, self.extra_dropped = dict(extra or {}), False
+        self.best = initial_prompt
+        if self.extra:
+            with_extra = plan(llm, meter, task, splits, report_splits, [initial_prompt], self.extra)
+            if set(with_extra.skipped) - set(self.skipped):
+                self.extra, self.extra_dropped = {}, True
+                plan(llm, meter, task, splits, report_splits, [initial_prompt])
 
     def after_step(self, best_prompt: str) -> None:
-        now = plan(self.llm, self.meter, self.task, self.splits, self.report_splits, [self.initial, best_prompt])
+        self.best = best_prompt
+        now = plan(self.llm, self.meter, self.task, self.splits, self.report_splits, [self.initial, best_prompt],
+                   self.extra)
         if set(now.skipped) - set(self.skipped):
             raise BudgetExceeded("the rest of the budget pays for the best prompt's report")
+
+    def release_extra(self) -> None:
+        """The later phase starts: its share is spent from here on, not held."""
+        self.extra = {}
+        plan(self.llm, self.meter, self.task, self.splits, self.report_splits, [self.initial, self.best])
 
 
 def score_splits(evaluator: Evaluator, meter: Meter, llm: ReportModel, task: Task, splits: Splits,

@@ -28,6 +28,8 @@ from .data import Splits
 from .evaluate import EvalResult, Evaluator
 from .events import CandidateScored, Error, Event, RoleServed, RunFinished, RunStarted, StepDone, Usage
 from .llm import LLM, EndpointDown, LLMError, ResponseCache
+from .methods.demos import share as demo_search_share
+from .methods.demos import then_demo_search
 from .report import ReportReserve, score_splits
 from .result import RunResult, Score, Spend
 from .status import HEARTBEAT_S, RunStatus
@@ -141,7 +143,7 @@ class Runner:
 
         backends = self.backends(cfg)
         cache = ResponseCache(cfg.cache_dir)
-        meter.orphaned(cache.orphans(run_id))
+        meter.orphaned(cache.orphans(run_id, meter.recorded_until))
         task_llm = LLM(backends.task.endpoint, backends.task.model, role="task", meter=meter, cache=cache)
         opt_defaults: dict[str, Any] = {"temperature": 0.7}
         if cfg.optimizer_temperature is not None:
@@ -153,6 +155,8 @@ class Runner:
                       evaluator=evaluator, optimizer_llm=opt_llm, seed=cfg.seed)
         opt = REGISTRY[cfg.optimizer](ctx, cfg.params)
         opt_llm.defaults["max_tokens"] = opt.p.optimizer_max_tokens
+        demo_share = (demo_search_share(ctx, cfg.demo_search, meter, task_llm.model, cfg.task.max_tokens)
+                      if cfg.demo_search is not None else None)
 
         index = 0
         last_step: StepDone | None = None
@@ -175,7 +179,11 @@ class Runner:
                 on_event(seq, ev)
 
         status, reason = RunStatus.DONE, ""
-        reserve = ReportReserve(task_llm, meter, cfg.task, splits, cfg.report_splits, cfg.initial_prompt)
+        reserve = ReportReserve(task_llm, meter, cfg.task, splits, cfg.report_splits, cfg.initial_prompt, demo_share)
+        if reserve.extra_dropped:
+            put(Error(message=f"the budget ({cfg.budget.describe()}) cannot hold the demo search's share next to the "
+                              "report: the demo search gets what the optimizer leaves", recoverable=True,
+                      where="budget"), False)
         if reserve.skipped:
             put(Error(message=f"the budget ({cfg.budget.describe()}) cannot pay for the report on "
                               f"{', '.join(reserve.skipped)}: it will report on fewer splits (test first)",
@@ -189,7 +197,9 @@ class Runner:
                 index = 1  # RunStarted is stored already
                 put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, resumed=True,
                                roles=roles), False)
-            for ev in opt.run():
+            events = opt.run() if cfg.demo_search is None else then_demo_search(
+                opt, ctx, cfg.demo_search, lambda: last_step, reserve.release_extra)
+            for ev in events:
                 replaying = index < len(stored)
                 put(ev, True)
                 if isinstance(ev, StepDone):

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, field_validator
 from rapidfuzz import fuzz, process
 
 from .data import Example, render_template, template_placeholders
+from .prompt import Demo, split_prompt
 
 _MARKERS = re.compile(r"(?:final answer|the answer is|answer is|answer\s*:|label\s*:|sentiment\s*:|output\s*:)", re.I)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -48,6 +49,14 @@ class Task(BaseModel):
     regex: str | None = None
     metric: Literal["accuracy", "macro_f1", "exact_match"] = "accuracy"
     system: str | None = None
+    layout: Literal["user", "system"] = Field(
+        default="user", description="user: the instruction inside the template's user turn; system: the instruction "
+                                    "as the system message and the template's rest as the user turn")
+    demos: list[dict[str, Any]] = Field(
+        default=[], description="fixed demonstrations (drawn from train) for every prompt that carries none")
+    demo_style: Literal["turns", "inline"] = Field(
+        default="turns", description="turns: each demonstration as a prior user/assistant exchange; inline: above "
+                                     "the input in the user turn")
     max_tokens: int = 32
     temperature: float = 0.0
     constrain_labels: bool = Field(default=False, description="llama.cpp only: a grammar forces a label reply")
@@ -74,9 +83,37 @@ class Task(BaseModel):
     def render(self, prompt: str, example: Example) -> str:
         return render_template(self.template, example.fields, prompt)
 
+    def fixed_demos(self) -> list[Demo]:
+        return [Demo(str(d["id"]), dict(d["fields"]), str(d["label"])) for d in self.demos]
+
+    def _turn(self, instruction: str, fields: dict[str, str]) -> str:
+        """One user turn: the template around the input, with the instruction in it (user layout) or not."""
+        if self.layout == "user":  # as before layouts existed, byte for byte (cache keys of stored runs)
+            return render_template(self.template, fields, instruction)
+        return render_template(self.template, fields, "").strip()
+
     def messages(self, prompt: str, example: Example) -> list[dict[str, str]]:
-        msgs = [{"role": "system", "content": self.system}] if self.system else []
-        msgs.append({"role": "user", "content": self.render(prompt, example)})
+        """The chat request for one example. A prompt's own demonstrations (see optimizers.prompt) replace the
+        task's fixed ones; as turns they come before the input, each answered by its label."""
+        instruction, demos = split_prompt(prompt)
+        demos = demos or self.fixed_demos()
+        system = "\n\n".join(x for x in (self.system, instruction if self.layout == "system" else "") if x)
+        msgs = [{"role": "system", "content": system}] if system else []
+        if demos and self.demo_style == "turns":
+            for d in demos:
+                msgs.append({"role": "user", "content": self._turn(instruction, d.fields)})
+                msgs.append({"role": "assistant", "content": d.label})
+            msgs.append({"role": "user", "content": self._turn(instruction, example.fields)})
+            return msgs
+        if demos:  # inline: worked examples between the instruction and the input
+            shown = "\n\n".join(f"{render_template(self.template, d.fields, '').strip()} {d.label}" for d in demos)
+            if self.layout == "system":
+                body = f"{shown}\n\n{self._turn(instruction, example.fields)}"
+            else:
+                body = render_template(self.template, example.fields, f"{instruction}\n\n{shown}").strip()
+            msgs.append({"role": "user", "content": body})
+            return msgs
+        msgs.append({"role": "user", "content": self._turn(instruction, example.fields)})
         return msgs
 
     def request_params(self, llamacpp: bool = False) -> dict[str, Any]:

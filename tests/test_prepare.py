@@ -71,7 +71,7 @@ def test_every_problem_is_named_at_once():
     assert len(e.value.problems) == 2
     assert any("{prompt}" in p for p in e.value.problems) and any(p.startswith("split train") for p in e.value.problems)
     p = prepare_task(table(), input_cols=["review", "stars"], label_col="sentiment", split={"seed": 3, "max_test": 4})
-    assert p.task.template == default_template(["review", "stars"]) and p.warnings == []
+    assert p.task.template == default_template(["review", "stars"], p.task.labels) and p.warnings == []
     assert len(p.splits.test) == 4 and p.split_config.seed == 3 and len(p.examples) == 24
     assert guess_label_col(["text", "Label"]) == "Label" and guess_label_col(["a", "b"]) == "b"
 

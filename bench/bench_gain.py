@@ -1,0 +1,163 @@
+"""Does the optimizer find a better prompt, significantly, on held-out data? Runs each arm (an optimizer, with or
+without demonstrations) through the CLI on one task with the same split, models and budget, then tests each run's
+best prompt against the initial prompt on the same test examples (exact McNemar, paired), from the predictions its
+own report stored (no new calls).
+
+    nice -n 10 python bench/bench_gain.py --task support_triage --model qwen2.5-coder-1.5b \\
+        --arms demos,gpo+demos,gpo --out bench/runs/gain-support_triage
+    python bench/bench_gain.py --task support_triage --out bench/runs/gain-support_triage --table-only
+
+Resumable: each arm's run id is written as soon as the CLI names it; an arm with a result.json is done, one with only
+a run id is resumed (`python -m optimizers resume`, replay through the response cache), so a killed benchmark
+continues where it stopped. Every arm's optimization gets --opt-calls calls; the report on test (initial and best
+prompt, 2 x n_test) is paid on top from the same hard cap, as bench_optimizers.py does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from optimizers.config import SplitConfig  # noqa: E402
+from optimizers.metrics import mcnemar, wilson  # noqa: E402
+from optimizers.prepare import prepare_task  # noqa: E402
+from optimizers.prompt import split_prompt  # noqa: E402
+from optimizers.store import Store  # noqa: E402
+
+# arm -> CLI arguments (the optimizer and what follows it)
+ARMS = {
+    "baseline": ["--optimizer", "baseline"],
+    "demos": ["--optimizer", "demos"],
+    "ape": ["--optimizer", "ape"],
+    "protegi": ["--optimizer", "protegi"],
+    "opro": ["--optimizer", "opro"],
+    "pe2": ["--optimizer", "pe2"],
+    "gpo": ["--optimizer", "gpo"],
+}
+for _name in ("ape", "protegi", "opro", "pe2", "gpo"):
+    ARMS[f"{_name}+demos"] = [*ARMS[_name], "--then-demos"]
+
+
+def run_arm(a: argparse.Namespace, arm: str, n_test: int, out: Path) -> None:
+    d = out / arm
+    d.mkdir(parents=True, exist_ok=True)
+    if (d / "result.json").exists():
+        print(f"# {arm}: done already", file=sys.stderr)
+        return
+    db = str(out / "runs.sqlite")
+    rid_file = d / "run_id"
+    common = ["--db", db, "--out", str(d), "--json"]
+    if rid_file.exists():
+        cmd = [sys.executable, "-m", "optimizers", "resume", rid_file.read_text().strip(), *common]
+    else:
+        demo = ["--demo-param", f"trials={a.demo_trials}", "--demo-param", f"k={a.k}"] if (
+            arm == "demos" or arm.endswith("+demos")) else []
+        if arm == "demos":  # alone: as many sets as the optimization's calls pay for on dev (one is the initial's)
+            demo = ["--param", f"trials={max(1, a.opt_calls // a.max_dev - 1)}", "--param", f"k={a.k}"]
+        cmd = [sys.executable, "-m", "optimizers", "run", "--data", a.task, *ARMS[arm], *demo,
+               "--max-calls", str(a.opt_calls + 2 * n_test), "--report-splits", "test", "--seed", str(a.seed),
+               "--layout", a.layout, "--max-train", str(a.max_train), "--max-dev", str(a.max_dev),
+               "--max-test", str(a.max_test), *common]
+        if a.model:
+            cmd += ["--model", a.model]
+        if a.optimizer_model:
+            cmd += ["--optimizer-model", a.optimizer_model]
+    print(f"# {arm}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("run ") and " stored in " in line and not rid_file.exists():
+            rid_file.write_text(line.split()[1])
+        sys.stderr.write(f"  [{arm}] {line}")
+    proc.wait()
+    print(f"# {arm}: exit {proc.returncode} after {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def _correct(store: Store, run_id: str, cand: str) -> dict[str, tuple[bool, str | None]]:
+    return {p["example_id"]: (bool(p["correct"]), p["pred"]) for p in store.predictions(run_id, cand, "test")}
+
+
+def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
+    store = Store(out / "runs.sqlite")
+    rows = ["| arm | best prompt (instruction; demos) | test initial | test best [95% CI] | gained / lost | "
+            "McNemar p | best's top answer (share) | calls | wall |", "|---|---|---:|---|---|---:|---|---:|---:|"]
+    for arm in arms:
+        f = out / arm / "result.json"
+        if not f.exists():
+            rows.append(f"| {arm} | not run (or not finished) | | | | | | | |")
+            continue
+        r = json.loads(f.read_text())
+        init = _correct(store, r["run_id"], _cid(r["initial_prompt"]))
+        best = _correct(store, r["run_id"], r["best_id"]) if r["best_id"] != _cid(r["initial_prompt"]) else init
+        ids = sorted(set(init) & set(best))
+        if not ids:
+            rows.append(f"| {arm} | {r['status']}: no test report | | | | | | {r.get('calls')} | |")
+            continue
+        ia, ba = [init[i][0] for i in ids], [best[i][0] for i in ids]
+        t = mcnemar(ba, ia)
+        k = sum(ba)
+        lo, hi = wilson(k, len(ids))
+        top, n_top = Counter(best[i][1] for i in ids).most_common(1)[0]
+        instr, demos = split_prompt(r["best_prompt"])
+        shown = instr.replace("|", "/").replace("\n", " ")
+        shown = (shown[:90] + "...") if len(shown) > 90 else shown
+        rows.append(f"| {arm} | {shown}; {len(demos)} demos | {sum(ia) / len(ids):.3f} | {k / len(ids):.3f} "
+                    f"[{lo:.2f}, {hi:.2f}] | {t['a_only']} / {t['b_only']} | {t['p_value']:.2g} | {top} "
+                    f"({n_top / len(ids):.2f}) | {r['calls']} | {r['wall_time_s'] / 60:.0f} min |")
+    return "\n".join(rows)
+
+
+def _cid(text: str) -> str:
+    from optimizers.base import candidate_id
+
+    return candidate_id(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="support_triage")
+    ap.add_argument("--arms", default="demos,gpo+demos,gpo")
+    ap.add_argument("--model", help="task model (embedded: a bundled name)")
+    ap.add_argument("--optimizer-model")
+    ap.add_argument("--opt-calls", type=int, default=300, help="calls for the optimization (the report is on top)")
+    ap.add_argument("--layout", default="system", choices=["user", "system"])
+    ap.add_argument("--k", type=int, default=8, help="demonstrations per set")
+    ap.add_argument("--demo-trials", type=int, default=3)
+    ap.add_argument("--max-train", type=int, default=126)
+    ap.add_argument("--max-dev", type=int, default=40)
+    ap.add_argument("--max-test", type=int, default=126)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--table-only", action="store_true")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    arms = [x.strip() for x in a.arms.split(",") if x.strip()]
+    bad = [x for x in arms if x not in ARMS]
+    if bad:
+        sys.exit(f"unknown arm(s) {bad}; choose from {', '.join(ARMS)}")
+    n_test = len(prepare_task(a.task, split=SplitConfig(max_train=a.max_train, max_dev=a.max_dev,
+                                                        max_test=a.max_test)).splits.test)
+    if not a.table_only:
+        for arm in arms:
+            run_arm(a, arm, n_test, out)
+    print(f"### {a.task}: task model {a.model or 'embedded default'}, optimizer model "
+          f"{a.optimizer_model or a.model or 'embedded default'}, layout {a.layout}, {a.opt_calls} optimization calls "
+          f"+ the test report (2 x {n_test}); k = {a.k}, demo trials {a.demo_trials}; split caps train "
+          f"{a.max_train} / dev {a.max_dev} / test {a.max_test}, seed {a.seed}\n")
+    print(f"Command: `python bench/bench_gain.py --task {a.task} --arms {a.arms} --model {a.model} "
+          f"--layout {a.layout} --out {a.out}`\n")
+    print(table(a, arms, out))
+
+
+if __name__ == "__main__":
+    main()

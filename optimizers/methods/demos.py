@@ -1,0 +1,101 @@
+"""Demo search: random search over sets of labelled demonstrations drawn from train, each set scored on dev with the
+same instruction, the best kept (DSPy's LabeledFewShot inside BootstrapFewShotWithRandomSearch; MIPROv2 searches
+demo sets the same way, jointly with instructions). Small task models respond to demonstrations more than to any
+rewording (../shared/LOCAL_LLM.md, "Headroom"), so this runs on its own or after any instruction optimizer, on the
+instruction that optimizer chose.
+
+Demonstrations come from the train split only; dev decides between sets and test never enters (tests prove both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from pydantic import Field
+
+from ..base import Candidate, Context, Optimizer, Params, register
+from ..budget import Amount, BudgetExceeded, Meter
+from ..events import Event, StepDone
+from ..prompt import Demo, draw_demos, instruction_of, join_prompt
+
+
+class DemoParams(Params):
+    k: int = Field(8, ge=1, le=32, description="Demonstrations per set, drawn from train, balanced across labels "
+                                               "(DSPy: max_labeled_demos 16; 8 measured best here, see BENCHMARKS.md)")
+    trials: int = Field(6, ge=1, le=200, description="Random demonstration sets tried, each scored on all of dev "
+                                                     "(DSPy BootstrapFewShotWithRandomSearch: 16)")
+
+
+@register
+class DemoSearch(Optimizer):
+    name = "demos"
+    title = "Demo search (random demonstration sets)"
+    paper = ("DSPy BootstrapFewShotWithRandomSearch / LabeledFewShot (Khattab et al., 2023, "
+             "arXiv:2310.03714)")
+    Params = DemoParams
+
+    def __init__(self, ctx: Context, params: Params | dict | None = None, *,
+                 after: Callable[[], StepDone | None] | None = None):
+        """after: the last step of the optimizer this search follows (its best instruction is the one kept)."""
+        super().__init__(ctx, params)
+        self._after = after
+
+    def run(self) -> Iterator[Event]:
+        ctx, p = self.ctx, self.p
+        if not ctx.dev:
+            raise ValueError("demo search needs a dev split to choose between demonstration sets (train holds the "
+                             "demonstrations themselves)")
+        last = self._after() if self._after else None
+        step = last.step + 1 if last else 0
+        if last and last.best_id in ctx.candidates:
+            base = ctx.candidates[last.best_id]
+        else:
+            base = yield from ctx.propose(ctx.initial_prompt, step=step, origin="initial", allow_existing=True,
+                                          allow_empty=True)
+        if base.last.get("dev") is None:
+            yield from ctx.score(base, ctx.dev, "dev", step=step, purpose="selection")
+        best = base
+        yield ctx.step_done(step, best, "dev", [best])
+        instruction = instruction_of(base.text)
+        for _ in range(p.trials):
+            step += 1
+            demos = draw_demos(ctx.train, p.k, ctx.rng)
+            cand = yield from ctx.propose(join_prompt(instruction, demos), step=step, parents=[base.id],
+                                          origin="demos", info={"demo_ids": [d.id for d in demos], "k": len(demos)})
+            if cand is not None and cand.last.get("dev") is None:
+                yield from ctx.score(cand, ctx.dev, "dev", step=step, purpose="selection")
+                if _better(cand, best):
+                    best = cand
+            yield ctx.step_done(step, best, "dev", [best])
+
+
+def _better(a: Candidate, b: Candidate) -> bool:
+    return (a.last.get("dev") or 0.0) > (b.last.get("dev") or 0.0)
+
+
+def share(ctx: Context, params: dict | None, meter: Meter, model: str, max_tokens: int) -> dict[str, Amount]:
+    """The worst case of a demo search after another optimizer: every trial (and the chosen instruction) scored on
+    all of dev, with the longest instruction allowed and the longest train examples as demonstrations; held on the
+    meter from the start so the first optimizer leaves it."""
+    p = DemoParams(**(params or {}))
+    longest = sorted(ctx.train, key=lambda e: -sum(len(v) for v in e.fields.values()))[:p.k]
+    filler = "x" * max(len(ctx.initial_prompt), 8 * p.max_prompt_words)  # an instruction at the word limit
+    prompt = join_prompt(filler, [Demo.of(e) for e in longest])
+    out: dict[str, Amount] = {}
+    for i, ex in enumerate(ctx.dev):
+        one = meter.upper(model, ctx.task.messages(prompt, ex), max_tokens)[0]
+        for t in range(p.trials + 1):
+            out[f"demo-search:{t}:{i}"] = one
+    return out
+
+
+def then_demo_search(opt: Optimizer, ctx: Context, params: dict | None, last_step: Callable[[], StepDone | None],
+                     on_start: Callable[[], None]) -> Iterator[Event]:
+    """`opt`'s events, then a demo search on the instruction it chose (`on_start` releases the search's share). The
+    optimizer stops where only the search's held share is left: the search then runs on that share."""
+    try:
+        yield from opt.run()
+    except BudgetExceeded:
+        pass
+    on_start()
+    yield from DemoSearch(ctx, params, after=last_step).run()

@@ -1,0 +1,206 @@
+"""Demonstrations: a prompt carries them as a fenced section; the task renders them as turns or inline in either
+layout; fixed demos and every searched set come from train only (never dev or test); a demo search runs alone or
+after an instruction optimizer inside the run's hard cap, and the report scores the best prompt with its demos."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from optimizers import methods  # noqa: F401  (registers)
+from optimizers.backend import Backend
+from optimizers.budget import Budget
+from optimizers.config import DataConfig, RunConfig
+from optimizers.data import Example, Splits
+from optimizers.estimate import dry_run
+from optimizers.llm import Endpoint
+from optimizers.prepare import prepare_task
+from optimizers.prompt import DEMO_MARK, Demo, draw_demos, instruction_of, join_prompt, split_prompt
+from optimizers.runner import Runner
+from optimizers.store import Store
+from tests.conftest import TOY_TASK, toy_examples
+from tests.e2e.conftest import E2EResponder
+from tests.stub_server import StubServer
+
+DEMOS = [Demo("a", {"text": "slow page"}, "normal"), Demo("b", {"text": "site down"}, "urgent")]
+
+
+def test_a_prompt_with_demos_round_trips_and_a_plain_prompt_is_unchanged():
+    text = join_prompt("Is it urgent?", DEMOS)
+    assert DEMO_MARK in text and split_prompt(text) == ("Is it urgent?", DEMOS)
+    assert instruction_of(text) == "Is it urgent?"
+    assert split_prompt("  Answer.\n") == ("  Answer.\n", [])  # sent exactly as given
+    assert join_prompt("Answer.", []) == "Answer."
+
+
+def test_a_malformed_demo_section_is_an_error_not_text():
+    with pytest.raises(ValueError, match="demonstration 1"):
+        split_prompt(f"Answer.\n\n{DEMO_MARK}\nnot json")
+    with pytest.raises(ValueError, match="fields and label"):
+        split_prompt(f"Answer.\n\n{DEMO_MARK}\n" + json.dumps({"id": "x", "label": "a"}))
+
+
+def _task(**kw):
+    return TOY_TASK.model_copy(update=kw)
+
+
+def test_layouts_and_styles_render_as_documented():
+    ex = Example("e", {"text": "loved it"}, "positive")
+    p = join_prompt("Classify.", [Demo("d1", {"text": "awful"}, "negative")])
+    assert _task().messages("Classify.", ex) == [
+        {"role": "user", "content": "Classify.\n\nText: loved it\nAnswer:"}]
+    assert _task(layout="system").messages("Classify.", ex) == [
+        {"role": "system", "content": "Classify."}, {"role": "user", "content": "Text: loved it\nAnswer:"}]
+    assert _task(layout="system").messages(p, ex) == [
+        {"role": "system", "content": "Classify."}, {"role": "user", "content": "Text: awful\nAnswer:"},
+        {"role": "assistant", "content": "negative"}, {"role": "user", "content": "Text: loved it\nAnswer:"}]
+    assert _task(demo_style="inline").messages(p, ex) == [
+        {"role": "user", "content": "Classify.\n\nText: awful\nAnswer: negative\n\nText: loved it\nAnswer:"}]
+    assert _task(layout="system", demo_style="inline").messages(p, ex) == [
+        {"role": "system", "content": "Classify."},
+        {"role": "user", "content": "Text: awful\nAnswer: negative\n\nText: loved it\nAnswer:"}]
+    # user layout, turns: the instruction stays in every user turn
+    msgs = _task().messages(p, ex)
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+    assert all(m["content"].startswith("Classify.") for m in msgs if m["role"] == "user")
+
+
+def test_a_prompts_own_demos_replace_the_tasks_fixed_ones():
+    ex = Example("e", {"text": "loved it"}, "positive")
+    fixed = _task(layout="system", demos=[{"id": "f", "fields": {"text": "boring"}, "label": "negative"}])
+    assert "boring" in json.dumps(fixed.messages("Classify.", ex))
+    own = fixed.messages(join_prompt("Classify.", [Demo("o", {"text": "superb"}, "positive")]), ex)
+    assert "superb" in json.dumps(own) and "boring" not in json.dumps(own)
+
+
+def test_drawn_demos_are_balanced_and_from_the_pool_only():
+    pool = toy_examples(20, seed=4)
+    demos = draw_demos(pool, 6, random.Random(0))
+    assert len(demos) == 6 and {d.id for d in demos} <= {e.id for e in pool}
+    labels = [d.label for d in demos]
+    assert labels.count("positive") == labels.count("negative") == 3
+    assert draw_demos(pool, 6, random.Random(0)) == demos  # seeded
+    assert len(draw_demos(pool[:3], 8, random.Random(0))) == 3
+
+
+def test_fixed_demos_are_drawn_from_train_never_dev_or_test():
+    for seed in range(5):
+        p = prepare_task("support_triage", split={"seed": seed, "max_train": 40, "max_dev": 20, "max_test": 20},
+                         demos=8, layout="system")
+        train = {e.id for e in p.splits.train}
+        held_out = {e.id for e in p.splits.dev + p.splits.test}
+        ids = {d["id"] for d in p.task.demos}
+        assert len(ids) == 8 and ids <= train and not ids & held_out
+        assert p.task.layout == "system"
+
+
+def test_the_default_template_names_the_label_set():
+    import pandas as pd
+
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(12)], "label": ["yes", "no"] * 6})
+    p = prepare_task(df, input_cols=["text"], label_col="label", initial_prompt="Answer.")
+    assert p.task.template.endswith("Answer (no or yes):")
+
+
+# --- runs over real HTTP to a scripted server -----------------------------------------------------------------------
+class DemoResponder(E2EResponder):
+    """A task model that is right far more often when the request shows demonstrations (assistant turns or inline
+    answers), as the 1.5B model measurably is; records every task request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.task_requests: list[dict] = []
+
+    def __call__(self, req):
+        if req.get("model") == "stub-task":
+            with self.lock:
+                self.task_requests.append(req)
+            msgs = req["messages"]
+            text = msgs[-1]["content"]
+            shown = sum(m["role"] == "assistant" for m in msgs)
+            gold = "positive" if any(w in text.lower() for w in ("loved", "wonderful", "delight", "great", "superb",
+                                                                   "moving")) else "negative"
+            right = (hash(text) % 100) < (90 if shown else 50)
+            return gold if right else ("negative" if gold == "positive" else "positive")
+        return super().__call__(req)
+
+
+def _splits() -> Splits:
+    return Splits(toy_examples(12, start=1), toy_examples(10, seed=1, start=101), toy_examples(10, seed=2, start=201))
+
+
+def _run(tmp_path, optimizer: str, budget: Budget, demo_search: dict | None, responder: DemoResponder):
+    task = _task(layout="system")
+    cfg = RunConfig(optimizer=optimizer, params={}, initial_prompt="Classify the text.", task=task,
+                    data=DataConfig(name="toy", input_cols=["text"], label_col="label"), seed=5,
+                    task_endpoint={"model": "stub-task"}, optimizer_endpoint={"model": "stub-opt"},
+                    budget=budget, max_concurrency=2, cache_dir=str(tmp_path / "cache"), demo_search=demo_search,
+                    report_splits=["test"])
+    with StubServer(responder) as stub:
+        def backend(c):
+            return Backend(Endpoint(stub.base_url, "k", max_retries=1, patience=5, max_concurrency=2, timeout=5),
+                           False, "stub-task", "stub")
+
+        store = Store(tmp_path / "runs.sqlite")
+        runner = Runner(store, backend_factory=backend)
+        rid = runner.create(cfg, _splits())
+        res = runner.execute(rid)
+        billed = stub.billed
+    return res, store, rid, billed
+
+
+def _demo_ids(req: dict) -> set[str]:
+    """The example ids whose texts appear as demonstration turns in a request (toy texts are unique per id)."""
+    by_text = {f"Text: {e.fields['text']}\nAnswer:": e.id for e in _splits().train + _splits().dev + _splits().test}
+    msgs = req["messages"]
+    return {by_text.get(m["content"], "?") for i, m in enumerate(msgs[:-1])
+            if m["role"] == "user" and i + 1 < len(msgs) and msgs[i + 1]["role"] == "assistant"}
+
+
+@pytest.mark.parametrize("optimizer,demo_search", [("demos", None), ("gpo", {"k": 4, "trials": 3}),
+                                                   ("protegi", {"k": 2, "trials": 2})])
+def test_demo_search_picks_demos_from_train_only_and_the_report_uses_them(tmp_path, optimizer, demo_search):
+    responder = DemoResponder()
+    res, store, rid, billed = _run(tmp_path, optimizer, Budget(max_calls=400), demo_search, responder)
+    train = {e.id for e in _splits().train}
+    for req in responder.task_requests:
+        assert _demo_ids(req) <= train, _demo_ids(req)  # never a dev or test example as a demonstration
+    proposed = [e for _, e in store.events(rid, kinds=["candidate_proposed"]) if e.origin == "demos"]
+    assert proposed, "the demo search proposed no set"
+    for e in proposed:
+        assert set(e.info["demo_ids"]) <= train and split_prompt(e.text)[1]
+    # demonstrations help this model: the best prompt carries them and the report scored it with them on test
+    assert split_prompt(res.best_prompt)[1], res.best_prompt
+    assert res.scores["best"]["test"].score > res.scores["initial"]["test"].score
+    test_ids = {e.fields["text"] for e in _splits().test}
+    report_with_demos = [r for r in responder.task_requests if any(t in r["messages"][-1]["content"] for t in test_ids)
+                         and any(m["role"] == "assistant" for m in r["messages"])]
+    assert len(report_with_demos) == len(_splits().test)
+    assert billed <= 400 and res.calls == billed
+
+
+def test_the_demo_search_stays_inside_a_tight_cap_and_the_estimate_is_close(tmp_path):
+    cap = 90
+    res, _, _, billed = _run(tmp_path, "gpo", Budget(max_calls=cap), {"k": 4, "trials": 2}, DemoResponder())
+    assert billed <= cap and res.calls == billed
+    assert "test" in res.scores["best"]
+    est = dry_run("gpo", {}, _task(layout="system"), _splits(), "Classify the text.", seed=5,
+                  budget=Budget(max_calls=cap), report_splits=["test"], demo_search={"k": 4, "trials": 2})
+    assert est.calls <= cap and abs(est.calls - billed) <= 0.15 * billed, (est.calls, billed)
+
+
+def test_demo_search_without_dev_is_a_clear_failure(tmp_path):
+    with StubServer(DemoResponder()) as stub:
+        cfg = RunConfig(optimizer="demos", params={}, initial_prompt="Classify.", task=TOY_TASK,
+                        data=DataConfig(name="toy", input_cols=["text"], label_col="label"),
+                        task_endpoint={"model": "stub-task"}, cache_dir=str(tmp_path / "c"))
+        store = Store(tmp_path / "runs.sqlite")
+        runner = Runner(store, backend_factory=lambda c: Backend(Endpoint(stub.base_url, "k"), False, "stub-task",
+                                                                 "stub"))
+        sp = _splits()
+        rid = runner.create(cfg, Splits(sp.train, [], sp.test))
+        res = runner.execute(rid)
+    assert res.status == "failed" and re.search("needs a dev split", res.reason)
