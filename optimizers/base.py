@@ -22,6 +22,7 @@ from .evaluate import EvalResult, Evaluator
 from .events import CandidateProposed, CandidateRejected, CandidateScored, Event, MetaPrompt, StepDone
 from .lm import Completion, LanguageModel
 from .prompt import instruction_of
+from .proposals import instruction_problem
 from .task import Task
 
 Gen = Generator[Event, None, Any]
@@ -102,6 +103,9 @@ class Context:
             reason = "duplicate"
         elif origin != "initial" and self._echoes_example(instruction_of(text)):  # demonstrations copy by design
             reason = "echoes_example"
+        elif origin not in ("initial", "manual") and (problem := instruction_problem(instruction_of(text),
+                                                                                     self.task.labels)):
+            reason = problem
         if reason:
             yield CandidateRejected(step=step, text=text[:2000], reason=reason, parents=parents, origin=origin)
             return None

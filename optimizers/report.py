@@ -101,8 +101,9 @@ def plan(llm: ReportModel, meter: Meter, task: Task, splits: Splits, report_spli
             continue
         p.shares[split] = outstanding(llm, meter, task, prompts, exs)
         options = [p.shares[split]]
-        if first:
-            options.insert(0, {**p.shares[split], **next_best(llm, meter, task, prompts, exs)})
+        if first:  # the initial's requests and one best's, sized by the longest prompt: the best so far or a later one
+            options.insert(0, {**outstanding(llm, meter, task, prompts[:1], exs),
+                               **next_best(llm, meter, task, prompts, exs)})
             first = False
         for option in options:
             trial = {**fitting, **option}

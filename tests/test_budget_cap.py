@@ -28,7 +28,7 @@ from tests.test_runner import splits
 
 OPTIMIZERS = ["ape", "protegi", "opro", "pe2", "gpo"]
 PRICES = {"stub-task": (10.0, 20.0), "stub-opt": (30.0, 60.0)}  # USD per 1M tokens
-CAPS = {"calls": Budget(max_calls=45), "tokens": Budget(max_tokens=15000), "money": Budget(max_cost=0.25)}
+CAPS = {"calls": Budget(max_calls=45), "tokens": Budget(max_tokens=12000), "money": Budget(max_cost=0.25)}
 FAULTS = ["429", "500", "drop", "empty_choices", "invalid_json"]
 
 

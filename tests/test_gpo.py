@@ -79,7 +79,7 @@ class Opt:
         if kind == "feedback":
             return self.feedback(text, i) if self.feedback else f"<START>it is vague about the label ({i})<END>"
         if kind == "momentum":
-            return self.momentum(text, i) if self.momentum else f"<START>Merged prompt {i}, level 5.<END>"
+            return self.momentum(text, i) if self.momentum else f"<START>Merged instruction {i}, level 5.<END>"
         if kind == "momentum_feedback":
             return f"<START>merged problems {i}<END>"
         return "?"
@@ -565,10 +565,10 @@ def test_real_time_para_momentum():
     step1_best = current_in(meta_text(events, 2))
     assert f"Prompt: {INITIAL}\nScore: 50" in text and f"Prompt: {step1_best}" in text
     # the merged prompt is scored on dev and shown instead of a list
-    merged = candidate_id("Merged prompt 1, level 5.")
+    merged = candidate_id("Merged instruction 1, level 5.")
     assert any(e.candidate_id == merged and e.purpose == "momentum" and e.score == 0.625
                for e in kinds(events, "candidate_scored"))
-    assert "Prompt: Merged prompt 1, level 5.\nScore: 62" in meta_text(events, 2)
+    assert "Prompt: Merged instruction 1, level 5.\nScore: 62" in meta_text(events, 2)
     assert [r.rule for r in kinds(events, "retrieval")] == ["real-time", "real-time"]
 
 

@@ -1,0 +1,52 @@
+"""Is a proposed prompt an instruction? Small optimizer models often return something else, and a score on a small dev
+split can make it look better than the prompt it replaces (measured: GPO kept "the initial prompt + This prompt can be
+improved by ...", which gained on dev and lost on test). Each rule names a kind of text by its form, not by phrases
+seen in one run:
+
+- chat_reply: it speaks to the person who asked (acknowledges, or talks about itself in the first person) instead of
+  to the task model;
+- commentary: it talks about a prompt or an instruction as its object (an instruction does not mention itself);
+- reasoning_trace: it works on particular examples (refers to them by position or number, or states a verdict on
+  one) instead of saying how to treat any input;
+- bare_label: it is a label of the task, or little more.
+
+A copied example is caught by `base.Context` (it needs the data). The initial prompt and demonstrations are exempt.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .task import normalize
+
+_ACK = re.compile(r"^\W*((sure|certainly|of course|absolutely|okay|great|got it|no problem|alright|understood|"
+                  r"thank you|thanks)\s*[,.!:;-]|happy to help|glad to help)", re.I)
+_SELF = re.compile(r"^\W*(i|i'm|i am|i'd|i would|i'll|i will|i've|i have|i can|my|let me|here is|here's|here are|"
+                   r"below is|below are|the following is)\b", re.I)
+_META = re.compile(r"\b(prompts?|(original|current|new|improved|revised|updated|better|initial)"
+                   r" instructions?|(this|the) instructions? (can|could|should|lacks|does|is|needs|fails|would))\b",
+                   re.I)
+_CASE = re.compile(r"\b((the )?(first|second|third|fourth|fifth|last|previous|next) (example|input|case|one|question|"
+                   r"sentence|text|ticket|review)|(example|input|case|question) (#\s*)?\d+|in this (example|case)|"
+                   r"the (correct |right )?(answer|label) (is|was|would be|should be) (\(?[a-z0-9]\)?|[\"'])|"
+                   r"so the answer is|therefore,? the answer)\b", re.I)
+
+
+def instruction_problem(text: str, labels: list[str] | None = None) -> str | None:
+    """The reason `text` is not an instruction (one of the kinds above), or None."""
+    t = (text or "").strip()
+    if not t:
+        return None  # empty is judged by the caller (OPRO may start from it)
+    first = re.split(r"(?<=[.!?])\s|\n", t, maxsplit=1)[0]
+    if _ACK.match(first) or (_SELF.match(first) and not re.search(r"\byou(r)?\b", first, re.I)):
+        return "chat_reply"  # an opener in the first person that addresses "you" is an instruction
+    if _META.search(t):
+        return "commentary"
+    if _CASE.search(t):
+        return "reasoning_trace"
+    if labels:
+        words = normalize(t).split()
+        keys = {normalize(lab) for lab in labels}
+        if normalize(t) in keys or (len(words) <= 3 and any(k in normalize(t) for k in keys)):
+            return "bare_label"
+    return None

@@ -1,0 +1,65 @@
+"""Proposals that are not instructions are named by their form; instructions from the papers pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from optimizers.proposals import instruction_problem
+
+INSTRUCTIONS = [
+    "Let's think step by step.",  # Kojima et al., the APE paper's zero-shot CoT baseline
+    "Let's work this out in a step by step way to be sure we have the right answer.",  # APE's best
+    "Take a deep breath and work on this problem step-by-step.",  # OPRO's best on GSM8K
+    "Classify the sentiment of the review as positive or negative.",
+    "Is this support ticket urgent? Answer urgent or normal.",
+    "Yes or no: is the customer blocked from working?",
+    "I want you to act as a support triage agent: label each ticket urgent or normal.",
+    "Which option is the antecedent of the pronoun? Answer (A), (B) or (C).",
+    "Answer yes or no.",
+    "Respond promptly with one word: urgent when the customer cannot work, otherwise normal.",
+]
+NOT_INSTRUCTIONS = {
+    "Sure, I'd be happy to help with this prompt engineering problem. Please send me the reference.": "chat_reply",
+    "Certainly! Classify the ticket as urgent or normal.": "chat_reply",
+    "Here is the improved version: Classify the ticket.": "chat_reply",
+    "I think the rule about blocked customers is missing.": "chat_reply",
+    "Is this ticket urgent? This prompt can be improved by adding more specific criteria for urgency.": "commentary",
+    "The original instruction does not define urgency; add a definition.": "commentary",
+    "In the first example the customer is blocked, so the answer is urgent.": "reasoning_trace",
+    "Example 3 was mislabelled because the tone was calm.": "reasoning_trace",
+    "The correct answer is (B) because the pronoun refers to the nurse.": "reasoning_trace",
+    "urgent": "bare_label",
+    "Label: normal.": "bare_label",
+}
+
+
+@pytest.mark.parametrize("text", INSTRUCTIONS)
+def test_instructions_pass(text):
+    assert instruction_problem(text, ["urgent", "normal", "yes", "no", "(A)", "(B)", "(C)"]) is None
+
+
+@pytest.mark.parametrize("text,kind", sorted(NOT_INSTRUCTIONS.items()))
+def test_what_is_not_an_instruction_is_named(text, kind):
+    assert instruction_problem(text, ["urgent", "normal"]) == kind
+
+
+def test_a_proposal_that_is_not_an_instruction_is_rejected_with_its_reason():
+    from optimizers.base import Context
+    from optimizers.evaluate import Evaluator
+    from tests.conftest import TOY_TASK, toy_examples
+
+    class Nothing:
+        max_concurrency, accepts_extras, model = 1, False, "x"
+
+    ctx = Context(task=TOY_TASK, train=toy_examples(4), dev=[], initial_prompt="Classify.",
+                  evaluator=Evaluator(Nothing(), TOY_TASK), optimizer_llm=Nothing())
+    events = list(ctx.propose("Sure! Here is a better prompt: classify the text.", step=1, origin="generated"))
+    assert events[-1].kind == "candidate_rejected" and events[-1].reason == "chat_reply"
+    events = list(ctx.propose("Sure! Here is a better prompt.", step=0, origin="initial"))  # the user's own: kept
+    assert events[-1].kind == "candidate_proposed"
+
+
+@pytest.mark.parametrize("text", ["Follow this instruction, variant 3, carefully.",
+                                  "Read the instructions carefully, then answer urgent or normal."])
+def test_an_instruction_may_mention_instructions(text):
+    assert instruction_problem(text, ["urgent", "normal"]) is None
