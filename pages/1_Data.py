@@ -156,6 +156,19 @@ for col, part, default in ((m1, "train", 0), (m2, "dev", 0), (m3, "test", 0)):
     v = int(col.number_input(f"max {part} examples (0 = all)", 0, 1_000_000, default, 10, key=f"cap_{part}_{kh}"))
     caps[f"max_{part}"] = v or None
 
+# --- message layout and demonstrations -----------------------------------------------------------------------------
+st.subheader("Message layout and demonstrations")
+st.caption("Small models answer differently to the same words placed differently, and respond to labelled "
+           "demonstrations more than to rewording (BENCHMARKS.md, headroom).")
+l1, l2, l3 = st.columns(3)
+layout = l1.radio("Instruction", ["user", "system"], horizontal=True, key=f"layout_{kh}",
+                  format_func=lambda v: {"user": "in the user turn", "system": "as the system message"}[v])
+demos_k = int(l2.number_input("Fixed demonstrations (drawn from train; 0 = none)", 0, 32, 0, 1, key=f"demos_{kh}",
+                              help="Shown before every input, for every prompt that carries none of its own. A demo "
+                                   "search (Optimize page) picks them instead."))
+demo_style = l3.radio("Demonstrations as", ["turns", "inline"], horizontal=True, key=f"demo_style_{kh}",
+                      format_func=lambda v: {"turns": "chat turns", "inline": "inline above the input"}[v])
+
 problems_shown = False
 if test < -1e-9:
     st.error(f"train + dev fractions are {train + dev:.2f}: they must not exceed 1")
@@ -163,7 +176,8 @@ if test < -1e-9:
 try:
     po = _prepare(data_key, df, name=name, input_cols=input_cols, label_col=label_col, template=template,
                   initial_prompt=initial_prompt, extraction=extraction, source=src,
-                  split=dict(train=train, dev=dev, test=max(test, 0.0), seed=seed, stratify=stratify, **caps))
+                  split=dict(train=train, dev=dev, test=max(test, 0.0), seed=seed, stratify=stratify, **caps),
+                  layout=layout, demos=demos_k, demo_style=demo_style)
 except DataError as e:
     _show_problems(e, "The data cannot be used yet")
     st.stop()
@@ -182,6 +196,9 @@ if extraction == "label":
     st.plotly_chart(charts.split_distribution_figure(po.splits), width="stretch")
 if not sz["dev"]:
     st.warning("The dev split is empty: optimizers will select on train, and the train/dev gap cannot be shown.")
+if po.splits.train:
+    with st.expander("The messages the task model gets for one example", expanded=False):
+        st.json(po.task.messages(po.initial_prompt, (po.splits.dev or po.splits.train)[0]))
 if st.button("Use this data", type="primary", key="data_use"):
     st.session_state["po_data"] = po
     st.success(f"Saved: {name} (train {sz['train']}, dev {sz['dev']}, test {sz['test']}). Next: Optimize.")

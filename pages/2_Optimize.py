@@ -19,7 +19,7 @@ from optimizers.status import RunStatus, observed_status
 from optimizers.store import Store
 from ui import charts
 from ui.diff import diff_stats, render_markers
-from ui.inspectors import render_roles, roles_view
+from ui.inspectors import render_prompt, render_roles, roles_view
 from ui.launch import create_and_launch, estimate_run, price_inputs, registered_optimizers, resume
 from ui.params_form import params_form, validation_messages
 from ui.session import (
@@ -39,7 +39,7 @@ st.set_page_config(page_title="PromptOpt: Optimize", layout="wide")
 connection_sidebar()
 st.title("Optimize")
 
-PREFERRED = ["protegi", "opro", "ape", "pe2", "gpo", "baseline"]
+PREFERRED = ["protegi", "opro", "ape", "pe2", "gpo", "demos", "baseline"]
 STATUS_TEXT = {"created": "waiting for the worker", "running": "running", "done": "finished",
                "budget": "budget reached", "stopped": "stopped by the user", "paused": "paused (endpoint down)",
                "failed": "failed", "crashed": "crashed (the worker process is gone)"}
@@ -95,6 +95,15 @@ def new_run_form() -> None:
         st.caption("Changed from the defaults: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
 
     prompt = st.text_area("Initial prompt", value=po.initial_prompt, key=f"opt_prompt.{po.name}")
+    demo_search = None
+    if name != "demos":
+        d1, d2, d3 = st.columns([2, 1, 1])
+        if d1.checkbox("Then search demonstrations for the best instruction", key="opt_then_demos",
+                       help="Random sets of labelled train examples, each scored on dev with the instruction the "
+                            "optimizer chose; the best set is kept with it. Its share of the budget is held from "
+                            "the start."):
+            demo_search = {"k": int(d2.number_input("demos per set", 1, 32, 8, 1, key="opt_demo_k")),
+                           "trials": int(d3.number_input("sets tried", 1, 200, 3, 1, key="opt_demo_trials"))}
     task_endpoint, optimizer_endpoint = role_endpoints()
     try:
         st.caption(f"{describe_roles()} (change them in the sidebar).")
@@ -114,7 +123,7 @@ def new_run_form() -> None:
 
     prices = price_inputs([m for m in paid.values() if m])
     budget = Budget(max_calls or None, max_tokens or None, max_cost or None)
-    est = estimate_run(name, params.model_dump(), po, prompt.strip(), seed, budget, prices)
+    est = estimate_run(name, params.model_dump(), po, prompt.strip(), seed, budget, prices, demo_search)
     if est is None:
         msg = (f"No estimate for {name} with these settings: the run makes **at most {max_calls:,} calls** (the budget)"
                if max_calls else f"No estimate for {name} with these settings and no call budget")
@@ -142,7 +151,7 @@ def new_run_form() -> None:
         try:
             cfg = po.run_config(cls, initial_prompt=prompt, params=params.model_dump(), seed=seed,
                                 task_endpoint=task_endpoint, optimizer_endpoint=optimizer_endpoint,
-                                budget=budget, prices=prices)
+                                budget=budget, prices=prices, demo_search=demo_search)
             rid = create_and_launch(cfg, po.splits)
         except DataError as e:
             st.error(f"Could not start the run: {e}")
@@ -245,7 +254,7 @@ def _report_view(run: dict) -> None:
         st.warning(f"The report is incomplete: {res.report_error}")
     if res.best_prompt:
         st.caption("Best prompt:")
-        st.text(res.best_prompt)
+        render_prompt(res.best_prompt)
 
 
 def _candidates_view(f: dict) -> None:

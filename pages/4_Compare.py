@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from ui import compare as C
+from ui.inspectors import render_prompt
 from ui.session import backend, connection_sidebar
 from ui.session import store as _store
 
@@ -39,7 +40,7 @@ prompts = [choices[i].text for i in picked]
 prompts += [p.strip() for p in typed.split("\n---\n") if p.strip()] if typed.strip() else []
 for lab, p in zip(C.labels_for(len(prompts)), prompts):
     st.caption(lab)
-    st.code(p, language=None, wrap_lines=True)
+    render_prompt(p)
 
 # --- data ------------------------------------------------------------------------------------------------------------
 st.subheader("2. Data")

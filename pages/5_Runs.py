@@ -13,6 +13,7 @@ from optimizers.config import stored_roles
 from optimizers.export import candidate_rows, run_json, to_csv, to_json
 from optimizers.result import SCORE_DIGITS, stored_result
 from optimizers.status import RunStatus, observed_status
+from ui.inspectors import render_prompt
 from ui.launch import resume
 from ui.replay import render_replay
 from ui.session import cached_events, connection_sidebar, run_link, runs_or_stop
@@ -94,7 +95,7 @@ if run.get("reason"):
     st.text(run["reason"])
 if res and res.best_prompt:
     st.caption("Best prompt")
-    st.code(res.best_prompt, language=None, wrap_lines=True)
+    render_prompt(res.best_prompt)
 
 st.markdown("**Open**")
 lc = st.columns(3)

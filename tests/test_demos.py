@@ -204,3 +204,27 @@ def test_demo_search_without_dev_is_a_clear_failure(tmp_path):
         rid = runner.create(cfg, Splits(sp.train, [], sp.test))
         res = runner.execute(rid)
     assert res.status == "failed" and re.search("needs a dev split", res.reason)
+
+
+def test_the_inspect_page_shows_each_demo_set_and_its_dev_score(tmp_path, monkeypatch):
+    from tests.test_pages_inspect import frames, markdown, open_page
+
+    res, store, rid, _ = _run(tmp_path, "gpo", Budget(max_calls=400), {"k": 3, "trials": 2}, DemoResponder())
+    demo_steps = sorted({e.step for _, e in store.events(rid, kinds=["candidate_proposed"]) if e.origin == "demos"})
+    at = open_page(monkeypatch, tmp_path / "runs.sqlite", run=rid, step=str(demo_steps[0]))
+    assert not at.exception and not at.error
+    md = markdown(at)
+    assert "Demonstration sets tried" in [h.value for h in at.subheader] and "on dev" in md
+    sets = frames(at, "train example", "text", "label")
+    train = {e.id for e in _splits().train}
+    assert sets and len(sets[0]) == 3 and set(sets[0]["train example"]) <= train
+    # the Runs page shows the best prompt's instruction and its demonstrations as a table, not as JSON text
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PROMPTOPT_DB", str(tmp_path / "runs.sqlite"))
+    at = AppTest.from_file("../pages/5_Runs.py", default_timeout=30)
+    at.query_params["run"] = rid
+    at.run()
+    assert not at.exception
+    assert not any(DEMO_MARK in c.value for c in at.code)
+    assert any(split_prompt(res.best_prompt)[0] == c.value for c in at.code)

@@ -14,6 +14,7 @@ from typing import Any
 
 from optimizers.config import stored_roles
 from optimizers.methods.text import word_distance
+from optimizers.prompt import Demo, split_prompt
 
 Ev = Any  # an optimizers.events event (pydantic model with .kind and .step)
 SeqEv = tuple[int, Ev]
@@ -227,8 +228,49 @@ def _table(rows: list[dict[str, Any]], empty: str = "None.") -> None:
         st.caption(empty)
 
 
-def _prompt(text: str) -> None:
-    _st().code(text or "", language=None, wrap_lines=True)
+def render_prompt(text: str) -> None:
+    """A prompt as its instruction, and its demonstrations (if it carries any) as a table."""
+    st = _st()
+    try:
+        instruction, demos = split_prompt(text or "")
+    except ValueError:
+        instruction, demos = text or "", []
+    st.code(instruction, language=None, wrap_lines=True)
+    if demos:
+        st.caption(f"with {len(demos)} demonstrations (from train):")
+        _table(demo_rows(demos))
+
+
+def demo_rows(demos: Sequence[Demo]) -> list[dict[str, Any]]:
+    return [{"train example": d.id, **{k: _short(v, 200) for k, v in d.fields.items()}, "label": d.label}
+            for d in demos]
+
+
+def demos_view(evs: Sequence[SeqEv]) -> dict[str, Any]:
+    """A demo-search step: the set tried (its train examples) and its dev score."""
+    scores = {r["candidate_id"]: r["score"] for r in scored_rows(evs) if r["split"] == "dev"}
+    sets = []
+    for ev in of_kind(evs, "candidate_proposed"):
+        if ev.origin == "demos":
+            sets.append({"candidate_id": ev.candidate_id, "dev score": scores.get(ev.candidate_id),
+                         "demos": demo_rows(split_prompt(ev.text)[1])})
+    return {"sets": sets, "rejected": rejected_rows(evs)}
+
+
+def render_demos(evs: Sequence[SeqEv], events: Sequence[SeqEv], texts: dict[str, str]) -> None:
+    st = _st()
+    v = demos_view(evs)
+    st.subheader("Demonstration sets tried")
+    if not v["sets"]:
+        st.caption("No new set at this step (the instruction the search keeps is scored on dev first).")
+        _table(scored_rows(evs), "No scores at this step.")
+    for s in v["sets"]:
+        score = "not scored" if s["dev score"] is None else f"{s['dev score']:.3f} on dev"
+        st.write(f"Set `{s['candidate_id']}`: {score}")
+        _table(s["demos"])
+    if v["rejected"]:
+        st.subheader("Rejected")
+        _table(v["rejected"])
 
 
 def _selections(sels: list[dict[str, Any]]) -> None:
@@ -288,7 +330,7 @@ def render_protegi(evs: Sequence[SeqEv], events: Sequence[SeqEv], texts: dict[st
             st.caption(f"Edited prompts from this gradient ({len(g['edits'])})")
             for e in g["edits"]:
                 st.text(f"{e['candidate_id']}  (parsed: {e['parsed']})")
-                _prompt(e["text"])
+                render_prompt(e["text"])
     if v["orphan_edits"]:
         st.caption("Edits whose gradient is not stored at this step")
         _table(v["orphan_edits"])
@@ -311,7 +353,7 @@ def render_gpo(evs: Sequence[SeqEv], events: Sequence[SeqEv], texts: dict[str, s
         _table(r["retrieved"], "Nothing retrieved.")
     if v["current_text"]:
         st.caption("Current prompt")
-        _prompt(v["current_text"])
+        render_prompt(v["current_text"])
     st.subheader("Edit budget")
     for b in v["budgets"]:
         bw = "none" if b["budget_words"] is None else f"{b['budget_words']} words"
@@ -435,6 +477,7 @@ def render_generic(evs: Sequence[SeqEv], events: Sequence[SeqEv], texts: dict[st
 
 RENDERERS: dict[str, Callable[[Sequence[SeqEv], Sequence[SeqEv], dict[str, str]], None]] = {
     "protegi": render_protegi, "gpo": render_gpo, "opro": render_opro, "pe2": render_pe2, "ape": render_ape,
+    "demos": render_demos,
 }
 
 
@@ -442,11 +485,22 @@ def renderer_for(optimizer: str) -> Callable[[Sequence[SeqEv], Sequence[SeqEv], 
     return RENDERERS.get((optimizer or "").lower(), render_generic)
 
 
+def _after_optimizer(events: Sequence[SeqEv], step: int) -> bool:
+    """Is `step` in the demo search that followed the optimizer (at or after its first demonstration set)?"""
+    first = min((ev.step for _, ev in events if ev.kind == "candidate_proposed" and ev.origin == "demos"),
+                default=None)
+    return first is not None and step >= first - 1 and not any(
+        ev.kind == "meta_prompt" for _, ev in events_at(events, step))
+
+
 def render_step(optimizer: str, events: Sequence[SeqEv], step: int) -> None:
     """Draw one step of a run: the optimizer's own view, then the step's outcome, errors and raw exchanges."""
     st = _st()
     evs = events_at(events, step)
     texts = candidate_texts(events)
+    if any(ev.kind == "candidate_proposed" and ev.origin == "demos" for _, ev in evs) or (
+            evs and optimizer != "demos" and _after_optimizer(events, step)):
+        optimizer = "demos"  # a demo search after the optimizer: its steps are the search's
     try:
         renderer_for(optimizer)(evs, events, texts)
     except Exception as e:  # a malformed event must not hide the rest of the step

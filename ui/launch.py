@@ -30,18 +30,21 @@ def registered_optimizers() -> dict[str, type]:
 
 
 def estimate_run(name: str, params: dict[str, Any], po: PreparedTask, prompt: str, seed: int,
-                 budget: Budget, prices: dict[str, tuple[float, float]] | None = None) -> Any:
+                 budget: Budget, prices: dict[str, tuple[float, float]] | None = None,
+                 demo_search: dict[str, Any] | None = None) -> Any:
     """The dry-run estimate (optimizers.estimate): the optimizer's own loop against an instant scripted model, so
     the count follows the code, not a formula. Cached per settings in the session; None if the dry run fails."""
     from optimizers.estimate import dry_run
 
     key = "est:" + hashlib.sha256(json.dumps(
-        [name, params, po.name, po.splits.sizes(), prompt, seed, str(budget), prices], sort_keys=True,
+        [name, params, po.name, po.splits.sizes(), prompt, seed, str(budget), prices, demo_search,
+         po.task.model_dump(mode="json")], sort_keys=True,
         default=str).encode()).hexdigest()
     if key not in st.session_state:
         try:
             st.session_state[key] = dry_run(name, params, po.task, po.splits, prompt or "Answer.", seed=seed,
-                                            budget=budget, prices=Prices(dict(prices or {})))
+                                            budget=budget, prices=Prices(dict(prices or {})),
+                                            demo_search=demo_search)
         except Exception:  # an estimate must never break the form
             st.session_state[key] = None
     return st.session_state[key]
