@@ -155,6 +155,9 @@ class Optimizer(ABC):
     paper: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
     allows_empty_prompt: ClassVar[bool] = False  # may a run start from an empty initial prompt?
+    # named parameter sets one click or flag away (`--preset`): "paper" is the paper's own setting where our defaults
+    # differ from it (a default chosen for small local models, or the official code's where the paper is silent)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, ctx: Context, params: Params | dict[str, Any] | None = None):
         self.ctx = ctx

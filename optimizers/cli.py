@@ -199,6 +199,15 @@ def _print_result(r: RunResult, as_json: bool) -> None:
               "their upper bound")
 
 
+def _preset(cls: Any, name: str | None) -> dict[str, Any]:
+    if not name:
+        return {}
+    if name not in cls.presets:
+        raise UsageError(f"--preset: {cls.name} has no preset {name!r}; its presets: "
+                         f"{', '.join(cls.presets) or 'none'}")
+    return dict(cls.presets[name])
+
+
 def _demo_search(a: argparse.Namespace) -> dict[str, Any] | None:
     if not a.then_demos:
         if a.demo_param:
@@ -272,7 +281,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     prepared = load_task_data(a, a.initial_prompt, "--initial-prompt")
     try:
         prices = dict(parse_price(p) for p in a.price or [])
-        cfg = prepared.run_config(REGISTRY[a.optimizer], params=_parse_params(a.param), seed=a.seed,
+        cfg = prepared.run_config(REGISTRY[a.optimizer], params=_preset(REGISTRY[a.optimizer], a.preset)
+                                  | _parse_params(a.param), seed=a.seed,
                                   task_endpoint=RoleEndpoint(base_url=a.base_url, model=a.model),
                                   optimizer_endpoint=RoleEndpoint(base_url=a.optimizer_base_url,
                                                                   model=a.optimizer_model),
@@ -435,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "endpoint, PROMPTOPT_OPTIMIZER_MODEL_EMBEDDED embedded, else the task model; embedded: a bundled "
                    "model name or a .gguf path, served alongside the task model)")
     r.add_argument("--param", action="append", help="optimizer parameter NAME=VALUE (repeatable; JSON values)")
+    r.add_argument("--preset", help="a named parameter set of the optimizer (e.g. paper); --param overrides it")
     r.add_argument("--then-demos", action="store_true",
                    help="after the optimizer, search demonstration sets (from train, scored on dev) for its best "
                         "instruction (optimizer 'demos' runs the search alone)")

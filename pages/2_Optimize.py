@@ -79,11 +79,22 @@ def new_run_form() -> None:
     st.caption(f"Paper: {getattr(cls, 'paper', '-')}")
     prefix = f"opt_params.{name}"
     with st.expander("Parameters (defaults from the paper and its official code)", expanded=False):
-        if st.button("Reset to the defaults", key=f"{prefix}.reset"):
+        b1, b2, b3 = st.columns([1, 1, 1])
+        if b1.button("Reset to the defaults", key=f"{prefix}.reset"):
             for k in [k for k in st.session_state if str(k).startswith(prefix + ".")]:
                 del st.session_state[k]
+            st.session_state.pop(f"preset_values.{name}", None)
             st.rerun()
-        raw = params_form(cls.Params, prefix)
+        presets = getattr(cls, "presets", {}) or {}
+        if presets:
+            pick = b2.selectbox("Preset", list(presets), key=f"preset_pick.{name}", label_visibility="collapsed")
+            if b3.button("Apply the preset", key=f"preset_apply.{name}",
+                         help=", ".join(f"{k}={v!r}" for k, v in presets[pick].items()) or "the defaults"):
+                for k in [k for k in st.session_state if str(k).startswith(prefix + ".")]:
+                    del st.session_state[k]
+                st.session_state[f"preset_values.{name}"] = dict(presets[pick])
+                st.rerun()
+        raw = params_form(cls.Params, prefix, st.session_state.get(f"preset_values.{name}"))
     try:
         params = cls.Params(**raw)
     except Exception as e:

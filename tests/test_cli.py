@@ -147,3 +147,25 @@ def test_resume_with_a_larger_budget_continues_a_run_that_reached_it(toy_csv, en
 
         assert Store(env["PROMPTOPT_DB"]).get_run(res["run_id"])["config"]["budget"]["max_calls"] == 2000
         assert res2["optimization_usage"]["calls"] > res["optimization_usage"]["calls"]
+
+
+def test_preset_and_demo_flags_reach_the_stored_config(toy_csv, env):
+    with StubServer(scripted(lambda req: "<START>Classify the sentiment of the review.<END>")) as stub:
+        base = ["--data", str(toy_csv), "--input-col", "text", "--label-col", "label", "--initial-prompt",
+                "Classify the text.", "--base-url", stub.base_url, "--model", "stub-task", "--optimizer-model",
+                "stub-opt", "--layout", "system", "--demos", "2"]
+        r = cli("run", *base, "--optimizer", "opro", "--preset", "paper (GPT scorer)", "--param", "num_search_steps=1",
+                "--then-demos", "--demo-param", "trials=1", "--demo-param", "k=2", "--max-calls", "200", "--json",
+                env=env)
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        from optimizers.store import Store
+
+        cfg = Store(env["PROMPTOPT_DB"]).get_run(res["run_id"])["config"]
+        assert cfg["params"]["old_instruction_score_threshold"] == 0.3 and cfg["params"]["num_search_steps"] == 1
+        assert cfg["demo_search"] == {"trials": 1, "k": 2}
+        assert cfg["task"]["layout"] == "system" and len(cfg["task"]["demos"]) == 2
+        bad = cli("run", *base, "--optimizer", "opro", "--preset", "nope", env=env)
+        assert bad.returncode == 2 and "has no preset 'nope'" in bad.stderr
+        bad = cli("run", *base, "--optimizer", "opro", "--demo-param", "k=2", env=env)
+        assert bad.returncode == 2 and "--then-demos" in bad.stderr

@@ -133,7 +133,7 @@ def test_defaults_are_the_papers():
                               "train_sample", "prompt_length_limit", "enforce_length", "step_size", "use_history",
                               "tutorial", "reasoning_temperature", "temperature", "proposal_max_tokens")} == {
         "steps": 3, "n_parents": 4, "proposals_per_parent": 4, "batch_size": 2, "hard_negatives": True,
-        "train_sample": None, "prompt_length_limit": 50, "enforce_length": True, "step_size": None,
+        "train_sample": None, "prompt_length_limit": 50, "enforce_length": False, "step_size": None,
         "use_history": False, "tutorial": False, "reasoning_temperature": 0.0, "temperature": 0.7,
         "proposal_max_tokens": 300}
     helps = PE2.param_help()
@@ -326,13 +326,14 @@ def test_length_cap_line_and_rejection():
     def opt():
         return Opt(propose=lambda parent, i: replies[i])
 
-    events, *_ = run(opt(), steps=1, n_parents=1, proposals_per_parent=3, prompt_length_limit=10)
+    events, *_ = run(opt(), steps=1, n_parents=1, proposals_per_parent=3, prompt_length_limit=10,
+                     enforce_length=True)
     assert all("* The whole prompt must be shorter than 10 words." in m.messages[-1]["content"]
                for m in metas(events, "propose"))
     rej = kinds(events, "candidate_rejected")
     assert [(r.reason, len(r.text.split())) for r in rej] == [("too_long", 12), ("too_long", 10)]
     assert [e.text for e in kinds(events, "candidate_proposed") if e.origin == "pe2_edit"] == [replies[3]]
-    # enforce_length off: the model is still told, but nothing is rejected for length
+    # enforce_length off (the paper, and the default): the model is still told, but nothing is rejected for length
     events, *_ = run(opt(), steps=1, n_parents=1, proposals_per_parent=3, prompt_length_limit=10,
                      enforce_length=False)
     assert not kinds(events, "candidate_rejected")
@@ -474,3 +475,43 @@ def test_cli_run_end_to_end(tmp_path, monkeypatch, capsys):
         assert res["optimizer"] == "pe2" and "sentiment" in res["best_prompt"]
         assert res["config"]["params"]["proposals_per_parent"] == 2
         assert len(opt_reqs(stub.chat_requests(), "propose")) == 2
+
+
+class InducingOpt(Opt):
+    """Also answers APE's induction request ("I gave a friend an instruction ..."): a numbered instruction."""
+
+    def __call__(self, req):
+        text = last_user(req)
+        if text.startswith("I gave a friend an instruction"):
+            with self.lock:
+                self.n["induce"] += 1
+                return f" classify each review by its sentiment, level {self.n['induce']}."
+        return super().__call__(req)
+
+
+def test_induced_start_adds_scored_starting_prompts_from_train_pairs():
+    events, reqs, err, ctx = run(InducingOpt(), task_reply=level_task, steps=1, n_parents=1, proposals_per_parent=1,
+                                 induced_start=3, induced_demos=2)
+    assert err is None
+    induced = [e for e in kinds(events, "candidate_proposed") if e.origin == "induced"]
+    assert [e.text for e in induced] == [f"Classify each review by its sentiment, level {i}." for i in (1, 2, 3)]
+    train_ids = {ex.id for ex in ctx.train}
+    assert all(len(e.info["demo_ids"]) == 2 and set(e.info["demo_ids"]) <= train_ids for e in induced)
+    scored0 = {e.candidate_id for e in kinds(events, "candidate_scored") if e.step == 0 and e.split == "dev"}
+    assert {e.candidate_id for e in induced} <= scored0
+    # the best induced start (level 3) is the one expanded at step 1
+    first_parent = current_prompt(next(r for r in reqs if kind_of(last_user(r)) == "reasoning")["messages"])
+    assert first_parent == induced[2].text
+
+
+def test_presets_name_the_papers_settings():
+    from optimizers import methods  # noqa: F401
+    from optimizers.base import REGISTRY
+
+    for name in ("ape", "protegi", "opro", "pe2", "gpo"):
+        cls = REGISTRY[name]
+        assert cls.presets, name
+        for preset in cls.presets.values():
+            cls.Params(**preset)  # every preset is valid
+    assert REGISTRY["opro"].presets["paper (GPT scorer)"] == {"old_instruction_score_threshold": 0.3}
+    assert REGISTRY["ape"].presets["paper"] == {"score_method": "likelihood"}

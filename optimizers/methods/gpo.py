@@ -85,6 +85,7 @@ class _Entry:
 
 @register
 class GPO(Optimizer):
+    presets = {"paper": {}}  # the defaults are the paper's
     name = "gpo"
     title = "GPO (trajectory retrieval + generation + decaying edit budget)"
     paper = ("Tang et al., Unleashing the Potential of Large Language Models as Prompt Optimizers: An Analogical "

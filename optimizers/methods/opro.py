@@ -121,6 +121,8 @@ GENERATE = Signature(HEADER + "{history}{exemplars}" + REQUEST, parse_instructio
 
 @register
 class OPRO(Optimizer):
+    presets = {"paper (GPT scorer)": {"old_instruction_score_threshold": 0.3},
+               "paper (PaLM scorer)": {"old_instruction_score_threshold": 0.0}}
     name = "opro"
     title = "OPRO (optimization by prompting)"
     paper = "Yang et al., Large Language Models as Optimizers, ICLR 2024"

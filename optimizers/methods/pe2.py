@@ -25,6 +25,7 @@ from ..data import Example, render_template
 from ..evaluate import Prediction
 from ..events import EditBudget, Event, Reasoning, Selection
 from . import parsing
+from .induction import INDUCE_PROMPT, demo_block
 from .text import Signature, input_text, render, word_distance
 
 # --- meta-prompts (our wording; the paper's turns, sections and placeholders), each with the parser of its reply
@@ -149,6 +150,8 @@ def _short(text: str, limit: int = 1500) -> str:
 
 @register
 class PE2(Optimizer):
+    presets = {"paper": {"prompt_length_limit": 50, "enforce_length": False, "induced_start": 0},
+               "paper (induction tasks)": {"prompt_length_limit": 50, "enforce_length": False, "induced_start": 5}}
     name = "pe2"
     title = "PE2 (prompt engineering a prompt engineer)"
     paper = "Ye, Axmed, Pryzant, Khani, Prompt Engineering a Prompt Engineer, Findings of ACL 2024"
@@ -167,8 +170,13 @@ class PE2(Optimizer):
         prompt_length_limit: int | None = Field(50, ge=2, description="Tell the model the prompt must be shorter "
                                                                       "than this many words (200 for long tasks); "
                                                                       "empty: no such line")
-        enforce_length: bool = Field(True, description="Ours: reject proposals at or over the length limit (the "
-                                                       "paper only instructs)")
+        enforce_length: bool = Field(False, description="Ours: also reject proposals at or over the length limit "
+                                                        "(the paper only instructs the optimizer model)")
+        induced_start: int = Field(0, ge=0, le=50, description="APE-style starting prompts induced from train "
+                                                               "input/output pairs and scored with the initial one "
+                                                               "(the paper's Instruction Induction and "
+                                                               "Counterfactual runs); 0: the initial prompt only")
+        induced_demos: int = Field(5, ge=1, description="Input/output pairs shown per induced starting prompt")
         step_size: int | None = Field(None, ge=1, description="Tell the model it may change at most this many words "
                                                               "(tried in the paper, not in final PE2); empty: off")
         use_history: bool = Field(False, description="Ask for a summary of limitations and changes after each "
@@ -202,6 +210,11 @@ class PE2(Optimizer):
             raise ValueError("the initial prompt is empty")
         self._order.append(init.id)
         yield from self.score_dev(init, step=0, purpose="baseline")
+        for i in range(p.induced_start):
+            cand = yield from self.induce_one(i)
+            if cand is not None:
+                self._order.append(cand.id)
+                yield from self.score_dev(cand, step=0, purpose="selection")
         parents = yield from self.select(0)
         yield ctx.step_done(0, self.best(), self.split, parents)
         for step in range(1, p.steps + 1):
@@ -212,6 +225,18 @@ class PE2(Optimizer):
                         yield from self.score_dev(child, step=step, purpose="selection")
             parents = yield from self.select(step)
             yield ctx.step_done(step, self.best(), self.split, parents)
+
+    def induce_one(self, i: int) -> Generator[Event, None, Candidate | None]:
+        """One induced starting prompt (forward-mode induction on a fresh train sample, as APE does)."""
+        ctx, p = self.ctx, self.p
+        demos = ctx.sample(ctx.train, p.induced_demos)
+        msg = INDUCE_PROMPT.render(demos=demo_block(demos))
+        comp = yield from ctx.ask("pe2.induce", [{"role": "user", "content": msg}], step=0, ref=f"i{i}",
+                                  temperature=p.temperature, max_tokens=p.proposal_max_tokens)
+        text, how = INDUCE_PROMPT.parse(comp.text)
+        return (yield from ctx.propose(text if how != "echo" else "", step=0, origin="induced",
+                                       truncated=comp.truncated and how != "cut", max_words=self.max_words(),
+                                       info={"demo_ids": [d.id for d in demos], "parsed": how}))
 
     # --- scoring with reuse ---------------------------------------------------------------------------------------
     def predict(self, cand: Candidate, examples: Sequence[Example], split: str, *, step: int,

@@ -111,6 +111,7 @@ class _Proposal:
 
 @register
 class ProTeGi(Optimizer):
+    presets = {"paper": {}}  # the defaults are the paper's
     name = "protegi"
     title = "ProTeGi (textual gradients + beam search)"
     paper = "Pryzant et al., Automatic Prompt Optimization with \"Gradient Descent\" and Beam Search, EMNLP 2023"
