@@ -125,6 +125,15 @@ _TRANSIENT = (openai.APIConnectionError, openai.RateLimitError, openai.InternalS
               BadReply, json.JSONDecodeError)
 
 
+def _pooled(embedding: Any) -> list[float]:
+    """One vector: a server without a pooling setting (llama-cpp-python's, for a generative model) returns one vector
+    per token; their mean is the text's embedding."""
+    if embedding and isinstance(embedding[0], (list, tuple)):
+        rows = [list(map(float, r)) for r in embedding]
+        return [sum(col) / len(rows) for col in zip(*rows, strict=True)]
+    return list(map(float, embedding))
+
+
 def _redact(text: str, secret: str | None) -> str:
     if secret and len(secret) >= 4:
         text = text.replace(secret, "***")
@@ -219,7 +228,7 @@ class Endpoint:
         data = sorted(getattr(resp, "data", None) or [], key=lambda d: d.index)
         if len(data) != len(texts):
             raise ValueError(f"the endpoint returned {len(data)} embeddings for {len(texts)} texts")
-        out = [list(map(float, d.embedding)) for d in data]
+        out = [_pooled(d.embedding) for d in data]
         if any(not v for v in out):
             raise ValueError("the endpoint returned an empty embedding")
         usage = getattr(resp, "usage", None)

@@ -90,3 +90,19 @@ def test_a_model_per_role_each_on_its_own_embedded_server(env, tmp_path):
     log = Path(env["PROMPTOPT_CACHE_DIR"]) / "models" / "logs" / f"server-{opt_alias}.log"
     posts = log.read_text(errors="replace").count("POST /v1/chat/completions")
     assert posts == sum(not e["cached"] for e in asked) > 0
+
+
+def test_gpo_retrieves_by_embeddings_from_the_embedded_server(env, tmp_path):
+    """The embedded server serves /v1/embeddings (pooled per text), so GPO's relevance retrieval is by embeddings,
+    not the lexical fallback: with similarity=embeddings a missing endpoint would fail the run."""
+    out = tmp_path / "out"
+    r = cli(env, "run", "--data", "sentiment", "--optimizer", "gpo", "--max-train", "6", "--max-dev", "4",
+            "--max-test", "4", "--max-calls", "60", "--seed", "2", "--param", "optimizer_max_tokens=120",
+            "--param", "similarity=embeddings", "--param", "epochs=3", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "result.json").read_text())
+    assert res["status"] in ("done", "budget"), res["reason"]
+    events = json.loads(cli(env, "export", res["run_id"]).stdout)["events"]
+    sims = {e["similarity"] for e in events if e["kind"] == "retrieval" and e["similarity"] != "none"}
+    assert sims and all(s.startswith("embeddings:") for s in sims), sims
+

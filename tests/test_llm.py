@@ -186,3 +186,10 @@ def test_cache_dir_default_is_under_home(monkeypatch, tmp_path: Path):
     c = ResponseCache(tmp_path / "c")
     c.set("k", {"text": "v"})
     assert c.get("k") == {"text": "v"}
+
+
+def test_per_token_embeddings_are_mean_pooled():
+    from optimizers.llm import _pooled
+
+    assert _pooled([[1.0, 2.0], [3.0, 6.0]]) == [2.0, 4.0]
+    assert _pooled([0.5, 1]) == [0.5, 1.0]
