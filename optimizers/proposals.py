@@ -8,7 +8,9 @@ seen in one run:
 - commentary: it talks about a prompt or an instruction as its object (an instruction does not mention itself);
 - reasoning_trace: it works on particular examples (refers to them by position or number, or states a verdict on
   one) instead of saying how to treat any input;
-- bare_label: it is a label of the task, or little more.
+- bare_label: it is a label of the task, or little more;
+- format_echo: it carries the meta-prompt's scaffolding: a "Field:" line with nothing or only a number after it
+  ("Score: 80", "Label:", "Output:"), or a placeholder in angle brackets ("<Prompt>", "<INS>").
 
 A copied example is caught by `base.Context` (it needs the data). The initial prompt and demonstrations are exempt.
 """
@@ -32,6 +34,9 @@ _CASE = re.compile(r"\b((the )?(first|second|third|fourth|fifth|last|previous|ne
                    r"so the answer is|therefore,? the answer)\b", re.I)
 
 
+_SCAFFOLD = re.compile(r"(?im)^\s*([A-Za-z][A-Za-z ]{0,20}:\s*)+(-?\d+(\.\d+)?%?)?\s*$|<\s*/?\s*[A-Z][A-Za-z_ ]{0,20}>")
+
+
 def instruction_problem(text: str, labels: list[str] | None = None) -> str | None:
     """The reason `text` is not an instruction (one of the kinds above), or None."""
     t = (text or "").strip()
@@ -42,6 +47,8 @@ def instruction_problem(text: str, labels: list[str] | None = None) -> str | Non
         return "chat_reply"  # an opener in the first person that addresses "you" is an instruction
     if _META.search(t):
         return "commentary"
+    if _SCAFFOLD.search(t):
+        return "format_echo"
     if _CASE.search(t):
         return "reasoning_trace"
     if labels:

@@ -17,6 +17,8 @@ INSTRUCTIONS = [
     "Which option is the antecedent of the pronoun? Answer (A), (B) or (C).",
     "Answer yes or no.",
     "Respond promptly with one word: urgent when the customer cannot work, otherwise normal.",
+    "Decide whether the ticket is urgent.\nUrgent: the customer cannot work, log in, pay or ship.\nNormal: anything else.",
+    "Answer with the label only, for example: urgent",
 ]
 NOT_INSTRUCTIONS = {
     "Sure, I'd be happy to help with this prompt engineering problem. Please send me the reference.": "chat_reply",
@@ -28,6 +30,9 @@ NOT_INSTRUCTIONS = {
     "In the first example the customer is blocked, so the answer is urgent.": "reasoning_trace",
     "Example 3 was mislabelled because the tone was calm.": "reasoning_trace",
     "The correct answer is (B) because the pronoun refers to the nurse.": "reasoning_trace",
+    "Is this support ticket urgent? Answer urgent or normal.\nScore: 80": "format_echo",
+    "Is this ticket urgent? If so, give the level.\nLabel: Output:": "format_echo",
+    "Rewrite <INS> so that it is clearer.": "format_echo",
     "urgent": "bare_label",
     "Label: normal.": "bare_label",
 }
