@@ -9,7 +9,7 @@ own report stored (no new calls).
 
 Resumable: each arm's run id is written as soon as the CLI names it; an arm with a result.json is done, one with only
 a run id is resumed (`python -m optimizers resume`, replay through the response cache), so a killed benchmark
-continues where it stopped. Every arm's optimization gets --opt-calls calls; the report on test (initial and best
+continues where it stopped. Each arm has its own response cache, so none is paid for by another. Every arm's optimization gets --opt-calls calls; the report on test (initial and best
 prompt, 2 x n_test) is paid on top from the same hard cap, as bench_optimizers.py does.
 """
 
@@ -54,9 +54,11 @@ def run_arm(a: argparse.Namespace, arm: str, n_test: int, out: Path) -> None:
         return
     db = str(out / "runs.sqlite")
     rid_file = d / "run_id"
-    common = ["--db", db, "--out", str(d), "--json"]
+    # each arm its own response cache: no arm gets another's scores for free (the initial prompt's on dev and test)
+    common = ["--db", db, "--out", str(d), "--json", "--cache-dir", str(d / "cache")]
     if rid_file.exists():
-        cmd = [sys.executable, "-m", "optimizers", "resume", rid_file.read_text().strip(), *common]
+        cmd = [sys.executable, "-m", "optimizers", "resume", rid_file.read_text().strip(), *common[:5]]  # its cache
+        # is in its stored config
     else:
         demo = ["--demo-param", f"trials={a.demo_trials}", "--demo-param", f"k={a.k}"] if (
             arm == "demos" or arm.endswith("+demos")) else []

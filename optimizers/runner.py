@@ -46,6 +46,14 @@ class ReplayDiverged(RuntimeError):
     pass
 
 
+def _live_spend(meter: Meter | None) -> dict[str, Any] | None:
+    """The meter's totals as the heartbeat writes them (read in the heartbeat thread; the meter locks)."""
+    if meter is None:
+        return None
+    c = meter.snapshot()
+    return {"calls": c.calls, "cache_hits": c.cache_hits, "tokens": c.tokens, "at": time.time()}
+
+
 def _usage_event(meter: Meter, step: int) -> Usage:
     total, roles, phases, at = meter.checkpoint()
     return Usage(step=step, **total.as_dict(), by_role=roles, by_phase=phases, at=at)
@@ -78,13 +86,15 @@ def _meter(run_id: str, cfg: RunConfig, last: Usage | None) -> Meter:
 
 
 @contextmanager
-def _heartbeat(store: Store, run_id: str) -> Iterator[None]:
-    """Beat while the run executes, so a step that scores for minutes without an event is not judged crashed."""
+def _heartbeat(store: Store, run_id: str, live: Callable[[], dict[str, Any] | None] = lambda: None
+               ) -> Iterator[None]:
+    """Beat while the run executes, so a step that scores for minutes without an event is not judged crashed; each
+    beat carries the spend so far, so a page shows progress between events (the first within seconds)."""
     done = threading.Event()
 
     def beat() -> None:
         while not done.wait(HEARTBEAT_S):
-            store.heartbeat(run_id)
+            store.heartbeat(run_id, live())
         store.close()  # this thread's connection
 
     t = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
@@ -104,6 +114,7 @@ class Runner:
                  backend_factory: Callable[[RunConfig], Backend | RoleBackends] | None = None):
         self.store = store
         self._api_key, self._optimizer_api_key = api_key, optimizer_api_key
+        self._live: dict[str, Meter] = {}
         self._backend_factory = backend_factory
 
     def create(self, config: RunConfig, splits: Splits) -> str:
@@ -128,8 +139,11 @@ class Runner:
         run = self.store.get_run(run_id)
         if run is None:
             raise KeyError(f"no run {run_id!r}")
-        with _heartbeat(self.store, run_id):
-            return self._execute(run, on_event)
+        with _heartbeat(self.store, run_id, lambda: _live_spend(self._live.get(run_id))):
+            try:
+                return self._execute(run, on_event)
+            finally:
+                self._live.pop(run_id, None)
 
     def _execute(self, run: dict[str, Any], on_event: Callable[[int, Event], None] | None) -> RunResult:
         run_id = run["id"]
@@ -137,6 +151,7 @@ class Runner:
         splits = self.store.load_splits(run_id)
         stored = self.store.stream_kinds(run_id)
         meter = _meter(run_id, cfg, self.store.last_event(run_id, "usage"))
+        self._live[run_id] = meter
         t0 = time.time()
         self.store.request_stop(run_id, False)
         self.store.set_status(run_id, RunStatus.RUNNING, worker_pid=os.getpid())

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS runs (
     config TEXT NOT NULL,          -- full RunConfig JSON (no secrets)
     result TEXT,                   -- result JSON once finished
     stop_requested INTEGER NOT NULL DEFAULT 0,
-    worker_pid INTEGER
+    worker_pid INTEGER,
+    live TEXT                      -- the worker's spend so far, between events (JSON; progress, not books)
 );
 CREATE TABLE IF NOT EXISTS examples (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -114,6 +115,9 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._conn().executescript(SCHEMA)  # executescript manages its own transaction
+        cols = {r["name"] for r in self._conn().execute("PRAGMA table_info(runs)")}
+        if "live" not in cols:  # a store made before live progress: add the column (old rows read as no progress)
+            self._conn().execute("ALTER TABLE runs ADD COLUMN live TEXT")
 
     # --- connections --------------------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -174,6 +178,7 @@ class Store:
         d["status"] = RunStatus(d["status"])
         d["config"] = json.loads(d["config"])
         d["result"] = json.loads(d["result"]) if d["result"] else None
+        d["live"] = json.loads(d["live"]) if d.get("live") else None
         return d
 
     def list_runs(self) -> list[dict[str, Any]]:
@@ -189,9 +194,10 @@ class Store:
             c.execute("UPDATE runs SET status=?, reason=?, updated=?, heartbeat=?, worker_pid=COALESCE(?, worker_pid)"
                       " WHERE id=?", (status.value, reason, time.time(), time.time(), worker_pid, run_id))
 
-    def heartbeat(self, run_id: str) -> None:
+    def heartbeat(self, run_id: str, live: dict[str, Any] | None = None) -> None:
         with self._tx() as c:
-            c.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), run_id))
+            c.execute("UPDATE runs SET heartbeat=?, live=COALESCE(?, live) WHERE id=?",
+                      (time.time(), _dumps(live) if live is not None else None, run_id))
 
     def set_result(self, run_id: str, result: dict[str, Any]) -> None:
         with self._tx() as c:

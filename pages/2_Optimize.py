@@ -296,6 +296,18 @@ def _candidates_view(f: dict) -> None:
             st.code(texts.get(pick, ""), language=None, wrap_lines=True)
 
 
+def _live_progress(live: dict, cfg: dict) -> None:
+    """The worker's spend so far, written every few seconds between events: it moves while a step scores."""
+    cap = (cfg.get("budget") or {}).get("max_calls")
+    calls, hits = int(live.get("calls") or 0), int(live.get("cache_hits") or 0)
+    text = f"Working: {calls:,} calls so far" + (f" of at most {cap:,}" if cap else "") + (
+        f", {hits:,} answered from the cache" if hits else "") + f" (as of {dt.datetime.fromtimestamp(live['at']):%H:%M:%S})"
+    if cap:
+        st.progress(min(1.0, calls / cap), text=text)
+    else:
+        st.caption(text)
+
+
 def run_view(rid: str) -> None:
     run = S.get_run(rid) or S.find_run(rid)
     if run is None:
@@ -326,6 +338,8 @@ def run_view(rid: str) -> None:
         _controls(r, status)
         f = _frames(db_path(), rid, S.event_count(rid))
         _spend_view(f["spend"])
+        if status.live and r.get("live"):
+            _live_progress(r["live"], cfg)
         if f["points"].empty and f["best"].empty:
             st.caption("No scores yet." + (" The worker is starting..." if status.live else ""))
         else:

@@ -68,12 +68,16 @@ def test_a_long_silent_step_is_not_judged_crashed(tmp_path, monkeypatch):
         runner, store = make_runner(stub, tmp_path / "runs.sqlite")
         rid = runner.create(run_config(tmp_path), toy_splits())
         seen: set[RunStatus] = set()
+        live_before_first_step: list[int] = []
         done = threading.Event()
 
         def watch() -> None:
             reader = Store(store.path)
             while not done.is_set():
-                seen.add(observed_status(reader.get_run(rid)))
+                run = reader.get_run(rid)
+                seen.add(observed_status(run))
+                if run.get("live") and not reader.last_event(rid, "step_done"):
+                    live_before_first_step.append(run["live"]["calls"])
                 time.sleep(0.02)
 
         watcher = threading.Thread(target=watch)
@@ -84,6 +88,8 @@ def test_a_long_silent_step_is_not_judged_crashed(tmp_path, monkeypatch):
             done.set()
             watcher.join()
     assert RunStatus.RUNNING in seen and RunStatus.CRASHED not in seen
+    # the beats carry the spend so far: progress shows while the first step still scores, and it grows
+    assert live_before_first_step and max(live_before_first_step) > min(live_before_first_step) >= 0
 
 
 # --- the pages agree ------------------------------------------------------------------------------------------------
