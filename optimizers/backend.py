@@ -6,7 +6,7 @@ that executes it (keys are never stored; the dashboard hands its session's keys 
 
     task       base URL  stored, else OPENAI_BASE_URL, else the embedded backend
                model     stored, else on an endpoint PROMPTOPT_TASK_MODEL (else gpt-4o-mini), embedded
-                         PROMPTOPT_MODEL (else qwen2.5-coder-0.5b)
+                         PROMPTOPT_MODEL (else qwen2.5-coder-1.5b)
                key       given, else OPENAI_API_KEY
     optimizer  base URL  stored, else PROMPTOPT_OPTIMIZER_BASE_URL, else the task role's
                model     stored, else on an endpoint PROMPTOPT_OPTIMIZER_MODEL (else the task model on the task's

@@ -279,7 +279,7 @@ def test_server_exits_when_its_parent_is_killed(tmp_path):
     script = textwrap.dedent("""
         import sys, time
         from optimizers.local_model import LocalServer
-        s = LocalServer(n_ctx=512)
+        s = LocalServer("smollm2-135m", n_ctx=512)  # the small test model: the point is the parent's death
         s.start()
         print(s._proc.pid, s.port, flush=True)
         time.sleep(600)

@@ -108,7 +108,7 @@ def test_the_environment_fills_what_the_run_left_open(monkeypatch):
     for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "PROMPTOPT_TASK_MODEL", "PROMPTOPT_MODEL"):
         monkeypatch.delenv(name, raising=False)
     # nothing set: both roles on the embedded default model (one server)
-    assert plans() == ((None, "qwen2.5-coder-0.5b"), (None, "qwen2.5-coder-0.5b"))
+    assert plans() == ((None, "qwen2.5-coder-1.5b"), (None, "qwen2.5-coder-1.5b"))
     # embedded, a model per role: from the run, else from the environment
     assert plans(RoleEndpoint(model="smollm2-135m"), RoleEndpoint(model="qwen2.5-coder-1.5b")) == (
         (None, "smollm2-135m"), (None, "qwen2.5-coder-1.5b"))
