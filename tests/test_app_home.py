@@ -1,5 +1,5 @@
 """The home page renders with an empty store, scores a bundled set through the scripted stub endpoint, lists the
-endpoint's models, and Quick start creates a small run on the bundled sentiment set and opens it on Optimize."""
+endpoint's models, and Quick start creates a small demo search on the bundled triage set and opens it on Optimize."""
 
 from streamlit.testing.v1 import AppTest
 
@@ -48,11 +48,12 @@ def test_quick_start_runs_and_opens_optimize(env):  # noqa: F811
     runs = env["store"].list_runs()
     assert len(runs) == 1
     run = runs[0]
-    assert run["optimizer"] == "protegi" and run["data_name"] == "sentiment"
-    assert run["config"]["budget"]["max_calls"] == 150 and run["config"]["params"]["rounds"] == 2
+    assert run["optimizer"] == "demos" and run["data_name"] == "support_triage"
+    assert run["config"]["budget"]["max_calls"] == 240 and run["config"]["params"] == {"k": 6, "trials": 4}
+    assert run["config"]["task"]["layout"] == "system"
     sizes = env["store"].load_splits(run["id"]).sizes()
-    assert sizes == {"train": 24, "dev": 12, "test": 16}
-    assert at.session_state["po_data"].name == "sentiment"
+    assert sizes == {"train": 48, "dev": 20, "test": 60}
+    assert at.session_state["po_data"].name == "support_triage"
     assert run["status"] in ("done", "budget")
     # switched to the Optimize page with ?run=<id>
     assert any(run["id"] in s.value for s in at.subheader)
