@@ -28,6 +28,7 @@ QUICK_LAYOUT = "system"
 QUICK_OPTIMIZER = "demos"
 QUICK_PARAMS = {"k": 6, "trials": 4}
 QUICK_BUDGET = 240  # calls: (trials + 1) x dev 20 + the test report 2 x 60, with room to spare
+QUICK_REPORT = ["dev", "test"]  # dev is free (the search scored both prompts there); train would not fit the budget
 
 
 def quick_start() -> None:
@@ -46,7 +47,8 @@ def quick_start() -> None:
     task_endpoint, optimizer_endpoint = session.role_endpoints()
     try:
         cfg = po.run_config(opts[name], params=params, task_endpoint=task_endpoint,
-                            optimizer_endpoint=optimizer_endpoint, budget=Budget(max_calls=QUICK_BUDGET))
+                            optimizer_endpoint=optimizer_endpoint, budget=Budget(max_calls=QUICK_BUDGET),
+                            report_splits=QUICK_REPORT)
         rid = create_and_launch(cfg, po.splits)
     except Exception as e:
         st.error(f"Could not start the quick-start run: {type(e).__name__}: {e}")
