@@ -180,6 +180,12 @@ def plot(flat: list[tuple[str, dict]], png: Path, max_calls: int) -> str | None:
     fig.update_layout(barmode="group", width=1200, height=520, yaxis=dict(title="test accuracy", range=[0, 1.05]),
                       title=f"Best prompt's test accuracy after {max_calls} LLM calls (95% Wilson CI); grey: initial prompt",
                       template="plotly_white", legend=dict(orientation="h", y=-0.15))
+    return render_png(fig, png, 1220, 540)
+
+
+def render_png(fig, png: Path, width: int, height: int) -> str:
+    """A Plotly figure as PNG through the chromium the browser tests use (no image-export package needed); the HTML
+    stays next to it, and is what is returned when no chromium is there."""
     html = png.with_suffix(".html")
     fig.write_html(html, include_plotlyjs=True)
     try:
@@ -188,7 +194,7 @@ def plot(flat: list[tuple[str, dict]], png: Path, max_calls: int) -> str | None:
         exe = shutil.which("chromium") or "/usr/bin/chromium"
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=exe if Path(exe).exists() else None)
-            page = b.new_page(viewport={"width": 1220, "height": 540})
+            page = b.new_page(viewport={"width": width, "height": height})
             page.goto(html.as_uri())
             page.wait_for_selector(".main-svg")
             page.locator(".plotly-graph-div").screenshot(path=str(png))
