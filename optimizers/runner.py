@@ -93,8 +93,10 @@ def _heartbeat(store: Store, run_id: str, live: Callable[[], dict[str, Any] | No
     done = threading.Event()
 
     def beat() -> None:
-        while not done.wait(HEARTBEAT_S):
+        while True:
             store.heartbeat(run_id, live())
+            if done.wait(HEARTBEAT_S):
+                break
         store.close()  # this thread's connection
 
     t = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
