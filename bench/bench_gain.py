@@ -26,6 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_headroom import BBH_SPLIT, DEFAULT_SPLIT, SPLITS  # noqa: E402  (the headroom rows' test examples)
+
 from optimizers.config import SplitConfig  # noqa: E402
 from optimizers.metrics import mcnemar, wilson  # noqa: E402
 from optimizers.prepare import prepare_task  # noqa: E402
@@ -44,6 +47,11 @@ ARMS = {
 }
 for _name in ("ape", "protegi", "opro", "pe2", "gpo"):
     ARMS[f"{_name}+demos"] = [*ARMS[_name], "--then-demos"]
+
+
+def fractions(task: str) -> tuple[float, float, float]:
+    """The split bench_headroom.py measured the task's headroom on (so both read the same test examples)."""
+    return SPLITS.get(task) or (BBH_SPLIT if task.startswith("bbh_") else DEFAULT_SPLIT)
 
 
 def run_arm(a: argparse.Namespace, arm: str, n_test: int, out: Path) -> None:
@@ -67,6 +75,7 @@ def run_arm(a: argparse.Namespace, arm: str, n_test: int, out: Path) -> None:
         cmd = [sys.executable, "-m", "optimizers", "run", "--data", a.task, *ARMS[arm], *demo,
                "--max-calls", str(a.opt_calls + 2 * n_test), "--report-splits", "test", "--seed", str(a.seed),
                "--layout", a.layout, "--max-train", str(a.max_train), "--max-dev", str(a.max_dev),
+               *(x for flag, f in zip(("--train", "--dev", "--test"), fractions(a.task)) for x in (flag, str(f))),
                "--max-test", str(a.max_test), *common]
         if a.model:
             cmd += ["--model", a.model]
@@ -147,15 +156,16 @@ def main() -> None:
     bad = [x for x in arms if x not in ARMS]
     if bad:
         sys.exit(f"unknown arm(s) {bad}; choose from {', '.join(ARMS)}")
-    n_test = len(prepare_task(a.task, split=SplitConfig(max_train=a.max_train, max_dev=a.max_dev,
-                                                        max_test=a.max_test)).splits.test)
+    tr, dv, te = fractions(a.task)
+    n_test = len(prepare_task(a.task, split=SplitConfig(train=tr, dev=dv, test=te, max_train=a.max_train,
+                                                        max_dev=a.max_dev, max_test=a.max_test)).splits.test)
     if not a.table_only:
         for arm in arms:
             run_arm(a, arm, n_test, out)
     print(f"### {a.task}: task model {a.model or 'embedded default'}, optimizer model "
           f"{a.optimizer_model or a.model or 'embedded default'}, layout {a.layout}, {a.opt_calls} optimization calls "
-          f"+ the test report (2 x {n_test}); k = {a.k}, demo trials {a.demo_trials}; split caps train "
-          f"{a.max_train} / dev {a.max_dev} / test {a.max_test}, seed {a.seed}\n")
+          f"+ the test report (2 x {n_test}); k = {a.k}, demo trials {a.demo_trials}; split {tr}/{dv}/{te} capped at "
+          f"train {a.max_train} / dev {a.max_dev} / test {a.max_test}, seed {a.seed}\n")
     print(f"Command: `python bench/bench_gain.py --task {a.task} --arms {a.arms} --model {a.model} "
           f"--layout {a.layout} --out {a.out}`\n")
     print(table(a, arms, out))
