@@ -39,6 +39,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", choices=["accuracy", "macro_f1", "exact_match"], default=None)
     p.add_argument("--task-max-tokens", type=int, default=32, help="max tokens of each task-model answer")
     p.add_argument("--constrain-labels", action="store_true", help="llama.cpp only: force a label reply by grammar")
+    p.add_argument("--reasoning-tokens", type=int, default=0, metavar="N",
+                   help="a reply cut at --task-max-tokens before any answer is asked again with N tokens and its "
+                        "last answer read (for prompts that make the model reason first); 0: never")
     p.add_argument("--layout", choices=["user", "system"], default="user",
                    help="where the instruction goes: inside the template's user turn, or as the system message")
     p.add_argument("--demos", type=int, default=0, metavar="K",
@@ -85,7 +88,8 @@ def load_task_data(a: argparse.Namespace, initial_prompt: str | None, prompt_fla
                             labels=[s.strip() for s in a.labels.split(",")] if a.labels else None,
                             extraction=a.extraction or "label", regex=a.regex, metric=a.metric,
                             max_tokens=a.task_max_tokens, constrain_labels=a.constrain_labels, split=split,
-                            layout=a.layout, demos=a.demos, demo_style=a.demo_style)
+                            layout=a.layout, demos=a.demos, demo_style=a.demo_style,
+                            reasoning_max_tokens=a.reasoning_tokens)
     for w in prepared.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return prepared

@@ -58,8 +58,16 @@ class Evaluator:
         self._params = task.request_params(llamacpp=llm.accepts_extras)
 
     def predict(self, prompt: str, ex: Example) -> Prediction:
-        comp = self.llm.complete(self.task.messages(prompt, ex), **self._params)
+        msgs = self.task.messages(prompt, ex)
+        comp = self.llm.complete(msgs, **self._params)
         pred = self.task.extract(comp.text)
+        longer = self.task.extended(self._params) if pred is None and comp.truncated else None
+        if longer is not None:  # the prompt made the model reason first: let it finish, read its last answer
+            first = comp
+            comp = self.llm.complete(msgs, **longer)
+            pred = self.task.extract(comp.text, reasoned=True)
+            comp.prompt_tokens += first.prompt_tokens
+            comp.completion_tokens += first.completion_tokens
         return Prediction(ex.id, comp.text, pred, ex.label, self.task.is_correct(pred, ex.label), comp.cached,
                           comp.finish_reason, comp.prompt_tokens, comp.completion_tokens)
 

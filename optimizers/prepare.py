@@ -90,7 +90,8 @@ def prepare_task(data: pd.DataFrame | str, *, name: str | None = None, input_col
                  labels: list[str] | None = None, extraction: str = "label", regex: str | None = None,
                  metric: str | None = None, max_tokens: int = 32, constrain_labels: bool = False,
                  split: SplitConfig | dict[str, Any] | None = None, source: str | None = None,
-                 layout: str = "user", demos: int = 0, demo_style: str = "turns") -> PreparedTask:
+                 layout: str = "user", demos: int = 0, demo_style: str = "turns",
+                 reasoning_max_tokens: int = 0) -> PreparedTask:
     """`data` is a table or the name of a bundled set. Raises DataError naming every problem it finds.
     demos: k fixed demonstrations for every prompt, drawn from the train split only (seeded by the split's seed)."""
     if isinstance(data, str):
@@ -115,7 +116,8 @@ def prepare_task(data: pd.DataFrame | str, *, name: str | None = None, input_col
                     if template is None else template, input_cols=input_cols,
                     labels=labels if extraction == "label" else None, extraction=extraction, regex=regex,
                     metric=metric or ("exact_match" if extraction == "exact" else "accuracy"), max_tokens=max_tokens,
-                    constrain_labels=constrain_labels, layout=layout, demo_style=demo_style)
+                    constrain_labels=constrain_labels, layout=layout, demo_style=demo_style,
+                    reasoning_max_tokens=reasoning_max_tokens)
     except (ValueError, re.error) as e:  # re.error: a bad --regex
         problems += _problems("task", e)
     try:

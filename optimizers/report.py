@@ -66,14 +66,16 @@ def outstanding(llm: ReportModel, meter: Meter, task: Task, prompts: Sequence[st
                 ) -> dict[str, Amount]:
     """The requests of scoring `prompts` on `examples` that the cache cannot answer, with their worst cases."""
     params = task.request_params(llamacpp=llm.accepts_extras)
+    longer = task.extended(params)
     out: dict[str, Amount] = {}
     for prompt in dict.fromkeys(prompts):
         for ex in examples:
             msgs = task.messages(prompt, ex)
-            key = llm.cache_key(msgs, **params)
-            if key is None or key in out or llm.is_cached(key):
-                continue
-            out[key] = meter.upper(llm.model, msgs, int(llm.params(params).get("max_tokens") or 0))[0]
+            for p in (params, longer) if longer else (params,):  # a cut reply may be asked again, longer
+                key = llm.cache_key(msgs, **p)
+                if key is None or key in out or llm.is_cached(key):
+                    continue
+                out[key] = meter.upper(llm.model, msgs, int(llm.params(p).get("max_tokens") or 0))[0]
     return out
 
 
@@ -82,9 +84,15 @@ def next_best(llm: ReportModel, meter: Meter, task: Task, prompts: Sequence[str]
     """A share for a best prompt the optimizer has not chosen yet, on the first reported split: a new best chosen in
     the last step must still be scored on test. Sized with the longest prompt so far; keys no request has."""
     longest = max(prompts, key=len)
-    params = llm.params(task.request_params(llamacpp=llm.accepts_extras))
-    return {f"next-best:{i}": meter.upper(llm.model, task.messages(longest, ex), int(params.get("max_tokens") or 0))[0]
-            for i, ex in enumerate(examples)}
+    params = task.request_params(llamacpp=llm.accepts_extras)
+    out = {}
+    for n, p in enumerate((params, task.extended(params))):
+        if p is None:
+            continue
+        tokens = int(llm.params(p).get("max_tokens") or 0)
+        for i, ex in enumerate(examples):
+            out[f"next-best:{n}:{i}"] = meter.upper(llm.model, task.messages(longest, ex), tokens)[0]
+    return out
 
 
 def plan(llm: ReportModel, meter: Meter, task: Task, splits: Splits, report_splits: Sequence[str],

@@ -58,6 +58,9 @@ class Task(BaseModel):
         default="turns", description="turns: each demonstration as a prior user/assistant exchange; inline: above "
                                      "the input in the user turn")
     max_tokens: int = 32
+    reasoning_max_tokens: int = Field(
+        default=0, ge=0, description="a reply cut at max_tokens before any answer is asked again with this many "
+                                     "tokens (for prompts that make the model reason first); 0: never")
     temperature: float = 0.0
     constrain_labels: bool = Field(default=False, description="llama.cpp only: a grammar forces a label reply")
 
@@ -116,6 +119,12 @@ class Task(BaseModel):
         msgs.append({"role": "user", "content": self._turn(instruction, example.fields)})
         return msgs
 
+    def extended(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The request again with room to finish its reasoning, or None when the task does not extend replies."""
+        if self.reasoning_max_tokens <= self.max_tokens:
+            return None
+        return {**params, "max_tokens": self.reasoning_max_tokens}
+
     def request_params(self, llamacpp: bool = False) -> dict[str, Any]:
         p: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": 0}
         if self.constrain_labels and llamacpp and self.labels:
@@ -124,7 +133,8 @@ class Task(BaseModel):
         return p
 
     # --- extraction ------------------------------------------------------------------------------------------
-    def extract(self, raw: str) -> str | None:
+    def extract(self, raw: str, *, reasoned: bool = False) -> str | None:
+        """reasoned: the reply reasons before it answers, so a label's last mention is the answer, not its first."""
         text = raw or ""
         if self.extraction == "regex":
             found = re.findall(self.regex or "", text, flags=re.S)
@@ -136,9 +146,9 @@ class Task(BaseModel):
             return _last_number(text)
         if self.extraction == "exact":
             return normalize(_after_marker(text).split("\n")[0]) if text.strip() else None
-        return self._extract_label(text)
+        return self._extract_label(text, last=reasoned)
 
-    def _extract_label(self, text: str) -> str | None:
+    def _extract_label(self, text: str, last: bool = False) -> str | None:
         labels = self.labels or []
         keys = {_label_key(lab): lab for lab in labels}
         tail = _after_marker(text)
@@ -164,9 +174,12 @@ class Task(BaseModel):
         for k, lab in list(keys.items()) + [(s, keys[t]) for s, t in synonyms.items() if t in keys]:
             if len(k) == 1 and k.isalpha():
                 continue  # a bare letter matches articles ("a") and pronouns
-            m = re.search(r"(?<![\w-])" + re.escape(k) + r"(?![\w-])", tail.lower())
-            if m and (best is None or m.start() < best[0]):
-                best = (m.start(), lab)
+            found = list(re.finditer(r"(?<![\w-])" + re.escape(k) + r"(?![\w-])", tail.lower()))
+            if not found:
+                continue
+            pos = found[-1].start() if last else found[0].start()
+            if best is None or (pos > best[0] if last else pos < best[0]):
+                best = (pos, lab)
         if best:
             return best[1]
         first = normalize(tail.split("\n")[0])[:60]

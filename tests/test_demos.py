@@ -228,3 +228,30 @@ def test_the_inspect_page_shows_each_demo_set_and_its_dev_score(tmp_path, monkey
     assert not at.exception
     assert not any(DEMO_MARK in c.value for c in at.code)
     assert any(split_prompt(res.best_prompt)[0] == c.value for c in at.code)
+
+
+def test_a_cut_reply_without_an_answer_is_asked_again_longer_and_its_last_answer_read(tmp_path):
+    """A prompt that makes the model reason first: 32 tokens end before the answer; with reasoning_max_tokens the
+    request is repeated with room to finish, and the answer is the label mentioned last."""
+    from optimizers.evaluate import Evaluator
+    from optimizers.llm import LLM, Meter
+
+    reasoning = ("Let me think. The review could be read as negative at first, but the words are warm, "
+                 "so overall the answer is positive")
+
+    def reply(req):
+        from tests.stub_server import StubReply
+
+        if req["max_tokens"] <= 32:
+            return StubReply("Let me think. The review could be read as", finish_reason="length")
+        return reasoning
+
+    ex = Example("e1", {"text": "loved it"}, "positive")
+    with StubServer(reply) as stub:
+        ep = Endpoint(stub.base_url, "k", max_retries=0)
+        plain = Evaluator(LLM(ep, "stub-task", meter=Meter()), TOY_TASK).predict("Think first.", ex)
+        assert plain.pred is None and len(stub.chat_requests()) == 1
+        task = TOY_TASK.model_copy(update={"reasoning_max_tokens": 256})
+        pr = Evaluator(LLM(ep, "stub-task", meter=Meter()), task).predict("Think first.", ex)
+        assert pr.pred == "positive" and pr.correct  # the last label mentioned, not "negative" (the first)
+        assert [r["max_tokens"] for r in stub.chat_requests()[1:]] == [32, 256]
