@@ -168,6 +168,10 @@ demos_k = int(l2.number_input("Fixed demonstrations (drawn from train; 0 = none)
                                    "search (Optimize page) picks them instead."))
 demo_style = l3.radio("Demonstrations as", ["turns", "inline"], horizontal=True, key=f"demo_style_{kh}",
                       format_func=lambda v: {"turns": "chat turns", "inline": "inline above the input"}[v])
+reasoning = int(st.number_input(
+    "Room to reason (tokens; 0 = off)", 0, 4096, 0, 64, key=f"reasoning_{kh}",
+    help="A reply cut at 32 tokens before any answer is asked again with this many, and the label it names last is "
+         "read: for prompts that make the model reason first (each such example then costs two calls)."))
 
 problems_shown = False
 if test < -1e-9:
@@ -177,7 +181,7 @@ try:
     po = _prepare(data_key, df, name=name, input_cols=input_cols, label_col=label_col, template=template,
                   initial_prompt=initial_prompt, extraction=extraction, source=src,
                   split=dict(train=train, dev=dev, test=max(test, 0.0), seed=seed, stratify=stratify, **caps),
-                  layout=layout, demos=demos_k, demo_style=demo_style)
+                  layout=layout, demos=demos_k, demo_style=demo_style, reasoning_max_tokens=reasoning)
 except DataError as e:
     _show_problems(e, "The data cannot be used yet")
     st.stop()
