@@ -3,6 +3,8 @@ bad file or a bad mapping shows every problem as st.error naming the row and col
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -97,3 +99,18 @@ def test_binary_upload_is_a_message():
     at = upload(AppTest.from_file(PAGE, default_timeout=30).run(), "data.csv", b"PK\x03\x04garbage\x00\x01")
     assert not at.exception
     assert any("data.csv" in m for m in errors(at))
+
+
+def test_layout_and_fixed_demonstrations_reach_the_task_from_train_only():
+    at = AppTest.from_file(PAGE, default_timeout=30).run()
+    next(r for r in at.radio if r.key and r.key.startswith("layout_")).set_value("system").run()
+    next(n for n in at.number_input if n.key and n.key.startswith("demos_")).set_value(4).run()
+    assert not at.exception and not errors(at)
+    at.button(key="data_use").click().run()
+    po = at.session_state["po_data"]
+    assert po.task.layout == "system" and po.task.demo_style == "turns"
+    train = {e.id for e in po.splits.train}
+    assert len(po.task.demos) == 4 and {d["id"] for d in po.task.demos} <= train
+    # the page shows the messages one example gets: the instruction as system message, demos as turns
+    shown = [json.loads(j.value) if isinstance(j.value, str) else j.value for j in at.json]
+    assert shown and shown[0][0]["role"] == "system" and [m["role"] for m in shown[0][1:3]] == ["user", "assistant"]
