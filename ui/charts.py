@@ -16,7 +16,15 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from optimizers.prompt import instruction_of, split_prompt
 from optimizers.store import Store
+
+
+def _demos(text: str) -> list:
+    try:
+        return split_prompt(text)[1]
+    except ValueError:
+        return []
 
 CHART_SPLITS = ("train", "dev")
 _SPLIT_COLORS = {"train": "#1f77b4", "dev": "#ff7f0e", "test": "#2ca02c"}
@@ -97,7 +105,8 @@ def candidate_table(store: Store, run_id: str, points: pd.DataFrame | None = Non
         cid = c["candidate_id"]
         row: dict[str, Any] = {"candidate": cid, "step": c["step"], "origin": c["origin"],
                                "parent": c["parents"][0] if c["parents"] else "",
-                               "in beam": cid in beam, "words": len(c["text"].split()), "prompt": c["text"]}
+                               "in beam": cid in beam, "words": len(instruction_of(c["text"]).split()),
+                               "demos": len(_demos(c["text"])), "prompt": c["text"]}
         for split in CHART_SPLITS:
             s, n = latest.get((cid, split), (None, 0))
             row[split] = s
@@ -107,7 +116,7 @@ def candidate_table(store: Store, run_id: str, points: pd.DataFrame | None = Non
             row[f"{split} (report)"] = rep.get(split, {}).get("score")
         rows.append(row)
     cols = ["candidate", "step", "origin", "parent", "in beam", "train", "train n", "dev", "dev n", "train (report)",
-            "dev (report)", "test (report)", "words", "prompt"]
+            "dev (report)", "test (report)", "words", "demos", "prompt"]
     return pd.DataFrame(rows, columns=cols)
 
 

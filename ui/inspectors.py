@@ -14,7 +14,7 @@ from typing import Any
 
 from optimizers.config import stored_roles
 from optimizers.methods.text import word_distance
-from optimizers.prompt import Demo, split_prompt
+from optimizers.prompt import Demo, instruction_of, split_prompt
 
 Ev = Any  # an optimizers.events event (pydantic model with .kind and .step)
 SeqEv = tuple[int, Ev]
@@ -67,7 +67,7 @@ def proposed_rows(evs: Sequence[SeqEv], origins: Sequence[str] | None = None) ->
     for _, ev in evs:
         if ev.kind == "candidate_proposed" and (origins is None or ev.origin in origins):
             out.append({"candidate_id": ev.candidate_id, "origin": ev.origin, "parents": " ".join(ev.parents),
-                        "words": len(ev.text.split()), "text": ev.text, **{f"info.{k}": v for k, v in ev.info.items()
+                        "words": len(instruction_of(ev.text).split()), "text": ev.text, **{f"info.{k}": v for k, v in ev.info.items()
                                                                            if isinstance(v, str | int | float | None)}})
     return out
 
