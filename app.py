@@ -19,7 +19,7 @@ from ui.session import backend, connection_sidebar, page_link, store
 
 st.set_page_config(page_title="PromptOpt", layout="wide")
 
-# The quick start shows a real gain within minutes on 2 cores (bench/bench_quickstart.py measures it): a set whose
+# The quick start shows a real gain within minutes on 2 cores (BENCHMARKS.md: the same run from the CLI, with its paired test): a set whose
 # labels follow a rule the initial prompt leaves unsaid, the instruction as the system message, and a demo search,
 # the lever the small local model responds to most (BENCHMARKS.md, headroom and gains).
 QUICK_DATA = "support_triage"

@@ -63,9 +63,9 @@ def test_quick_start_on_the_embedded_model_moves_at_once_and_reports_on_test(bro
         shot(page, "quickstart-embedded-report")
         init, best = res["scores"]["initial"]["test"], res["scores"]["best"]["test"]
         assert init["n"] == best["n"] == 60
-        # the search keeps the initial prompt unless a demonstration set beats it on dev; the figure is reported in
-        # BENCHMARKS.md (bench/bench_quickstart.py), the page shows it
-        assert best["score"] >= init["score"] - 0.05, (init, best)
+        # measured on this machine: 0.500 -> 0.717 (22 gained / 9 lost, McNemar p 0.029; BENCHMARKS.md, with the CLI
+        # command that gives the same run); temperature 0 and seeded, so the gain is the model's, not chance's
+        assert best["score"] > init["score"], (init, best)
         assert "Best prompt" in main_text(page)
         print(f"quick start: first progress after {first_sign:.1f} s; test {init['score']:.3f} -> {best['score']:.3f}")
     finally:
