@@ -195,13 +195,14 @@ def render_png(fig, png: Path, width: int, height: int) -> str:
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=exe if Path(exe).exists() else None)
             page = b.new_page(viewport={"width": width, "height": height})
-            page.goto(html.as_uri())
+            page.goto(html.resolve().as_uri())
             page.wait_for_selector(".main-svg")
             page.locator(".plotly-graph-div").screenshot(path=str(png))
             b.close()
     except Exception as e:  # the HTML is still there
         print(f"[run_all] plot: PNG not rendered ({type(e).__name__}: {e}); open {html}", flush=True)
         return html.name
+    html.unlink()  # the PNG is what reports link; the HTML carries all of plotly.js (5 MB)
     return png.name
 
 
