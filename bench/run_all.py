@@ -202,7 +202,6 @@ def render_png(fig, png: Path, width: int, height: int) -> str:
     except Exception as e:  # the HTML is still there
         print(f"[run_all] plot: PNG not rendered ({type(e).__name__}: {e}); open {html}", flush=True)
         return html.name
-    html.unlink()  # the PNG is what reports link; the HTML carries all of plotly.js (5 MB)
     return png.name
 
 

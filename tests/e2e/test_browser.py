@@ -65,7 +65,7 @@ def main_text(page) -> str:
 def test_home_renders_and_shows_the_backend(page, app, stub):
     goto(page, app)
     page.get_by_role("heading", name="PromptOpt").wait_for()
-    page.get_by_text("Endpoint:").first.wait_for()
+    page.get_by_text("Task model:").first.wait_for()
     text = main_text(page)
     assert stub.base_url in text  # the backend in use: the stub endpoint from OPENAI_BASE_URL
     page.get_by_text(re.compile(r"Models found via /v1/models")).wait_for()
