@@ -169,3 +169,40 @@ def test_spend_by_phase_follows_the_runners_switch():
     assert m.phases()["optimization"]["calls"] == 1 and m.phases()["report"]["calls"] == 1
     resumed = Meter(start=m.snapshot(), start_by_phase={k: Counters.from_dict(v) for k, v in m.phases().items()})
     assert resumed.snapshot().calls == 2 and resumed.phases()["report"]["calls"] == 1
+
+
+def test_journaled_requests_stay_until_a_usage_snapshot_covers_them(tmp_path):
+    """A request a killed process had in flight is billed on resume and stays journaled (marked billed) until a
+    stored snapshot covers it: a resume killed before its own first snapshot must not lose it; a reply billed but
+    never cached is journaled as billed; what a snapshot covers is dropped, not billed twice."""
+    import time as _time
+
+    from optimizers.budget import Budget, Claim, Meter
+    from optimizers.llm import ResponseCache
+
+    cache = ResponseCache(tmp_path / "c")
+    meter = Meter(Budget())
+    claim = meter.claim("task", "m", [{"role": "user", "content": "x" * 40}], 8)
+    assert isinstance(claim, Claim)
+    cache.sent("run1", claim)  # in flight when the process died
+    first = cache.orphans("run1", recorded_until=0.0)
+    assert len(first) == 1 and first[0]["billed_at"] > 0
+    again = cache.orphans("run1", recorded_until=0.0)  # the resume died before its first snapshot
+    assert len(again) == 1
+    m2 = Meter(Budget())
+    m2.recorded_until = 0.0
+    m2.orphaned(again)
+    assert m2.snapshot().calls == 1
+    covered = cache.orphans("run1", recorded_until=_time.time() + 1)  # a later snapshot holds it
+    assert covered == [] and cache.orphans("run1", recorded_until=0.0) == []
+    # a billed (unusable, retried) reply: journaled with its bill, skipped once a snapshot covers it
+    tok = cache.sent("run2", claim)
+    from optimizers.budget import Counters
+
+    cache.billed(tok, "task", "m", Counters(calls=1, prompt_tokens=10, completion_tokens=2), at=100.0)
+    m3 = Meter(Budget())
+    m3.recorded_until = 200.0
+    m3.orphaned([{"role": "task", "tokens": 12, "cost": 0.0, "billed_at": 100.0}])
+    assert m3.snapshot().calls == 0  # in the snapshot already
+    assert cache.orphans("run2", recorded_until=200.0) == []
+    assert cache.orphans("run2", recorded_until=0.0) == []  # dropped for good
