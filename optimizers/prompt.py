@@ -66,6 +66,14 @@ def join_prompt(instruction: str, demos: Sequence[Demo]) -> str:
     return f"{instruction}\n\n{DEMO_MARK}\n" + "\n".join(d.as_json() for d in demos)
 
 
+def shown_parts(text: str) -> tuple[str, list[Demo]]:
+    """(instruction, demonstrations) for display: a malformed section is shown as text rather than failing a page."""
+    try:
+        return split_prompt(text or "")
+    except ValueError:
+        return text or "", []
+
+
 def instruction_of(text: str) -> str:
     """The instruction alone (what instruction optimizers read and rewrite); tolerant of a malformed section."""
     return (text or "").partition(DEMO_MARK)[0].strip()

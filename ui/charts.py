@@ -16,15 +16,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from optimizers.prompt import instruction_of, split_prompt
+from optimizers.prompt import instruction_of, shown_parts
 from optimizers.store import Store
-
-
-def _demos(text: str) -> list:
-    try:
-        return split_prompt(text)[1]
-    except ValueError:
-        return []
 
 CHART_SPLITS = ("train", "dev")
 _SPLIT_COLORS = {"train": "#1f77b4", "dev": "#ff7f0e", "test": "#2ca02c"}
@@ -106,7 +99,7 @@ def candidate_table(store: Store, run_id: str, points: pd.DataFrame | None = Non
         row: dict[str, Any] = {"candidate": cid, "step": c["step"], "origin": c["origin"],
                                "parent": c["parents"][0] if c["parents"] else "",
                                "in beam": cid in beam, "words": len(instruction_of(c["text"]).split()),
-                               "demos": len(_demos(c["text"])), "prompt": c["text"]}
+                               "demos": len(shown_parts(c["text"])[1]), "prompt": c["text"]}
         for split in CHART_SPLITS:
             s, n = latest.get((cid, split), (None, 0))
             row[split] = s

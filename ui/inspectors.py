@@ -14,7 +14,7 @@ from typing import Any
 
 from optimizers.config import stored_roles
 from optimizers.methods.text import word_distance
-from optimizers.prompt import Demo, instruction_of, split_prompt
+from optimizers.prompt import Demo, instruction_of, shown_parts
 
 Ev = Any  # an optimizers.events event (pydantic model with .kind and .step)
 SeqEv = tuple[int, Ev]
@@ -231,10 +231,7 @@ def _table(rows: list[dict[str, Any]], empty: str = "None.") -> None:
 def render_prompt(text: str) -> None:
     """A prompt as its instruction, and its demonstrations (if it carries any) as a table."""
     st = _st()
-    try:
-        instruction, demos = split_prompt(text or "")
-    except ValueError:
-        instruction, demos = text or "", []
+    instruction, demos = shown_parts(text)
     st.code(instruction, language=None, wrap_lines=True)
     if demos:
         st.caption(f"with {len(demos)} demonstrations (from train):")
@@ -253,7 +250,7 @@ def demos_view(evs: Sequence[SeqEv]) -> dict[str, Any]:
     for ev in of_kind(evs, "candidate_proposed"):
         if ev.origin == "demos":
             sets.append({"candidate_id": ev.candidate_id, "dev score": scores.get(ev.candidate_id),
-                         "demos": demo_rows(split_prompt(ev.text)[1])})
+                         "demos": demo_rows(shown_parts(ev.text)[1])})
     return {"sets": sets, "rejected": rejected_rows(evs)}
 
 
