@@ -1,12 +1,19 @@
-"""Peer comparison: DSPy's prompt optimizers (COPRO, MIPROv2 instruction-only) from PyPI on PromptOpt's tasks, with the
-same model, endpoint, data split, metric and call budget, scored by PromptOpt's own evaluator on the same test split.
+"""Peer comparison: DSPy's prompt optimizers (COPRO, MIPROv2 0-shot and with demos, GEPA) from PyPI on PromptOpt's
+tasks, with the same model, endpoint, data split, message layout, metric and call budget, scored by PromptOpt's own
+evaluator on the same test split (paired: each test example's correctness is written to --json-out).
 
 DSPy is not a PromptOpt dependency and must never touch its pinned packages: run this from a separate venv.
 
     python3 -m venv /work/venv-dspy
     /work/venv-dspy/bin/pip install -r requirements.txt -r bench/requirements-dspy.txt
-    /work/venv-dspy/bin/python bench/bench_dspy.py [--task sentiment] [--optimizers copro,miprov2] [--max-calls 300]
-                                                   [--seed 0] [--adapter template|chat] [--base-url URL --model M]
+    /work/venv-dspy/bin/python bench/bench_dspy.py [--task sentiment] [--optimizers copro,miprov2,miprov2-demos,gepa]
+                          [--max-calls 300] [--seed 0] [--adapter template|chat] [--base-url URL --model M]
+                          [--split gain --layout system]   # bench_gain.py's split and layout (the gains tables)
+
+A venv that reuses the project's installed packages (no second llama.cpp build) also works:
+    python3 -m venv /work/venv-dspy
+    echo "$PWD/.venv/lib/python3.11/site-packages" > /work/venv-dspy/lib/python3.11/site-packages/promptopt.pth
+    /work/venv-dspy/bin/pip install -r bench/requirements-dspy.txt
 
 How it is kept fair:
 - One model server for both tools: the embedded llama.cpp server (started once here, as PromptOpt starts it) or the
@@ -55,6 +62,7 @@ from optimizers.data import Example  # noqa: E402
 from optimizers.evaluate import Evaluator  # noqa: E402
 from optimizers.llm import LLM, Meter, ResponseCache  # noqa: E402
 from optimizers.prepare import prepare_task  # noqa: E402
+from optimizers.prompt import Demo, join_prompt  # noqa: E402
 from optimizers.task import Task  # noqa: E402
 
 log = logging.getLogger("bench_dspy")
@@ -223,10 +231,21 @@ def build_program(dspy, task: Task, initial_prompt: str, out_name: str):
     return dspy.Predict(sig)
 
 
+def demos_of(task: Task, demos, out_name: str) -> list[Demo]:
+    """DSPy's demos (labelled or bootstrapped dspy.Examples) as PromptOpt demonstrations; a bootstrapped demo's reply
+    becomes the label it names, so both tools show a demo the same way."""
+    got = []
+    for n, d in enumerate(demos or []):
+        d = d.toDict() if hasattr(d, "toDict") else dict(d)
+        reply = str(d.get(out_name, ""))
+        label = task.extract(reply) or reply.strip()
+        got.append(Demo(f"dspy{n}", {c: str(d.get(c, "")) for c in task.input_cols}, label))
+    return got
+
+
 def make_template_adapter(dspy, task: Task, out_name: str):
-    """DSPy's ChatAdapter, except that the task signature is rendered as PromptOpt's template (instruction in
-    {prompt}, no system message) and the whole reply becomes the output field. Demos are not rendered: the runs here
-    are instruction-only, and a demo would be silently lost, so it is refused."""
+    """DSPy's ChatAdapter, except that the task signature is rendered by PromptOpt's Task.messages (its template and
+    layout; demos as PromptOpt renders a prompt's demonstrations) and the whole reply becomes the output field."""
 
     class TemplateAdapter(dspy.ChatAdapter):
         def _is_task(self, signature) -> bool:
@@ -235,10 +254,8 @@ def make_template_adapter(dspy, task: Task, out_name: str):
         def format(self, signature, demos, inputs):
             if not self._is_task(signature):
                 return super().format(signature, demos, inputs)
-            if demos:
-                raise ValueError("TemplateAdapter is instruction-only: got few-shot demos")
             ex = Example("dspy", {c: str(inputs[c]) for c in task.input_cols}, "")
-            return task.messages(signature.instructions, ex)
+            return task.messages(join_prompt(signature.instructions, demos_of(task, demos, out_name)), ex)
 
         def parse(self, signature, completion):
             if not self._is_task(signature):
@@ -266,6 +283,13 @@ def mipro_estimate(num_candidates: int, num_trials: int, n_train: int, n_dev: in
     boot = max(num_candidates - 2, 0) * 5
     summary = 1 + -(-n_train // 10) + 2
     return boot + summary + num_candidates + n_dev * (1 + num_trials)
+
+
+def gepa_metric_calls(max_calls: int, n_dev: int) -> int:
+    """GEPA's metric-call budget that leaves room under the hard cap for its reflection calls (about one per 7 metric
+    calls: two minibatches of 3 and a share of the full dev evaluations) and for one full dev evaluation, which GEPA
+    starts whenever the budget is not yet spent and finishes past it."""
+    return max(1, max_calls - -(-max_calls // 7) - n_dev)
 
 
 def size_knobs(max_calls: int, n_train: int, n_dev: int) -> tuple[dict, dict]:
@@ -296,12 +320,16 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=SPLIT_CAPS["max_train"])
     ap.add_argument("--max-dev", type=int, default=SPLIT_CAPS["max_dev"])
     ap.add_argument("--max-test", type=int, default=SPLIT_CAPS["max_test"])
+    ap.add_argument("--split", choices=["default", "gain"], default="default",
+                    help="gain: bench_gain.py's split (the headroom rows' test examples; caps 126/40/126)")
+    ap.add_argument("--layout", choices=["user", "system"], default="user", help="where the instruction goes")
     ap.add_argument("--adapter", choices=["template", "chat"], default="template")
     ap.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else the embedded model)")
     ap.add_argument("--model", help="model name at the endpoint (default: the backend's)")
     ap.add_argument("--threads", type=int, default=2, help="DSPy evaluation threads (PromptOpt: 2 on llama.cpp)")
     ap.add_argument("--copro", help="COPRO knobs as JSON, e.g. '{\"breadth\": 3, \"depth\": 3}'")
     ap.add_argument("--mipro", help="MIPROv2 knobs as JSON, e.g. '{\"num_candidates\": 6, \"num_trials\": 12}'")
+    ap.add_argument("--gepa", help="GEPA knobs as JSON, e.g. '{\"max_metric_calls\": 250}'")
     ap.add_argument("--json-out", help="also write the rows (with full instructions) to this JSON file")
     ap.add_argument("--test-cache", help="response cache folder for the test-split scoring (emptied first, then kept)")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -310,8 +338,15 @@ def main() -> None:
 
     import dspy  # from the separate venv
 
-    prepared = prepare_task(a.task, split=SplitConfig(seed=a.split_seed, max_train=a.max_train, max_dev=a.max_dev,
-                                                      max_test=a.max_test))
+    if a.split == "gain":  # the same train/dev/test examples as bench_gain.py's arms
+        from bench_gain import fractions
+
+        tr, dv, te = fractions(a.task)
+        split = SplitConfig(train=tr, dev=dv, test=te, seed=a.split_seed, max_train=a.max_train, max_dev=40,
+                            max_test=a.max_test)
+    else:
+        split = SplitConfig(seed=a.split_seed, max_train=a.max_train, max_dev=a.max_dev, max_test=a.max_test)
+    prepared = prepare_task(a.task, split=split, layout=a.layout)
     task, splits = prepared.task, prepared.splits
     out_name = output_field_name(task.template, task.input_cols)
 
@@ -343,6 +378,16 @@ def main() -> None:
         raw = getattr(pred, out_name, None)
         got = task.extract("" if raw is None else str(raw))
         return 1.0 if task.is_correct(got, getattr(example, out_name)) else 0.0
+
+    def feedback_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
+        """GEPA's metric: the score and a sentence of feedback, as GEPA's tutorials write for classification."""
+        raw = getattr(pred, out_name, None)
+        got = task.extract("" if raw is None else str(raw))
+        want = getattr(gold, out_name)
+        ok = task.is_correct(got, want)
+        fb = (f"Correct: the answer is {want}." if ok else
+              f"Wrong: the model answered {got!r} (reply {str(raw)[:80]!r}); the correct answer is {want}.")
+        return dspy.Prediction(score=1.0 if ok else 0.0, feedback=fb)
 
     # Our evaluator on the test split: straight to the server (not through the forwarder: outside the budget, as
     # PromptOpt's report scores are). The cache starts empty so every scored example is a real call; a --test-cache
@@ -381,21 +426,39 @@ def main() -> None:
                                        eval_kwargs={"num_threads": a.threads, "display_progress": False})
                 cands = getattr(best, "candidate_programs", None) or []
                 sel = (cands[0]["score"] / 100.0 if cands else None), "train"  # dspy.Evaluate scores in %
-            elif name in ("miprov2", "mipro"):
-                knobs = mipro_knobs
+            elif name in ("miprov2", "mipro", "miprov2-demos"):
+                knobs = dict(mipro_knobs)
+                if name == "miprov2-demos":  # MIPROv2's own defaults: up to 4 bootstrapped + 4 labelled demos
+                    knobs.update(max_bootstrapped_demos=4, max_labeled_demos=4)
                 est = mipro_estimate(knobs["num_candidates"], knobs["num_trials"], len(trainset), len(devset))
-                print(f"# miprov2 {knobs}: ~{est} calls estimated", file=sys.stderr, flush=True)
+                print(f"# {name} {knobs}: ~{est} calls estimated", file=sys.stderr, flush=True)
                 opt = dspy.MIPROv2(metric=metric, prompt_model=prompt_lm, task_model=task_lm, auto=None,
-                                   num_candidates=knobs["num_candidates"], max_bootstrapped_demos=0,
-                                   max_labeled_demos=0, num_threads=a.threads, max_errors=10**6, seed=a.seed,
-                                   init_temperature=knobs["init_temperature"], verbose=False)
+                                   num_candidates=knobs["num_candidates"],
+                                   max_bootstrapped_demos=knobs.get("max_bootstrapped_demos", 0),
+                                   max_labeled_demos=knobs.get("max_labeled_demos", 0), num_threads=a.threads,
+                                   max_errors=10**6, seed=a.seed, init_temperature=knobs["init_temperature"],
+                                   verbose=False)
                 with contextlib.redirect_stdout(sys.stderr):
                     best = opt.compile(program, trainset=trainset, valset=devset, num_trials=knobs["num_trials"],
                                        minibatch=False)
                 score = getattr(best, "score", None)
                 sel = (score / 100.0 if score is not None else None), "dev"  # dspy.Evaluate scores in %
+            elif name == "gepa":
+                # GEPA's budget is metric calls (task-model replies); its reflection calls come on top, about one
+                # per two minibatches of 3, so the metric budget leaves them room under the hard cap.
+                knobs = {"max_metric_calls": gepa_metric_calls(a.max_calls, len(devset)), "reflection_minibatch_size": 3}
+                if a.gepa:
+                    knobs.update(json.loads(a.gepa))
+                print(f"# gepa {knobs}", file=sys.stderr, flush=True)
+                opt = dspy.GEPA(metric=feedback_metric, reflection_lm=prompt_lm, num_threads=a.threads,
+                                seed=a.seed, track_stats=True, **knobs)
+                with contextlib.redirect_stdout(sys.stderr):
+                    best = opt.compile(program, trainset=trainset, valset=devset)
+                res = getattr(best, "detailed_results", None)
+                sel = ((max(res.val_aggregate_scores) if res is not None and res.val_aggregate_scores else None),
+                       "dev")
             else:
-                raise SystemExit(f"unknown optimizer {name!r} (copro, miprov2)")
+                raise SystemExit(f"unknown optimizer {name!r} (copro, miprov2, miprov2-demos, gepa)")
         except Exception as e:  # report it in the table: the reason is the point of a peer benchmark
             status, reason = "failed", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             log.exception("%s failed", name)
@@ -403,9 +466,14 @@ def main() -> None:
         usage = counter.snapshot()
         if usage["refused"]:
             status = "budget" if status == "done" else status
-        final = best.predictors()[0].signature.instructions if best is not None else None
+        final = None
+        if best is not None:
+            pred0 = best.predictors()[0]
+            final = join_prompt(pred0.signature.instructions, demos_of(task, pred0.demos, out_name))
         best_res = evaluator.evaluate(final, splits.test) if final is not None else None
-        rows.append({"task": a.task, "optimizer": f"DSPy {'COPRO' if name == 'copro' else 'MIPROv2 (0-shot)'}",
+        label = {"copro": "COPRO", "gepa": "GEPA", "miprov2-demos": "MIPROv2 (with demos)"}.get(name,
+                                                                                             "MIPROv2 (0-shot)")
+        rows.append({"task": a.task, "optimizer": f"DSPy {label}", "name": name,
                      "knobs": knobs, "initial": init_res, "best": best_res, "selection": sel, "usage": usage,
                      "wall": wall, "status": status, "reason": reason, "final": final})
         print(f"# {name}: {status} {reason} calls {usage['calls']} refused {usage['refused']} repeats "
@@ -448,6 +516,10 @@ def main() -> None:
             "n_test": r["initial"].n,
             "split": {"seed": a.split_seed, "max_train": a.max_train, "max_dev": a.max_dev, "max_test": a.max_test},
             "best": ({"score": r["best"].score, "ci": [r["best"].ci_low, r["best"].ci_high]} if r["best"] else None),
+            # per test example, for the paired test against the initial prompt (bench/run_gains.py)
+            "initial_correct": {p.example_id: p.correct for p in r["initial"].predictions},
+            "best_correct": ({p.example_id: p.correct for p in r["best"].predictions} if r["best"] else None),
+            "best_preds": ({p.example_id: p.pred for p in r["best"].predictions} if r["best"] else None),
         } for r in rows], indent=2, default=str))
 
 

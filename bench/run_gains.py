@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,12 +26,15 @@ sys.path.insert(0, str(ROOT))
 from bench_gain import _cid, _correct  # noqa: E402
 from run_all import render_png  # noqa: E402
 
-from optimizers.metrics import wilson  # noqa: E402
+from optimizers.metrics import mcnemar, wilson  # noqa: E402
+from optimizers.prompt import split_prompt  # noqa: E402
 from optimizers.store import Store  # noqa: E402
 
 MODEL = "qwen2.5-coder-1.5b"  # the embedded default for both roles
-TASKS = {"support_triage": "baseline,demos,gpo+demos,gpo,protegi+demos",
-         "bbh_disambiguation_qa": "demos,gpo+demos"}
+ALL_ARMS = "baseline,demos,ape,ape+demos,protegi,protegi+demos,opro,opro+demos,pe2,pe2+demos,gpo,gpo+demos"
+TASKS = {"support_triage": ALL_ARMS, "bbh_disambiguation_qa": ALL_ARMS}
+DSPY = ("copro", "miprov2", "miprov2-demos", "gepa")  # bench_dspy.py, at the same 300 optimization calls
+DSPY_PYTHON = os.environ.get("PROMPTOPT_DSPY_PYTHON", "/work/venv-dspy/bin/python")  # see bench/requirements-dspy.txt
 
 
 def sh(argv: list[str]) -> str:
@@ -38,6 +43,16 @@ def sh(argv: list[str]) -> str:
     if r.returncode:
         sys.stderr.write(r.stderr[-3000:])
     return r.stdout
+
+
+def correct_of(out: Path, arm: str) -> dict[str, tuple[bool, str | None]]:
+    """Test example -> (correct, answer) of an arm's best prompt, from its stored report ({} if not run)."""
+    f = out / arm / "result.json"
+    if not f.exists() or not (out / "runs.sqlite").exists():
+        return {}
+    r = json.loads(f.read_text())
+    return _correct(Store(out / "runs.sqlite"), r["run_id"], r["best_id"] if r["best_id"] != _cid(
+        r["initial_prompt"]) else _cid(r["initial_prompt"]))
 
 
 def arm_scores(out: Path, arms: list[str]) -> dict[str, dict]:
@@ -57,6 +72,76 @@ def arm_scores(out: Path, arms: list[str]) -> dict[str, dict]:
             got[arm] = {"best": k / len(ids), "best_ci": wilson(k, len(ids)), "initial": ki / len(ids),
                         "initial_ci": wilson(ki, len(ids))}
     return got
+
+
+def run_dspy(task: str, out: Path) -> None:
+    """Each DSPy optimizer once per task (its own JSON file: a killed benchmark reruns only what is missing)."""
+    if not Path(DSPY_PYTHON).exists():
+        print(f"# DSPy: {DSPY_PYTHON} missing (PROMPTOPT_DSPY_PYTHON; bench/requirements-dspy.txt): skipped",
+              file=sys.stderr)
+        return
+    for name in DSPY:
+        f = out / f"dspy-{name}.json"
+        if f.exists():
+            continue
+        argv = ["bench/bench_dspy.py", "--task", task, "--optimizers", name, "--max-calls", "300", "--split", "gain",
+                "--layout", "system", "--json-out", str(f)]
+        print("#", DSPY_PYTHON, " ".join(argv), file=sys.stderr, flush=True)
+        r = subprocess.run([DSPY_PYTHON, *argv], cwd=ROOT, capture_output=True, text=True)
+        (out / f"dspy-{name}.log").write_text(r.stderr[-20000:])
+        if r.returncode:
+            sys.stderr.write(r.stderr[-3000:])
+
+
+def dspy_rows(out: Path) -> list[dict]:
+    rows = []
+    for name in DSPY:
+        f = out / f"dspy-{name}.json"
+        if f.exists():
+            rows += json.loads(f.read_text())
+    return rows
+
+
+def dspy_table(out: Path, gpo_arms: dict[str, dict[str, bool]]) -> str:
+    """DSPy's rows next to the arms: each best vs the initial prompt, and each PromptOpt GPO arm vs it, paired on the
+    same test examples."""
+    rows = dspy_rows(out)
+    if not rows:
+        return "DSPy rows: not run (needs the DSPy venv, see bench/requirements-dspy.txt)."
+    head = ["| DSPy optimizer | best prompt (instruction; demos) | test initial | test best [95% CI] | gained / lost | "
+            "McNemar p | best's top answer (share) | opt. calls | status |",
+            "|---|---|---:|---|---|---:|---|---:|---|"]
+    vs = []
+    for r in rows:
+        init, best = r["initial_correct"], r.get("best_correct") or {}
+        ids = sorted(set(init) & set(best))
+        if not ids:
+            head.append(f"| {r['optimizer']} | {r['status']} {r.get('reason', '')[:60]} | | | | | | "
+                        f"{r['usage']['calls']} | {r['status']} |")
+            continue
+        t = mcnemar([best[i] for i in ids], [init[i] for i in ids])
+        k = sum(best[i] for i in ids)
+        lo, hi = wilson(k, len(ids))
+        instr, demos = split_prompt(r["final"] or "")
+        shown = " ".join(instr.split()).replace("|", "/")
+        shown = (shown[:90] + "...") if len(shown) > 90 else shown
+        top, n_top = Counter((r.get("best_preds") or {}).get(i) for i in ids).most_common(1)[0]
+        head.append(f"| {r['optimizer']} | {shown}; {len(demos)} demos | {sum(init[i] for i in ids) / len(ids):.3f} "
+                    f"| {k / len(ids):.3f} [{lo:.2f}, {hi:.2f}] | {t['a_only']} / {t['b_only']} | {t['p_value']:.2g} "
+                    f"| {top} ({n_top / len(ids):.2f}) | {r['usage']['calls']} | {r['status']} |")
+        for arm, corr in gpo_arms.items():
+            both = sorted(set(corr) & set(best))
+            if both:
+                g = mcnemar([corr[i] for i in both], [best[i] for i in both])
+                vs.append(f"| {arm} vs {r['optimizer']} | {sum(corr[i] for i in both) / len(both):.3f} | "
+                          f"{sum(best[i] for i in both) / len(both):.3f} | {g['a_only']} / {g['b_only']} | "
+                          f"{g['p_value']:.2g} |")
+    text = "\n".join(head)
+    if vs:
+        text += ("\n\nPromptOpt's GPO against each DSPy optimizer, paired on the same test examples (equal "
+                 "optimization calls):\n\n| pair | GPO | DSPy | GPO right only / DSPy right only | McNemar p |\n"
+                 "|---|---:|---:|---|---:|\n" + "\n".join(vs))
+    return text
 
 
 def figure(scores: dict[str, dict[str, dict]], png: Path) -> str | None:
@@ -87,6 +172,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--no-dspy", action="store_true", help="skip running DSPy's optimizers (their tables still show)")
     a = ap.parse_args()
     tasks = [t for t in a.tasks.split(",") if t]
     runs = ROOT / "bench" / "runs"
@@ -103,7 +189,19 @@ def main() -> None:
         argv = ["bench/bench_gain.py", "--task", task, "--arms", TASKS.get(task, "demos,gpo+demos"), "--model", MODEL,
                 "--optimizer-model", MODEL, "--out", str(out)]
         parts += [f"## {task}\n", sh(argv + (["--table-only"] if a.table_only else [])).strip(), ""]
-        scores[task] = arm_scores(out, TASKS.get(task, "demos,gpo+demos").split(","))
+        arms = TASKS.get(task, "demos,gpo+demos").split(",")
+        scores[task] = arm_scores(out, arms)
+        if not a.table_only and not a.no_dspy:
+            run_dspy(task, out)
+        gpo = {arm: {i: c for i, (c, _) in correct_of(out, arm).items()} for arm in ("gpo", "gpo+demos")}
+        parts += [f"### {task}: DSPy at the same calls\n", dspy_table(out, {k: v for k, v in gpo.items() if v}), ""]
+        for r in dspy_rows(out):
+            if r.get("best_correct"):
+                b, i0 = r["best_correct"], r["initial_correct"]
+                ids = sorted(set(b) & set(i0))
+                k, ki = sum(b[i] for i in ids), sum(i0[i] for i in ids)
+                scores[task][r["optimizer"]] = {"best": k / len(ids), "best_ci": wilson(k, len(ids)),
+                                                "initial": ki / len(ids), "initial_ci": wilson(ki, len(ids))}
     a.out.mkdir(parents=True, exist_ok=True)
     png = figure(scores, a.out / "gains.png")
     if png:

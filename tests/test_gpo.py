@@ -594,6 +594,26 @@ def test_budget_stops_the_run_within_the_call_limit():
     assert [d.step for d in kinds(events, "step_done")] == [0]
 
 
+CUT_STEP = {1: ["<START>Classify the text, level 6.<END>", "<START>Classify the text, level 2.<END>",
+                "<START>Classify the text, level 1.<END>", "<START>Classify the text, level 7.<END>"]}
+
+
+@pytest.mark.parametrize("first, best", [("level 6", 0.75), ("level 2", 0.5)])
+def test_a_step_cut_by_the_budget_keeps_a_better_candidate_it_scored(first, best):
+    """Step 1 is cut while scoring its second candidate: the first one, scored on all of dev, is the best when it beats
+    the trajectory (0.75 > the initial's 0.5) and is not when it does not (0.25)."""
+    replies = {1: sorted(CUT_STEP[1], key=lambda r: first not in r)}
+    # 8 dev calls for the initial prompt, 4 generate requests, 8 for the first candidate, 3 of the second's 8
+    events, reqs, err, _ = run(Opt(steps=replies), budget=Budget(max_calls=23))
+    assert isinstance(err, BudgetExceeded) and len(chat(reqs)) <= 23
+    scored = [e for e in kinds(events, "candidate_scored") if e.step == 1]
+    assert [e.candidate_id for e in scored] == [candidate_id(f"Classify the text, {first}.")]
+    done = kinds(events, "step_done")
+    assert done[-1].best_score == best
+    assert done[-1].best_id == (candidate_id("Classify the text, level 6.") if best > 0.5 else candidate_id(INITIAL))
+    assert not kinds(events, "selection")  # the cut step selected nothing: the trajectory did not move
+
+
 def _trajectory(events, reqs):
     opt = [(r["messages"], r.get("seed"), r.get("temperature")) for r in chat(reqs) if r["model"] == OPT_MODEL]
     task = sorted(json.dumps(r["messages"]) for r in chat(reqs) if r["model"] == TASK_MODEL)

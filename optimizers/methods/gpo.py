@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..base import Candidate, Optimizer, Params, register
+from ..budget import BudgetExceeded
 from ..data import Example
 from ..events import CandidateRejected, EditBudget, Event, Gradient, Retrieval, Selection
 from ..similarity import Similarity
@@ -167,7 +168,16 @@ class GPO(Optimizer):
         yield ctx.step_done(0, init, self.split, [init])
         for t in range(1, self.T + 1):
             batch = batches[(t - 1) % spe]
-            yield from self.step(t, batch)
+            self.step_scored: list[tuple[float, Candidate]] = []
+            try:
+                yield from self.step(t, batch)
+            except BudgetExceeded:
+                # Ours: a step the budget cut still scored some candidates on the whole selection split; one that
+                # beats the trajectory is the run's best (scored like every trajectory entry), not thrown away.
+                top = max(self.step_scored, key=lambda sc: sc[0], default=None)
+                if top is not None and top[0] > max(e.score for e in self.trajectory):
+                    yield ctx.step_done(t, top[1], self.split, [top[1]])
+                raise
             best = max(self.trajectory, key=lambda e: e.score)  # first of equals: the earliest
             yield ctx.step_done(t, best.cand, self.split, [self.trajectory[-1].cand])
 
@@ -207,6 +217,7 @@ class GPO(Optimizer):
         for cand in pool:
             s = yield from self.evaluate(cand, step=t)
             scored.append((s, cand))
+            self.step_scored.append((s, cand))
         nxt = self.select(cur, scored, t)
         estimates = [{"candidate_id": c.id, "mean": s, "n": c.n(self.split), "chosen_before": self._chosen(c),
                       "reused": c.step < t} for s, c in scored]
