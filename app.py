@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from optimizers.data import BUNDLED
+from optimizers.local_model import model_alias
 from optimizers.prepare import prepare_task
 from ui import session
 from ui.launch import create_and_launch, registered_optimizers
@@ -89,7 +90,7 @@ for role, plan in plans.items():
         server = session.embedded_running(plan.model)
         if server is not None:
             load = f", loaded in {server.load_seconds:.1f} s" if server.load_seconds else ""
-            st.write(f"{who}: embedded `{server.model_alias}` (llama.cpp, loopback only): **running**{load}.")
+            st.write(f"{who}: embedded `{model_alias(plan.model)}` (llama.cpp, loopback only): **running**{load}.")
         else:
             st.write(f"{who}: embedded `{plan.model}` (llama.cpp, loopback only): **not started**; it starts on "
                      "first use (a score or a run).")

@@ -17,8 +17,11 @@ that executes it (keys are never stored; the dashboard hands its session's keys 
 
 Two roles on the same server share one Endpoint, so its concurrency limit counts both.
 
-Embedded: a model (a bundled name or a GGUF path) is served by its own llama.cpp child, started once per process
-(local_model.shared_server), so a run can have the 0.5B answer the task and the 1.5B write the prompts.
+Embedded: the models the roles need (bundled names or GGUF paths) are served by one llama.cpp child, started once per
+process (local_model.shared_server); when the roles name two models (the 0.5B answers the task, the 1.5B writes the
+prompts) that child swaps the loaded model per request, which measured faster and smaller than two children on 2 cores
+(bench/bench_roles.py). Each role still has its own Endpoint view (its own cache identity) sharing one concurrency
+limit, because one server computes one request at a time.
 
 A dashboard worker finds the app's servers through PROMPTOPT_EMBEDDED_URL / PROMPTOPT_EMBEDDED_ALIAS (the task
 role's) and PROMPTOPT_OPTIMIZER_EMBEDDED_URL / PROMPTOPT_OPTIMIZER_EMBEDDED_ALIAS (the optimizer role's); a role whose
@@ -193,27 +196,52 @@ class Server(Protocol):
     model_alias: str
 
 
-StartEmbedded = Callable[[str, int], Server]  # (model, threads) -> its running server (local_model.shared_server)
+# (model, threads[, together]) -> the running server for it (local_model.shared_server); `together`: the other models
+# the same server must serve (passed only when there are any)
+StartEmbedded = Callable[..., Server]
+
+
+def embedded_models(plans: Mapping[str, RolePlan]) -> list[str]:
+    """The distinct embedded models the roles need, the task's first (one server serves them all)."""
+    from .local_model import model_alias
+
+    seen: dict[str, str] = {}
+    for p in plans.values():
+        if p.embedded:
+            seen.setdefault(model_alias(p.model), p.model)
+    return list(seen.values())
+
+
+def start_for(start: StartEmbedded, model: str, plans: Mapping[str, RolePlan]) -> Server:
+    """The embedded server for `model` in these plans: one server for all their embedded models."""
+    from .local_model import model_alias
+
+    together = [m for m in embedded_models(plans) if model_alias(m) != model_alias(model)]
+    threads = embedded_threads(plans)
+    return start(model, threads, together) if together else start(model, threads)
 
 
 class _Opener:
-    """Opens the planned roles, one Endpoint per server: a second role on the same server shares the first's."""
+    """Opens the planned roles, one Endpoint per server: a second role on the same server shares the first's
+    concurrency limit (embedded: as its own view, so each model keeps its own cache identity)."""
 
     def __init__(self, max_concurrency: int | None, patience: float | None, timeout: float,
                  start: StartEmbedded | None, plans: Mapping[str, RolePlan]):
         self.max_concurrency, self.patience, self.timeout = max_concurrency, _patience(patience), timeout
         self.start = start
-        self.threads = embedded_threads(plans)
+        self.plans = plans
         self._opened: dict[tuple[str, str | None], Backend] = {}
 
     def open(self, role: str, plan: RolePlan, key: str | None) -> Backend:
         if plan.embedded:
             url, alias = self._embedded_server(plan.model)
-            opened = self._opened.get(("embedded", url))
-            if opened is None:
-                opened = self._opened[("embedded", url)] = embedded_backend(
+            first = self._opened.get(("embedded", url))
+            if first is None:
+                first = self._opened[("embedded", url)] = embedded_backend(
                     url, alias, max_concurrency=self.max_concurrency, patience=self.patience, timeout=self.timeout)
-            return opened
+            if first.model == alias:
+                return first
+            return Backend(first.endpoint.view(f"embedded:{alias}"), True, alias, f"embedded:{alias}")
         ep_key = (plan.base_url.rstrip("/"), key)  # type: ignore[union-attr]
         opened = self._opened.get(ep_key)
         if opened is None:
@@ -224,21 +252,20 @@ class _Opener:
 
     def _embedded_server(self, model: str) -> tuple[str, str]:
         """(URL, alias) of the server for `model`: one handed over by another process, else this process's own."""
-        from .local_model import shared_server
+        from .local_model import model_alias, shared_server
 
         h = handed_off(model)
         if h is not None:
             return h.url, h.alias
-        server = (self.start or shared_server)(model, self.threads)
-        return server.base_url, server.model_alias  # type: ignore[return-value]
+        server = start_for(self.start or shared_server, model, self.plans)
+        return server.base_url, model_alias(model)  # type: ignore[return-value]
 
 
 def embedded_threads(plans: Mapping[str, RolePlan]) -> int:
-    """Threads for each embedded server the roles need (the cores split between distinct models, see
-    local_model.threads_per_server)."""
-    from .local_model import model_alias, threads_per_server
+    """Threads of the embedded server: all usable cores (one server serves every role, local_model.LocalServer)."""
+    from .local_model import threads_per_server
 
-    return threads_per_server(len({model_alias(p.model) for p in plans.values() if p.embedded}))
+    return threads_per_server(1)
 
 
 def open_role_backends(task: RoleEndpoint, optimizer: RoleEndpoint, *, task_key: str | None = None,

@@ -8,6 +8,7 @@ API keys live only in memory: never in the cache key, the store, logs or error m
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -162,6 +163,13 @@ class Endpoint:
 
     def __repr__(self) -> str:  # never show the key
         return f"Endpoint({self.base_url!r}, llamacpp={self.llamacpp})"
+
+    def view(self, cache_id: str) -> Endpoint:
+        """The same server, client and concurrency limit under another cache identity (a second model one
+        embedded server swaps in must not share the first's cache entries' source)."""
+        other = copy.copy(self)
+        other.cache_id = cache_id
+        return other
 
     def redact(self, text: str) -> str:
         return _redact(text, self._api_key)

@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,17 +359,26 @@ def model_alias(model: str | os.PathLike) -> str:
 
 
 class LocalServer:
-    """llama.cpp's OpenAI-compatible server (python -m llama_cpp.server) as a child process on a free 127.0.0.1 port."""
+    """llama.cpp's OpenAI-compatible server (python -m llama_cpp.server) as a child process on a free 127.0.0.1 port.
+
+    With `together` (other models), one server serves them all and swaps the loaded model when a request names
+    another (llama-cpp-python's multi-model config): measured on 2 cores for an optimization's call pattern, one
+    swapping server was 25% faster than two children side by side and needed 1 GB less (bench/bench_roles.py,
+    BENCHMARKS.md), because two children's threads stall each other while a swap costs a reload from the page cache."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, n_threads: int | None = None, n_ctx: int = 4096,
-                 log_path: Path | None = None, cache_dir: Path | None = None):
+                 log_path: Path | None = None, cache_dir: Path | None = None,
+                 together: Sequence[str | os.PathLike] = ()):
         self.model = str(model) if model is not None else (os.environ.get("PROMPTOPT_MODEL") or DEFAULT_MODEL)
         self.model_name = self.model_alias = model_alias(self.model)
+        # every model this server answers to, its first model first (loaded at start)
+        self.models = list(dict.fromkeys([self.model, *(str(m) for m in together)]))
+        self.aliases = [model_alias(m) for m in self.models]
         self.n_threads = n_threads or threads_per_server()
         self.n_ctx = n_ctx
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.log_path = Path(log_path) if log_path is not None else (
-            self.cache_dir / "logs" / f"server-{self.model_alias}.log")
+            self.cache_dir / "logs" / f"server-{'+'.join(self.aliases)}.log")
         self.base_url: str | None = None
         self.port: int | None = None
         self.load_seconds: float | None = None
@@ -380,6 +389,8 @@ class LocalServer:
         return self._proc is not None and self._proc.poll() is None
 
     def _command(self, path: Path, port: int) -> list[str]:
+        if len(self.models) > 1:
+            return [sys.executable, "-c", _CHILD, str(os.getpid()), "--config_file", str(self._config_file(port))]
         return [sys.executable, "-c", _CHILD, str(os.getpid()),
                 "--model", str(path), "--model_alias", self.model_alias,
                 "--host", "127.0.0.1", "--port", str(port),
@@ -387,6 +398,19 @@ class LocalServer:
                 "--n_threads_batch", str(self.n_threads), "--interrupt_requests", "false",
                 # /v1/embeddings too (GPO's relevance retrieval); measured: completions as fast and identical
                 "--embedding", "true"]
+
+    def _config_file(self, port: int) -> Path:
+        """The multi-model config (paths and settings only, nothing secret), next to the server's log."""
+        cfg = {"host": "127.0.0.1", "port": port, "interrupt_requests": False,
+               "models": [{"model": str(model_path(m, self.cache_dir)), "model_alias": a, "n_ctx": self.n_ctx,
+                           "n_threads": self.n_threads, "n_threads_batch": self.n_threads, "embedding": True}
+                          for m, a in zip(self.models, self.aliases, strict=True)]}
+        path = self.log_path.with_suffix(".json")
+        _write_atomic(path, json.dumps(cfg, indent=1))
+        return path
+
+    def serves(self, model: str | os.PathLike) -> bool:
+        return str(model) in self.models or model_alias(model) in self.aliases
 
     def start(self, timeout: float = 120) -> str:
         """Starts the server if needed and returns its base URL once /v1/models answers."""
@@ -396,6 +420,8 @@ class LocalServer:
             self.stop()
             _require_runtime()
             path = model_path(self.model, self.cache_dir)
+            for other in self.models[1:]:  # assembled and checked before the child starts, with a clear error
+                model_path(other, self.cache_dir)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.monotonic()
             for attempt in range(3):  # the free port can be taken between choosing it and the child binding it
@@ -489,18 +515,27 @@ def _stop_shared() -> None:
         server.stop()
 
 
-def shared_server(model: str | os.PathLike | None = None, n_threads: int | None = None) -> LocalServer:
-    """One running server per model for the whole process (the dashboard's sessions and a CLI run share it); restarted
-    if it died, stopped at interpreter exit. The child also exits on its own if this process is killed. `n_threads`
-    applies when this call starts the server (default threads_per_server())."""
+def shared_server(model: str | os.PathLike | None = None, n_threads: int | None = None,
+                  together: Sequence[str | os.PathLike] = ()) -> LocalServer:
+    """One running server per model (or per set of models served `together`, see LocalServer) for the whole process
+    (the dashboard's sessions and a CLI run share it); restarted if it died, stopped at interpreter exit. The child
+    also exits on its own if this process is killed. `n_threads` applies when this call starts the server (default
+    threads_per_server())."""
     global _atexit_registered
-    key = str(model) if model is not None else (os.environ.get("PROMPTOPT_MODEL") or DEFAULT_MODEL)
+    first = str(model) if model is not None else (os.environ.get("PROMPTOPT_MODEL") or DEFAULT_MODEL)
+    models = list(dict.fromkeys([first, *(str(m) for m in together)]))
+    key = "+".join(sorted(models))  # the same set is the same server, whichever role asks first
     with _shared_lock:
         if not _atexit_registered:
             atexit.register(_stop_shared)
             _atexit_registered = True
         server = _shared.get(key)
         if server is None:
-            server = _shared[key] = LocalServer(key, n_threads=n_threads)
+            server = _shared[key] = LocalServer(first, n_threads=n_threads, together=models[1:])
         server.start()  # under the lock: concurrent first callers must not start two servers
         return server
+
+
+def running_server(model: str | os.PathLike) -> LocalServer | None:
+    """A server this process started that serves `model` and is alive (no side effect)."""
+    return next((s for s in list(_shared.values()) if s.serves(model) and s.alive()), None)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,15 +66,17 @@ def test_each_optimizer_runs_on_embedded_model(env, tmp_path, name):
     assert {"run_started", "candidate_proposed", "candidate_scored", "run_finished"} <= kinds
 
 
-def test_a_model_per_role_each_on_its_own_embedded_server(env, tmp_path):
-    """Task: SmolLM2 by its bundled name; optimizer: the same weights by file path, so another alias and a second
-    llama.cpp child. Every optimizer request reaches the optimizer's child under its alias, none of the task's."""
+def test_a_model_per_role_on_one_swapping_embedded_server(env, tmp_path):
+    """Task: SmolLM2 by its bundled name; optimizer: the same weights by file path, so another alias. One llama.cpp
+    child serves both (it swaps the model a request names): every optimizer request names the optimizer's alias, and
+    that one child answered every request of the run, no second child started."""
     from optimizers.local_model import model_alias, model_path
 
     smol_file = str(model_path("smollm2-135m"))
     opt_alias = model_alias(smol_file)
     assert opt_alias != "smollm2-135m"
     out = tmp_path / "out"
+    t0 = time.time()
     r = cli(env, "run", "--data", "sentiment", "--optimizer", "opro", "--model", "smollm2-135m",
             "--optimizer-model", smol_file, "--max-train", "6", "--max-dev", "4", "--max-test", "4",
             "--max-calls", "30", "--seed", "2", "--param", "optimizer_max_tokens=120", "--out", str(out), "--json")
@@ -86,10 +89,12 @@ def test_a_model_per_role_each_on_its_own_embedded_server(env, tmp_path):
                                 "optimizer": {"model": opt_alias, "endpoint": "embedded llama.cpp"}}
     asked = [e for e in events if e["kind"] == "meta_prompt"]
     assert asked and {e["model"] for e in asked} == {opt_alias}
-    # the optimizer's own child served exactly the optimizer's requests (its log is this test's alone)
-    log = Path(env["PROMPTOPT_CACHE_DIR"]) / "models" / "logs" / f"server-{opt_alias}.log"
+    logs = Path(env["PROMPTOPT_CACHE_DIR"]) / "models" / "logs"
+    alone = logs / f"server-{opt_alias}.log"  # (the models folder, logs included, is shared with earlier runs)
+    assert not alone.exists() or alone.stat().st_mtime < t0  # no child of the optimizer's own started
+    log = logs / f"server-smollm2-135m+{opt_alias}.log"
     posts = log.read_text(errors="replace").count("POST /v1/chat/completions")
-    assert posts == sum(not e["cached"] for e in asked) > 0
+    assert posts == res["calls"] > sum(not e["cached"] for e in asked) > 0  # the task's requests and the optimizer's
 
 
 def test_gpo_retrieves_by_embeddings_from_the_embedded_server(env, tmp_path):

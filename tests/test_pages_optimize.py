@@ -187,19 +187,20 @@ def test_unknown_run_is_a_message(env):
 
 
 def test_each_roles_embedded_server_is_passed_to_workers(env, monkeypatch):
-    """Task 0.5B and optimizer 1.5B on the embedded backend: the page starts (here: fakes) one server per model and
-    hands each role its own; the run stores the models, not the servers' ports."""
+    """Task 0.5B and optimizer 1.5B on the embedded backend: the page starts (here: fakes) one server for both models
+    and hands each role that server under its own model; the run stores the models, not the server's port."""
     from optimizers.backend import Handoff
 
     monkeypatch.delenv("OPENAI_BASE_URL")
     from optimizers.local_model import threads_per_server
 
-    ports = {"qwen2.5-coder-0.5b": 9, "qwen2.5-coder-1.5b": 10}
-    started: list[tuple[str, int]] = []
+    models = ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+    started: list[tuple[str, int, tuple]] = []
 
-    def fake_server(model: str, n_threads: int | None = None):
-        started.append((model, n_threads))
-        return type("FakeServer", (), {"base_url": f"http://127.0.0.1:{ports[model]}/v1", "model_alias": model})()
+    def fake_server(model: str, n_threads: int | None = None, together=()):
+        started.append((model, n_threads, tuple(together)))
+        port = 9 + len(together)  # the port of the server for this set of models
+        return type("FakeServer", (), {"base_url": f"http://127.0.0.1:{port}/v1", "model_alias": model})()
 
     monkeypatch.setattr("ui.session.embedded_server", fake_server)
     env["spawn"].execute = False
@@ -211,9 +212,10 @@ def test_each_roles_embedded_server_is_passed_to_workers(env, monkeypatch):
     at.button(key="opt_start").click().run()
     assert not at.exception
     assert env["calls"][-1]["embedded"] == {
-        "task": Handoff("http://127.0.0.1:9/v1", "qwen2.5-coder-0.5b"),
+        "task": Handoff("http://127.0.0.1:10/v1", "qwen2.5-coder-0.5b"),
         "optimizer": Handoff("http://127.0.0.1:10/v1", "qwen2.5-coder-1.5b")}
-    assert sorted(set(started)) == [(m, threads_per_server(2)) for m in sorted(ports)]  # the cores split
+    # one server for both models, with every core
+    assert sorted(set(started)) == [(m, threads_per_server(1), tuple(x for x in models if x != m)) for m in models]
     cfg = env["store"].list_runs()[0]["config"]
     assert cfg["task_endpoint"] == {"base_url": None, "model": "qwen2.5-coder-0.5b"}
     assert cfg["optimizer_endpoint"] == {"base_url": None, "model": "qwen2.5-coder-1.5b"}

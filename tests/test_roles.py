@@ -162,17 +162,33 @@ def test_handed_off_servers_are_used_per_role_and_nothing_starts(monkeypatch):
     assert b.task.endpoint is b.optimizer.endpoint
 
 
-def test_two_embedded_models_split_the_cores(monkeypatch):
-    from optimizers.local_model import _usable_cores, threads_per_server
+def test_two_embedded_models_share_one_server_with_every_core(monkeypatch):
+    """Two embedded models: one server started for both (the task's first), with all cores; each role names its own
+    model and keeps its own cache identity, and both count against one concurrency limit."""
+    from optimizers.local_model import _usable_cores
 
     monkeypatch.delenv("PROMPTOPT_THREADS", raising=False)
     one = B.plan_roles(RoleEndpoint(model="smollm2-135m"), RoleEndpoint())
     two = B.plan_roles(RoleEndpoint(model="smollm2-135m"), RoleEndpoint(model="qwen2.5-coder-1.5b"))
-    assert B.embedded_threads(one) == _usable_cores()
-    assert B.embedded_threads(two) == max(1, _usable_cores() // 2)
-    assert B.embedded_threads(B.plan_roles(RoleEndpoint(base_url="http://x/v1"), RoleEndpoint())) == _usable_cores()
+    assert B.embedded_threads(one) == B.embedded_threads(two) == _usable_cores()
+    assert B.embedded_models(two) == ["smollm2-135m", "qwen2.5-coder-1.5b"] and B.embedded_models(one) == [
+        "smollm2-135m"]
     monkeypatch.setenv("PROMPTOPT_THREADS", "3")
-    assert B.embedded_threads(two) == threads_per_server(5) == 3
+    assert B.embedded_threads(two) == 3
+    started = []
+
+    def start(model, threads, together=()):
+        started.append((model, threads, tuple(together)))
+        return type("S", (), {"base_url": "http://127.0.0.1:9/v1", "model_alias": model})()
+
+    b = B.open_role_backends(RoleEndpoint(model="smollm2-135m"), RoleEndpoint(model="qwen2.5-coder-1.5b"),
+                             start_embedded=start)
+    assert set(started) == {("smollm2-135m", 3, ("qwen2.5-coder-1.5b",)), ("qwen2.5-coder-1.5b", 3, ("smollm2-135m",))}
+    assert (b.task.model, b.task.cache_id, b.task.endpoint.cache_id) == ("smollm2-135m", "embedded:smollm2-135m",
+                                                                         "embedded:smollm2-135m")
+    assert (b.optimizer.model, b.optimizer.endpoint.cache_id) == ("qwen2.5-coder-1.5b", "embedded:qwen2.5-coder-1.5b")
+    assert b.task.endpoint.base_url == b.optimizer.endpoint.base_url
+    assert b.task.endpoint._sem is b.optimizer.endpoint._sem  # one server, one concurrency limit
 
 
 def _wait(proc: subprocess.Popen, timeout: float = 120) -> int:

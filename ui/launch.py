@@ -78,14 +78,15 @@ def price_inputs(paid_models: list[str]) -> dict[str, tuple[float, float]]:
 def worker_backend_args(config: RunConfig) -> dict[str, Any]:
     """spawn_worker keyword arguments: the session's keys, and the embedded server of each role that runs on the
     embedded backend (started here, once per model, so workers reuse it instead of each loading the model)."""
-    from optimizers.backend import Handoff, embedded_threads, handed_off, plan_roles
+    from optimizers.backend import Handoff, handed_off, plan_roles, start_for
+    from optimizers.local_model import model_alias
 
     embedded: dict[str, Handoff] = {}
     plans = plan_roles(config.task_endpoint, config.optimizer_endpoint)
     for role, plan in plans.items():
         if plan.embedded and handed_off(plan.model) is None:  # one handed to this process reaches the worker too
-            server = session.embedded_server(plan.model, embedded_threads(plans))
-            embedded[role] = Handoff(server.base_url, server.model_alias)
+            server = start_for(session.embedded_server, plan.model, plans)
+            embedded[role] = Handoff(server.base_url, model_alias(plan.model))
     return {"api_key": session.api_key(), "optimizer_api_key": session.optimizer_api_key(), "embedded": embedded}
 
 

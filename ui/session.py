@@ -39,23 +39,22 @@ def store() -> Store:
 
 
 @st.cache_resource(show_spinner="Starting the embedded model (the first start assembles and checks it)...")
-def embedded_server(model: str, n_threads: int | None = None) -> Any:
-    """The app's embedded llama.cpp server for `model` (one per model: the task and the optimizer role may each have
-    one), started on first need (never at app start) with `n_threads` (optimizers.backend.embedded_threads); workers
-    reuse its URL; stopped when the app exits."""
+def embedded_server(model: str, n_threads: int | None = None, together: tuple[str, ...] | list[str] = ()) -> Any:
+    """The app's embedded llama.cpp server for `model` (and the `together` models one server swaps between when the
+    roles name two), started on first need (never at app start) with `n_threads`
+    (optimizers.backend.embedded_threads); workers reuse its URL; stopped when the app exits."""
     from optimizers.local_model import shared_server
 
-    return shared_server(model, n_threads)
+    return shared_server(model, n_threads, tuple(together))
 
 
 def embedded_running(model: str) -> Any | None:
-    """The embedded server for `model` if this process already started it (no side effect: does not start it)."""
+    """An embedded server this process already started that serves `model` (no side effect: does not start it)."""
     try:
-        from optimizers import local_model
+        from optimizers.local_model import running_server
     except Exception:
         return None
-    server = getattr(local_model, "_shared", {}).get(model)
-    return server if server is not None and server.alive() else None
+    return running_server(model)
 
 
 # the sidebar's fields per role: (state name, environment default)
