@@ -68,6 +68,7 @@ try:
 except Exception as e:
     st.error(f"Cannot resolve the task and optimizer endpoints: {e}")
     plans = {}
+warming = session.warm_embedded(plans)  # never waited for here: a click on Quick start finds it loaded
 listed: set[str] = set()
 for role, plan in plans.items():
     who = "Task model" if role == "task" else "Optimizer model"
@@ -92,8 +93,9 @@ for role, plan in plans.items():
             load = f", loaded in {server.load_seconds:.1f} s" if server.load_seconds else ""
             st.write(f"{who}: embedded `{model_alias(plan.model)}` (llama.cpp, loopback only): **running**{load}.")
         else:
-            st.write(f"{who}: embedded `{plan.model}` (llama.cpp, loopback only): **not started**; it starts on "
-                     "first use (a score or a run).")
+            st.write(f"{who}: embedded `{plan.model}` (llama.cpp, loopback only): " + (
+                "**loading in the background**." if warming or session.warming(plan.model) else
+                "**not started**; it starts on first use (a score or a run)."))
 speed = st.session_state.get("backend_speed")
 if speed:
     st.caption(f"Measured speed on the last score: {speed['calls_per_s']:.2f} calls/s, "

@@ -45,7 +45,11 @@ ARMS = {
     "pe2": ["--optimizer", "pe2"],
     "gpo": ["--optimizer", "gpo"],
 }
-for _name in ("ape", "protegi", "opro", "pe2", "gpo"):
+# GPO with the textual gradient of its design space (ProTeGi-style critiques of the wrong minibatch examples shown to
+# the generating request) and 4 samples a step, so 300 calls pay for more than one step on a 40-example dev set
+ARMS["gpo-feedback"] = ["--optimizer", "gpo", "--param", "gradient=feedback", "--param", "update_method=generate",
+                        "--param", "num_candidates=4"]
+for _name in ("ape", "protegi", "opro", "pe2", "gpo", "gpo-feedback"):
     ARMS[f"{_name}+demos"] = [*ARMS[_name], "--then-demos"]
 
 

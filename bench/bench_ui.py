@@ -75,11 +75,14 @@ def add_point(store: Store, rid: str, k: int, oi: int) -> tuple[float, int]:
     return t, oi + 3
 
 
-PROGRESS_JS = """() => /Working: [1-9][0-9,]* calls so far/.test(document.body.innerText)"""
+# scoring progress: a first answered call, or requests sent to the model and waiting for it
+PROGRESS_JS = """() => /Working: ([1-9][0-9,]* calls so far|0 calls so far.*[1-9][0-9]* waiting for the model)/.test(
+    document.body.innerText)"""
 
 
-def quick_start_to_first_point() -> tuple[float, float]:
-    """(seconds to the first progress shown, seconds to the first point on the chart) after clicking Quick start."""
+def quick_start_to_first_point(read_s: float = 0.0) -> tuple[float, float]:
+    """(seconds to the first progress shown, seconds to the first point on the chart) after clicking Quick start,
+    `read_s` seconds after Home is drawn (Home warms the embedded model in the background meanwhile)."""
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as d, start_app(None, Path(d)) as app, sync_playwright() as pw:
@@ -88,6 +91,7 @@ def quick_start_to_first_point() -> tuple[float, float]:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(app.url)
         painted(page)
+        time.sleep(read_s)
         t0 = time.perf_counter()
         page.get_by_role("button", name="Quick start").click()
         progress = None
@@ -110,7 +114,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=10)
     ap.add_argument("--embedded", action="store_true")
     a = ap.parse_args()
-    first_point = quick_start_to_first_point() if a.embedded else None
+    # clicked at once (the model still loading), and after 10 s on Home (a user reading it; the model loaded)
+    first_point = {r: quick_start_to_first_point(r) for r in (0.0, 10.0)} if a.embedded else None
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as d, StubServer(E2EResponder()) as stub:
@@ -152,11 +157,13 @@ def main() -> None:
     for name, v in paint.items():
         print(f"| {name} | {statistics.median(v):.2f} | {max(v):.2f} |")
     if first_point is not None:
-        print(f"\nEmbedded default model: click Quick start -> first progress shown (calls so far): "
-              f"{first_point[0]:.1f} s; first point on the chart: {first_point[1]:.1f} s (includes starting the "
-              "model server and scoring the initial prompt on dev)")
+        print("\nEmbedded default model, click Quick start -> first progress shown (requests waiting for the model, "
+              "or calls answered) / first point on the chart (the initial prompt scored on dev):\n")
+        print("| clicked | first progress s | first point s |\n|---|---:|---:|")
+        for r, (prog, pt) in first_point.items():
+            print(f"| {r:.0f} s after Home is drawn | {prog:.1f} | {pt:.1f} |")
     q = sorted(delays)
-    print(f"\nEvent stored -> point on the Optimize chart (live fragment polls the store every 2 s): median "
+    print(f"\nEvent stored -> point on the Optimize chart (live fragment polls the store every second): median "
           f"{statistics.median(q):.2f} s, p90 {q[int(0.9 * (len(q) - 1))]:.2f} s, max {q[-1]:.2f} s over {len(q)} events")
 
 

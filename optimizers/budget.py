@@ -351,6 +351,11 @@ class Meter:
             c.add(self.total)
             return c
 
+    def inflight_calls(self) -> int:
+        """Requests sent and not yet answered (the progress a page can show before the first answer)."""
+        with self._lock:
+            return self._inflight.calls
+
     def checkpoint(self) -> tuple[Counters, dict[str, dict[str, Any]], dict[str, dict[str, Any]], float]:
         """Totals, by role, by phase, and the time they hold for: one consistent reading to store."""
         with self._lock:

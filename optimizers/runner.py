@@ -51,7 +51,8 @@ def _live_spend(meter: Meter | None) -> dict[str, Any] | None:
     if meter is None:
         return None
     c = meter.snapshot()
-    return {"calls": c.calls, "cache_hits": c.cache_hits, "tokens": c.tokens, "at": time.time()}
+    return {"calls": c.calls, "cache_hits": c.cache_hits, "tokens": c.tokens, "inflight": meter.inflight_calls(),
+            "at": time.time()}
 
 
 def _usage_event(meter: Meter, step: int) -> Usage:

@@ -42,7 +42,7 @@ LIVE = frozenset({RunStatus.CREATED, RunStatus.RUNNING})
 RESUMABLE = frozenset({RunStatus.STOPPED, RunStatus.PAUSED, RunStatus.FAILED, RunStatus.CRASHED})
 ENDED_OK = frozenset({RunStatus.DONE, RunStatus.BUDGET, RunStatus.STOPPED})
 
-HEARTBEAT_S = 2.0  # a worker beats this often, between events too (a step can score for minutes without one); each
+HEARTBEAT_S = 1.0  # a worker beats this often, between events too (a step can score for minutes without one); each
 # beat carries the spend so far, so a page shows progress within seconds of the start
 STALE_S = 90.0  # a running run whose worker has not beaten for this long has crashed (or hangs)
 

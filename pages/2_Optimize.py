@@ -300,8 +300,11 @@ def _live_progress(live: dict, cfg: dict) -> None:
     """The worker's spend so far, written every few seconds between events: it moves while a step scores."""
     cap = (cfg.get("budget") or {}).get("max_calls")
     calls, hits = int(live.get("calls") or 0), int(live.get("cache_hits") or 0)
+    inflight = int(live.get("inflight") or 0)
     text = f"Working: {calls:,} calls so far" + (f" of at most {cap:,}" if cap else "") + (
-        f", {hits:,} answered from the cache" if hits else "") + f" (as of {dt.datetime.fromtimestamp(live['at']):%H:%M:%S})"
+        f", {hits:,} answered from the cache" if hits else "") + (
+        f", {inflight} waiting for the model" if inflight else "") + (
+        f" (as of {dt.datetime.fromtimestamp(live['at']):%H:%M:%S})")
     if cap:
         st.progress(min(1.0, calls / cap), text=text)
     else:
@@ -319,7 +322,7 @@ def run_view(rid: str) -> None:
     st.caption(f"created {dt.datetime.fromtimestamp(run['created']):%Y-%m-%d %H:%M:%S}, seed {run['seed']}")
     render_roles(roles_view(S.last_event(rid, "run_started"), cfg))
     run_link(rid, label="Link to this run (share or bookmark)")
-    interval = 2 if observed_status(run).live else None
+    interval = 1 if observed_status(run).live else None
 
     @st.fragment(run_every=interval)
     def live() -> None:

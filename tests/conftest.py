@@ -75,6 +75,9 @@ ROLE_ENV = ("PROMPTOPT_OPTIMIZER_BASE_URL", "PROMPTOPT_OPTIMIZER_API_KEY", "PROM
 def _no_role_env(monkeypatch):
     for name in ROLE_ENV:
         monkeypatch.delenv(name, raising=False)
+    # Home warms the embedded model in the background; a unit test that renders it must not load a real model
+    # (test_app_home tests the warm-up itself; the browser tests run the app as users do)
+    monkeypatch.setenv("PROMPTOPT_LAZY_MODEL", "1")
 
 
 @pytest.fixture

@@ -28,17 +28,50 @@ def test_home_renders_and_scores(monkeypatch, tmp_path):
         assert len(stub.chat_requests()) == 6
 
 
-def test_home_embedded_model_is_not_started_at_app_start(monkeypatch, tmp_path):
+def test_home_warms_the_embedded_model_in_the_background_and_never_waits(monkeypatch, tmp_path):
+    """Home starts the embedded server the roles need in a background thread (so Quick start finds it loaded) and
+    renders without waiting for it; with PROMPTOPT_LAZY_MODEL=1, or an endpoint configured, nothing starts."""
+    import threading
+    import time
+
+    from ui import session
+
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("PROMPTOPT_LAZY_MODEL", raising=False)
     monkeypatch.setenv("PROMPTOPT_DB", str(tmp_path / "runs.sqlite"))
+    monkeypatch.setattr(session, "_warming", {})
+    release, started = threading.Event(), []
 
-    def boom(model=None, n_threads=None):
-        raise AssertionError("the embedded model must start lazily")
+    def slow_start(model=None, n_threads=None, together=()):
+        started.append((model, n_threads, tuple(together)))
+        release.wait(20)  # a model that takes long to load
 
-    monkeypatch.setattr("ui.session.embedded_server", boom)
+    monkeypatch.setattr("optimizers.local_model.shared_server", slow_start)
+    t0 = time.monotonic()
     at = AppTest.from_file("../app.py", default_timeout=30).run()
-    assert not at.exception
+    assert not at.exception and time.monotonic() - t0 < 15
+    assert "loading in the background" in " ".join(m.value for m in at.markdown)
+    for _ in range(100):
+        if started:
+            break
+        time.sleep(0.05)
+    from optimizers.backend import embedded_threads, plan_roles
+    from optimizers.config import RoleEndpoint
+
+    assert started == [("qwen2.5-coder-1.5b", embedded_threads(plan_roles(RoleEndpoint(), RoleEndpoint())), ())]
+    at.run()  # a rerun does not start a second one
+    assert len(started) == 1
+    release.set()
+
+    monkeypatch.setattr(session, "_warming", {})
+    monkeypatch.setenv("PROMPTOPT_LAZY_MODEL", "1")
+    at = AppTest.from_file("../app.py", default_timeout=30).run()
+    assert not at.exception and len(started) == 1
     assert "not started" in " ".join(m.value for m in at.markdown)
+    monkeypatch.delenv("PROMPTOPT_LAZY_MODEL")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    at = AppTest.from_file("../app.py", default_timeout=30).run()
+    assert len(started) == 1
 
 
 def test_quick_start_runs_and_opens_optimize(env):  # noqa: F811

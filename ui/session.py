@@ -1,5 +1,5 @@
-"""A browser session's view of PromptOpt: the run store, which backend answers (the embedded model, started lazily,
-or the endpoint set in the sidebar), the connection sidebar, and links between pages.
+"""A browser session's view of PromptOpt: the run store, which backend answers (the embedded model, warmed in the
+background when Home shows, or the endpoint set in the sidebar), the connection sidebar, and links between pages.
 
 Contracts:
 * st.session_state["api_key"] / ["optimizer_api_key"]: the task / optimizer role's key, this browser session only
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import threading
 from typing import Any
 
 import streamlit as st
@@ -21,6 +23,7 @@ import streamlit as st
 from optimizers.config import RoleEndpoint
 from optimizers.store import Store
 
+log = logging.getLogger(__name__)
 
 @st.cache_resource(show_spinner=False)
 def _store_at(path: str) -> Store:
@@ -46,6 +49,43 @@ def embedded_server(model: str, n_threads: int | None = None, together: tuple[st
     from optimizers.local_model import shared_server
 
     return shared_server(model, n_threads, tuple(together))
+
+
+_warming: dict[str, list[str]] = {}  # set of models -> the models (a background start began)
+_warming_lock = threading.Lock()
+
+
+def warm_embedded(plans: dict) -> bool:
+    """Start the embedded server the roles need in a background thread (once per process), so a click on Quick start
+    or Start does not wait for the model to load; the page never waits for it. PROMPTOPT_LAZY_MODEL=1 keeps the
+    model unloaded until first use. Returns whether a start began here."""
+    from optimizers import local_model
+    from optimizers.backend import embedded_models, embedded_threads
+
+    models = embedded_models(plans)
+    if not models or os.environ.get("PROMPTOPT_LAZY_MODEL", "").strip() in ("1", "true", "yes"):
+        return False
+    key = "+".join(sorted(models))
+    with _warming_lock:
+        if key in _warming or (local_model.running_server(models[0]) is not None and len(models) == 1):
+            return False
+        _warming[key] = models
+
+    def start() -> None:
+        try:  # the same server the click's embedded_server() finds (local_model keys it by its set of models)
+            local_model.shared_server(models[0], embedded_threads(plans), models[1:])
+        except Exception as e:  # shown when a run or a score needs the model, with the full message
+            log.warning("warming the embedded model failed: %s", e)
+
+    threading.Thread(target=start, name="warm-embedded", daemon=True).start()
+    return True
+
+
+def warming(model: str) -> bool:
+    """Whether a background start of the server for `model` began in this process (it may have finished)."""
+    from optimizers.local_model import model_alias
+
+    return any(model_alias(model) in {model_alias(m) for m in models} for models in list(_warming.values()))
 
 
 def embedded_running(model: str) -> Any | None:

@@ -201,7 +201,8 @@ def start_app(stub: StubServer | None, workdir: Path):
         env.update(OPENAI_BASE_URL=stub.base_url, OPENAI_API_KEY=API_KEY, PROMPTOPT_CACHE_DIR=str(workdir / "cache"),
                    PROMPTOPT_TASK_MODEL=TASK_MODEL, PROMPTOPT_OPTIMIZER_MODEL=OPT_MODEL)
     else:  # the embedded default model (bench only): a fresh response cache, the assembled models reused
-        for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "PROMPTOPT_TASK_MODEL", "PROMPTOPT_OPTIMIZER_MODEL"):
+        for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "PROMPTOPT_TASK_MODEL", "PROMPTOPT_OPTIMIZER_MODEL",
+                  "PROMPTOPT_LAZY_MODEL"):  # as a user starts it: Home warms the model
             env.pop(k, None)
         cache = workdir / "cache"
         cache.mkdir(exist_ok=True)
