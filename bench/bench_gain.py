@@ -33,6 +33,7 @@ from optimizers.config import SplitConfig  # noqa: E402
 from optimizers.metrics import mcnemar, wilson  # noqa: E402
 from optimizers.prepare import prepare_task  # noqa: E402
 from optimizers.prompt import split_prompt  # noqa: E402
+from optimizers.proposals import prompt_form  # noqa: E402
 from optimizers.store import Store  # noqa: E402
 
 # arm -> CLI arguments (the optimizer and what follows it)
@@ -103,19 +104,20 @@ def _correct(store: Store, run_id: str, cand: str) -> dict[str, tuple[bool, str 
 
 def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
     store = Store(out / "runs.sqlite")
-    rows = ["| arm | best prompt (instruction; demos) | test initial | test best [95% CI] | gained / lost | "
-            "McNemar p | best's top answer (share) | calls | wall |", "|---|---|---:|---|---|---:|---|---:|---:|"]
+    rows = ["| arm | best prompt (instruction; demos) | form | test initial | test best [95% CI] | gained / lost | "
+            "McNemar p | best's top answer (share) | calls | wall |", "|---|---|---|---:|---|---|---:|---|---:|---:|"]
+    prepared = _prepared(a)
     for arm in arms:
         f = out / arm / "result.json"
         if not f.exists():
-            rows.append(f"| {arm} | not run (or not finished) | | | | | | | |")
+            rows.append(f"| {arm} | not run (or not finished) | | | | | | | | |")
             continue
         r = json.loads(f.read_text())
         init = _correct(store, r["run_id"], _cid(r["initial_prompt"]))
         best = _correct(store, r["run_id"], r["best_id"]) if r["best_id"] != _cid(r["initial_prompt"]) else init
         ids = sorted(set(init) & set(best))
         if not ids:
-            rows.append(f"| {arm} | {r['status']}: no test report | | | | | | {r.get('calls')} | |")
+            rows.append(f"| {arm} | {r['status']}: no test report | | | | | | | {r.get('calls')} | |")
             continue
         ia, ba = [init[i][0] for i in ids], [best[i][0] for i in ids]
         t = mcnemar(ba, ia)
@@ -125,10 +127,17 @@ def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
         instr, demos = split_prompt(r["best_prompt"])
         shown = instr.replace("|", "/").replace("\n", " ")
         shown = (shown[:90] + "...") if len(shown) > 90 else shown
-        rows.append(f"| {arm} | {shown}; {len(demos)} demos | {sum(ia) / len(ids):.3f} | {k / len(ids):.3f} "
+        form = prompt_form(instr, prepared.task.labels, prepared.splits.train + prepared.splits.dev)
+        rows.append(f"| {arm} | {shown}; {len(demos)} demos | {form} | {sum(ia) / len(ids):.3f} | {k / len(ids):.3f} "
                     f"[{lo:.2f}, {hi:.2f}] | {t['a_only']} / {t['b_only']} | {t['p_value']:.2g} | {top} "
                     f"({n_top / len(ids):.2f}) | {r['calls']} | {r['wall_time_s'] / 60:.0f} min |")
     return "\n".join(rows)
+
+
+def _prepared(a: argparse.Namespace):
+    tr, dv, te = fractions(a.task)
+    return prepare_task(a.task, split=SplitConfig(train=tr, dev=dv, test=te, max_train=a.max_train, max_dev=a.max_dev,
+                                                  max_test=a.max_test))
 
 
 def _cid(text: str) -> str:
@@ -161,8 +170,7 @@ def main() -> None:
     if bad:
         sys.exit(f"unknown arm(s) {bad}; choose from {', '.join(ARMS)}")
     tr, dv, te = fractions(a.task)
-    n_test = len(prepare_task(a.task, split=SplitConfig(train=tr, dev=dv, test=te, max_train=a.max_train,
-                                                        max_dev=a.max_dev, max_test=a.max_test)).splits.test)
+    n_test = len(_prepared(a).splits.test)
     if not a.table_only:
         for arm in arms:
             run_arm(a, arm, n_test, out)

@@ -23,11 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from bench_gain import _cid, _correct  # noqa: E402
+from bench_gain import _cid, _correct, _prepared  # noqa: E402
 from run_all import render_png  # noqa: E402
 
 from optimizers.metrics import mcnemar, wilson  # noqa: E402
 from optimizers.prompt import split_prompt  # noqa: E402
+from optimizers.proposals import prompt_form  # noqa: E402
 from optimizers.store import Store  # noqa: E402
 
 MODEL = "qwen2.5-coder-1.5b"  # the embedded default for both roles
@@ -102,21 +103,21 @@ def dspy_rows(out: Path) -> list[dict]:
     return rows
 
 
-def dspy_table(out: Path, gpo_arms: dict[str, dict[str, bool]]) -> str:
+def dspy_table(out: Path, gpo_arms: dict[str, dict[str, bool]], prepared=None) -> str:
     """DSPy's rows next to the arms: each best vs the initial prompt, and each PromptOpt GPO arm vs it, paired on the
     same test examples."""
     rows = dspy_rows(out)
     if not rows:
         return "DSPy rows: not run (needs the DSPy venv, see bench/requirements-dspy.txt)."
-    head = ["| DSPy optimizer | best prompt (instruction; demos) | test initial | test best [95% CI] | gained / lost | "
-            "McNemar p | best's top answer (share) | opt. calls | status |",
-            "|---|---|---:|---|---|---:|---|---:|---|"]
+    head = ["| DSPy optimizer | best prompt (instruction; demos) | form | test initial | test best [95% CI] | "
+            "gained / lost | McNemar p | best's top answer (share) | opt. calls | status |",
+            "|---|---|---|---:|---|---|---:|---|---:|---|"]
     vs = []
     for r in rows:
         init, best = r["initial_correct"], r.get("best_correct") or {}
         ids = sorted(set(init) & set(best))
         if not ids:
-            head.append(f"| {r['optimizer']} | {r['status']} {r.get('reason', '')[:60]} | | | | | | "
+            head.append(f"| {r['optimizer']} | {r['status']} {r.get('reason', '')[:60]} | | | | | | | "
                         f"{r['usage']['calls']} | {r['status']} |")
             continue
         t = mcnemar([best[i] for i in ids], [init[i] for i in ids])
@@ -126,7 +127,8 @@ def dspy_table(out: Path, gpo_arms: dict[str, dict[str, bool]]) -> str:
         shown = " ".join(instr.split()).replace("|", "/")
         shown = (shown[:90] + "...") if len(shown) > 90 else shown
         top, n_top = Counter((r.get("best_preds") or {}).get(i) for i in ids).most_common(1)[0]
-        head.append(f"| {r['optimizer']} | {shown}; {len(demos)} demos | {sum(init[i] for i in ids) / len(ids):.3f} "
+        form = prompt_form(instr, prepared.task.labels, prepared.splits.train + prepared.splits.dev) if prepared else "-"
+        head.append(f"| {r['optimizer']} | {shown}; {len(demos)} demos | {form} | {sum(init[i] for i in ids) / len(ids):.3f} "
                     f"| {k / len(ids):.3f} [{lo:.2f}, {hi:.2f}] | {t['a_only']} / {t['b_only']} | {t['p_value']:.2g} "
                     f"| {top} ({n_top / len(ids):.2f}) | {r['usage']['calls']} | {r['status']} |")
         for arm, corr in gpo_arms.items():
@@ -194,7 +196,9 @@ def main() -> None:
         if not a.table_only and not a.no_dspy:
             run_dspy(task, out)
         gpo = {arm: {i: c for i, (c, _) in correct_of(out, arm).items()} for arm in ("gpo", "gpo+demos")}
-        parts += [f"### {task}: DSPy at the same calls\n", dspy_table(out, {k: v for k, v in gpo.items() if v}), ""]
+        prepared = _prepared(argparse.Namespace(task=task, max_train=126, max_dev=40, max_test=126))
+        parts += [f"### {task}: DSPy at the same calls\n",
+                  dspy_table(out, {k: v for k, v in gpo.items() if v}, prepared), ""]
         for r in dspy_rows(out):
             if r.get("best_correct"):
                 b, i0 = r["best_correct"], r["initial_correct"]

@@ -22,7 +22,7 @@ from .evaluate import EvalResult, Evaluator
 from .events import CandidateProposed, CandidateRejected, CandidateScored, Event, MetaPrompt, StepDone
 from .lm import Completion, LanguageModel
 from .prompt import instruction_of
-from .proposals import instruction_problem
+from .proposals import echoes_example, example_inputs, instruction_problem
 from .task import Task
 
 Gen = Generator[Event, None, Any]
@@ -119,14 +119,10 @@ class Context:
         return cand
 
     def _echoes_example(self, text: str) -> bool:
-        """A proposal that copies a whole train/dev input (40+ characters) verbatim, or is itself a 40+ character piece
-        cut from one: small optimizer models often return an example, a line of one (one of a BBH question's options),
-        or text injected into the data, instead of an instruction; it would leak into every call."""
+        """See proposals.echoes_example (train and dev inputs)."""
         if not hasattr(self, "_inputs"):
-            self._inputs = {" ".join(str(v).lower().split()) for ex in self.train + self.dev for v in ex.fields.values()
-                            if len(str(v).strip()) >= 40}
-        t = " ".join(text.lower().split())
-        return any(i in t for i in self._inputs) or (len(t) >= 40 and any(t in i for i in self._inputs))
+            self._inputs = example_inputs(self.train + self.dev)
+        return echoes_example(text, self._inputs)
 
     # --- scoring ------------------------------------------------------------------------------------------------
     def score(self, cand: Candidate, examples: Sequence[Example], split: str, *, step: int,

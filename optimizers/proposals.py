@@ -57,3 +57,25 @@ def instruction_problem(text: str, labels: list[str] | None = None) -> str | Non
         if normalize(t) in keys or (len(words) <= 3 and any(k in normalize(t) for k in keys)):
             return "bare_label"
     return None
+
+
+def example_inputs(examples) -> set[str]:
+    """The examples' inputs of 40+ characters, normalised for echoes_example."""
+    return {" ".join(str(v).lower().split()) for ex in examples for v in ex.fields.values() if len(str(v).strip()) >= 40}
+
+
+def echoes_example(text: str, inputs: set[str]) -> bool:
+    """A proposal that copies a whole input (40+ characters) verbatim, or is itself a 40+ character piece cut from
+    one: small optimizer models often return an example, a line of one (one of a BBH question's options), or text
+    injected into the data, instead of an instruction; it would leak into every call."""
+    t = " ".join((text or "").lower().split())
+    return any(i in t for i in inputs) or (len(t) >= 40 and any(t in i for i in inputs))
+
+
+def prompt_form(instruction: str, labels: list[str] | None, examples) -> str:
+    """'instruction', or why the text is not one (the rules every proposal passes), for reports over finished runs:
+    a best prompt from any tool (PromptOpt's or DSPy's) is checked the same way."""
+    if echoes_example(instruction, example_inputs(examples)):
+        return "echoes_example"
+    return instruction_problem(instruction, labels) or "instruction"
+
