@@ -31,6 +31,7 @@ model was not handed over starts its own.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -201,6 +202,29 @@ class Server(Protocol):
 StartEmbedded = Callable[..., Server]
 
 
+class EndpointLimits:
+    """One concurrency limit per server, shared by every run of a process that uses it (a sweep's runs at once), so
+    a sweep never floods a server or the embedded model. `limits`: base URL (or "embedded") -> requests in flight;
+    a server not named gets the default (2 embedded, 4 on an endpoint, as a single run)."""
+
+    def __init__(self, limits: Mapping[str, int] | None = None):
+        self.limits = {("embedded" if k == "embedded" else k.rstrip("/")): int(v) for k, v in (limits or {}).items()}
+        for k, v in self.limits.items():
+            if v < 1:
+                raise ValueError(f"concurrency for {k}: at least 1 request in flight, not {v}")
+        self._sems: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    def limit(self, key: str, default: int) -> int:
+        return self.limits.get(key, default)
+
+    def semaphore(self, key: str, default: int) -> threading.BoundedSemaphore:
+        with self._lock:
+            if key not in self._sems:
+                self._sems[key] = threading.BoundedSemaphore(self.limit(key, default))
+            return self._sems[key]
+
+
 def embedded_models(plans: Mapping[str, RolePlan]) -> list[str]:
     """The distinct embedded models the roles need, the task's first (one server serves them all)."""
     from .local_model import model_alias
@@ -226,10 +250,11 @@ class _Opener:
     concurrency limit (embedded: as its own view, so each model keeps its own cache identity)."""
 
     def __init__(self, max_concurrency: int | None, patience: float | None, timeout: float,
-                 start: StartEmbedded | None, plans: Mapping[str, RolePlan]):
+                 start: StartEmbedded | None, plans: Mapping[str, RolePlan], limits: EndpointLimits | None = None):
         self.max_concurrency, self.patience, self.timeout = max_concurrency, _patience(patience), timeout
         self.start = start
         self.plans = plans
+        self.limits = limits
         self._opened: dict[tuple[str, str | None], Backend] = {}
 
     def open(self, role: str, plan: RolePlan, key: str | None) -> Backend:
@@ -237,16 +262,22 @@ class _Opener:
             url, alias = self._embedded_server(plan.model)
             first = self._opened.get(("embedded", url))
             if first is None:
+                n = self.max_concurrency or 2
+                sem = self.limits.semaphore("embedded", n) if self.limits else None
                 first = self._opened[("embedded", url)] = embedded_backend(
-                    url, alias, max_concurrency=self.max_concurrency, patience=self.patience, timeout=self.timeout)
+                    url, alias, max_concurrency=self.limits.limit("embedded", n) if self.limits else n,
+                    patience=self.patience, timeout=self.timeout, semaphore=sem)
             if first.model == alias:
                 return first
             return Backend(first.endpoint.view(f"embedded:{alias}"), True, alias, f"embedded:{alias}")
         ep_key = (plan.base_url.rstrip("/"), key)  # type: ignore[union-attr]
         opened = self._opened.get(ep_key)
         if opened is None:
-            ep = Endpoint(plan.base_url, key, max_concurrency=self.max_concurrency or 4,  # type: ignore[arg-type]
-                          patience=self.patience, timeout=self.timeout, key_hint=KEY_HINT[role])
+            url = plan.base_url.rstrip("/")  # type: ignore[union-attr]
+            n = self.max_concurrency or 4
+            ep = Endpoint(plan.base_url, key, max_concurrency=self.limits.limit(url, n) if self.limits else n,  # type: ignore[arg-type]
+                          patience=self.patience, timeout=self.timeout, key_hint=KEY_HINT[role],
+                          semaphore=self.limits.semaphore(url, n) if self.limits else None)
             opened = self._opened[ep_key] = Backend(ep, False, plan.model, ep.base_url)
         return Backend(opened.endpoint, False, plan.model, opened.cache_id)
 
@@ -271,13 +302,14 @@ def embedded_threads(plans: Mapping[str, RolePlan]) -> int:
 def open_role_backends(task: RoleEndpoint, optimizer: RoleEndpoint, *, task_key: str | None = None,
                        optimizer_key: str | None = None, max_concurrency: int | None = None,
                        patience: float | None = None, timeout: float = 300.0,
-                       start_embedded: StartEmbedded | None = None) -> RoleBackends:
+                       start_embedded: StartEmbedded | None = None,
+                       limits: EndpointLimits | None = None) -> RoleBackends:
     """Both roles' backends, starting the embedded servers they need (with `start_embedded`: the dashboard's cached
     one). patience: how long transient faults are retried before a run pauses (env PROMPTOPT_PATIENCE, default
     120 s)."""
     plans = plan_roles(task, optimizer)
     keys = role_keys(plans, task_key, optimizer_key)
-    opener = _Opener(max_concurrency, patience, timeout, start_embedded, plans)
+    opener = _Opener(max_concurrency, patience, timeout, start_embedded, plans, limits)
     return RoleBackends(*(opener.open(role, plans[role], keys[role]) for role in ROLES))
 
 
@@ -291,9 +323,9 @@ def open_backend(base_url: str | None = None, api_key: str | None = None, *, mod
 
 
 def embedded_backend(url: str, alias: str, *, max_concurrency: int | None = None, patience: float | None = None,
-                     timeout: float = 300.0) -> Backend:
+                     timeout: float = 300.0, semaphore: threading.BoundedSemaphore | None = None) -> Backend:
     """The embedded llama.cpp server at `url`, whichever process started it (the dashboard starts it once)."""
     # llama.cpp serialises requests: more than 2 in flight only queues them; 2 overlaps HTTP with decoding.
     ep = Endpoint(url, "local", max_concurrency=max_concurrency or 2, patience=_patience(patience), timeout=timeout,
-                  llamacpp=True, cache_id=f"embedded:{alias}")
+                  llamacpp=True, cache_id=f"embedded:{alias}", semaphore=semaphore)
     return Backend(ep, True, alias, ep.cache_id)

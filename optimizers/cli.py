@@ -505,7 +505,86 @@ def build_parser() -> argparse.ArgumentParser:
 
     op = sub.add_parser("optimizers", help="list optimizers and their paper defaults")
     op.set_defaults(fn=cmd_optimizers)
+
+    sw = sub.add_parser("sweep", help="run (or continue) a sweep file: a grid of runs, then its leaderboard")
+    sw.add_argument("file", help="YAML or JSON sweep (see optimizers/sweep.py and sweeps/)")
+    sw.add_argument("--db", help=db_help)
+    sw.add_argument("--check", action="store_true", help="only check the file and print the grid; no call")
+    sw.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
+    sw.set_defaults(fn=cmd_sweep)
+
+    sr = sub.add_parser("sweep-report", help="a stored sweep's leaderboard and per-knob effects")
+    sr.add_argument("sweep_id", nargs="?", help="default: the latest sweep")
+    sr.add_argument("--db", help=db_help)
+    sr.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    sr.set_defaults(fn=cmd_sweep_report)
     return ap
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from .sweep import SweepError, check, load, run_sweep, sweep_id
+
+    try:
+        spec, lines = load(a.file)
+        cells = check(spec, lines, a.file)
+    except SweepError as e:
+        raise UsageError(str(e)) from None
+    sid = sweep_id(spec)
+    total = spec.budget.describe()
+    print(f"sweep {sid} ({spec.name}): {len(cells)} runs, each within {total}, {spec.parallel} at a time",
+          file=sys.stderr)
+    if a.check:
+        for c in cells:
+            print(f"  {c.data_name} {c.optimizer} {dict(c.params)} seed {c.seed} task {c.task_model or 'default'} "
+                  f"optimizer {c.optimizer_model or 'default'}", file=sys.stderr)
+        return 0
+    store = _store(a)
+    done = [0]
+
+    def on_cell(cell, run_id, status):
+        done[0] += 1
+        print(f"[{done[0]}] run {run_id} {cell.optimizer} {dict(cell.params)} seed {cell.seed}: {status}",
+              file=sys.stderr, flush=True)
+
+    try:
+        run_sweep(store, spec, cells, on_cell=on_cell)
+    except ValueError as e:
+        raise UsageError(_short(e)) from None
+    a.sweep_id, a.format = sid, "json" if a.json else "md"
+    return cmd_sweep_report(a)
+
+
+def cmd_sweep_report(a: argparse.Namespace) -> int:
+    import csv
+
+    from .leaderboard import as_records, knob_effects, leaderboard, markdown
+
+    store = _store(a)
+    sweeps = store.list_sweeps()
+    sid = a.sweep_id or (sweeps[0]["id"] if sweeps else None)
+    if sid is None or store.get_sweep(sid) is None:
+        raise UsageError(f"no sweep {a.sweep_id!r} in {store.path}" if a.sweep_id else f"no sweep in {store.path}")
+    rows = leaderboard(store, sid)
+    if a.format == "json":
+        print(json.dumps({"sweep_id": sid, "leaderboard": as_records(rows), "knobs": knob_effects(store, sid)},
+                         default=str))
+    elif a.format == "csv":
+        recs = as_records(rows)
+        w = csv.DictWriter(sys.stdout, fieldnames=[k for k in recs[0] if k not in ("cell",)] if recs else ["config"],
+                           extrasaction="ignore")
+        w.writeheader()
+        for r in recs:
+            w.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()})
+    else:
+        print(f"sweep {sid}\n")
+        print(markdown(rows))
+        eff = knob_effects(store, sid)
+        if eff:
+            print("\n| knob | value | runs | mean test score |\n|---|---|---:|---:|")
+            for e in eff:
+                m = "-" if e["test_mean"] is None else f"{e['test_mean']:.3f}"
+                print(f"| {e['knob']} | {e['value']} | {e['runs']} | {m} |")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

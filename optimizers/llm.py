@@ -147,7 +147,8 @@ class Endpoint:
     def __init__(self, base_url: str, api_key: str | None = None, *, max_concurrency: int = 4, timeout: float = 120.0,
                  max_retries: int = 3, patience: float = 120.0, llamacpp: bool = False,
                  on_wait: Callable[[str], None] | None = None, cache_id: str | None = None,
-                 key_hint: str = "OPENAI_API_KEY or the key field"):
+                 key_hint: str = "OPENAI_API_KEY or the key field",
+                 semaphore: threading.BoundedSemaphore | None = None):
         self.base_url = base_url.rstrip("/")
         self.key_hint = key_hint  # where this endpoint's key comes from, named when the endpoint refuses it
         self.cache_id = cache_id or self.base_url
@@ -156,7 +157,8 @@ class Endpoint:
         self.client = openai.OpenAI(base_url=self.base_url, api_key=self._api_key, timeout=timeout,
                                     max_retries=max_retries)
         self.max_concurrency = max_concurrency
-        self._sem = threading.BoundedSemaphore(max_concurrency)
+        # `semaphore`: a limit this endpoint shares with every other run on the same server (a sweep's)
+        self._sem = semaphore or threading.BoundedSemaphore(max_concurrency)
         self.patience = patience
         self.llamacpp = llamacpp
         self.on_wait = on_wait

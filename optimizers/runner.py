@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import __version__
-from .backend import Backend, Handoff, RoleBackends, handoff_env, open_role_backends, plan_roles
+from .backend import Backend, EndpointLimits, Handoff, RoleBackends, handoff_env, open_role_backends, plan_roles
 from .base import REGISTRY, Context, candidate_id
 from .budget import BudgetExceeded, Counters, Meter, Prices
 from .config import RunConfig
@@ -114,8 +114,10 @@ class Runner:
     backend_factory: tests' servers instead of the configured ones (one Backend serves both roles)."""
 
     def __init__(self, store: Store, *, api_key: str | None = None, optimizer_api_key: str | None = None,
-                 backend_factory: Callable[[RunConfig], Backend | RoleBackends] | None = None):
+                 backend_factory: Callable[[RunConfig], Backend | RoleBackends] | None = None,
+                 limits: EndpointLimits | None = None):
         self.store = store
+        self.limits = limits  # per-server concurrency shared with other runs of this process (a sweep's)
         self._api_key, self._optimizer_api_key = api_key, optimizer_api_key
         self._live: dict[str, Meter] = {}
         self._backend_factory = backend_factory
@@ -135,7 +137,8 @@ class Runner:
             return made if isinstance(made, RoleBackends) else RoleBackends.on_one(
                 made, cfg.task_endpoint, cfg.optimizer_endpoint)
         return open_role_backends(cfg.task_endpoint, cfg.optimizer_endpoint, task_key=self._api_key,
-                                  optimizer_key=self._optimizer_api_key, max_concurrency=cfg.max_concurrency)
+                                  optimizer_key=self._optimizer_api_key, max_concurrency=cfg.max_concurrency,
+                                  limits=self.limits)
 
     def execute(self, run_id: str, *, on_event: Callable[[int, Event], None] | None = None) -> RunResult:
         """Run (or resume) to the end, the budget, a stop request or a fault."""

@@ -100,6 +100,19 @@ CREATE TABLE IF NOT EXISTS predictions (
     completion_tokens INTEGER,
     PRIMARY KEY (run_id, candidate_id, example_id)
 );
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    created REAL,
+    spec TEXT
+);
+CREATE TABLE IF NOT EXISTS sweep_cells (
+    sweep_id TEXT NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    cell TEXT NOT NULL,
+    run_id TEXT,
+    PRIMARY KEY (sweep_id, cell)
+);
 CREATE INDEX IF NOT EXISTS events_kind ON events(run_id, kind);
 CREATE INDEX IF NOT EXISTS scores_cand ON scores(run_id, candidate_id);
 """
@@ -148,6 +161,39 @@ class Store:
         if c is not None:
             c.close()
             self._local.conn = None
+
+    # --- sweeps (optimizers.sweep): which run is which cell of a grid ---------------------------------------------
+    def create_sweep(self, sweep_id: str, name: str, spec: dict[str, Any], cells: list[str]) -> None:
+        """Store the sweep and its cells once; again (the same file run again) changes nothing."""
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO sweeps (id, name, created, spec) VALUES (?,?,?,?)",
+                      (sweep_id, name, time.time(), _dumps(spec)))
+            c.executemany("INSERT OR IGNORE INTO sweep_cells (sweep_id, position, cell, run_id) VALUES (?,?,?,NULL)",
+                          [(sweep_id, i, cell) for i, cell in enumerate(cells)])
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any] | None:
+        r = self._conn().execute("SELECT * FROM sweeps WHERE id=?", (sweep_id,)).fetchone()
+        return {**dict(r), "spec": json.loads(r["spec"])} if r else None
+
+    def list_sweeps(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT s.id, s.name, s.created, COUNT(c.cell) AS cells FROM sweeps s LEFT JOIN "
+                                    "sweep_cells c ON c.sweep_id = s.id GROUP BY s.id ORDER BY s.created DESC")
+        return [dict(r) for r in rows]
+
+    def sweep_cells(self, sweep_id: str) -> list[tuple[str, str | None]]:
+        """(cell key, run id or None) in grid order."""
+        rows = self._conn().execute("SELECT cell, run_id FROM sweep_cells WHERE sweep_id=? ORDER BY position",
+                                    (sweep_id,))
+        return [(r["cell"], r["run_id"]) for r in rows]
+
+    def sweep_run(self, sweep_id: str, cell: str) -> str | None:
+        r = self._conn().execute("SELECT run_id FROM sweep_cells WHERE sweep_id=? AND cell=?", (sweep_id, cell))
+        row = r.fetchone()
+        return row["run_id"] if row else None
+
+    def set_sweep_run(self, sweep_id: str, cell: str, run_id: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE sweep_cells SET run_id=? WHERE sweep_id=? AND cell=?", (run_id, sweep_id, cell))
 
     # --- runs ---------------------------------------------------------------------------------------------------
     def create_run(self, config: dict[str, Any], *, optimizer: str, seed: int, data_name: str | None,
@@ -226,6 +272,7 @@ class Store:
             for t in ("predictions", "scores", "candidates", "events", "examples"):
                 c.execute(f"DELETE FROM {t} WHERE run_id=?", (run_id,))
             c.execute("DELETE FROM runs WHERE id=?", (run_id,))
+            c.execute("UPDATE sweep_cells SET run_id=NULL WHERE run_id=?", (run_id,))  # its sweep makes it again
 
     # --- examples -----------------------------------------------------------------------------------------------
     def load_splits(self, run_id: str) -> Splits:
