@@ -338,3 +338,20 @@ def spawn_worker(db_path: str, run_id: str, *, api_key: str | None = None, optim
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     return subprocess.Popen([sys.executable, "-m", "optimizers", "worker", run_id, "--db", str(db_path)], env=env,
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def spawn_sweep_worker(db_path: str, sweep_file: str, *, api_key: str | None = None,
+                       optimizer_api_key: str | None = None, embedded: Mapping[str, Handoff] | None = None,
+                       log_path: str | None = None) -> subprocess.Popen:
+    """`python -m optimizers sweep FILE` in its own process, as spawn_worker does for one run (keys through the
+    environment only)."""
+    env = dict(os.environ)
+    if api_key:
+        env["OPENAI_API_KEY"] = api_key
+    if optimizer_api_key:
+        env["PROMPTOPT_OPTIMIZER_API_KEY"] = optimizer_api_key
+    env.update(handoff_env(embedded or {}))
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "optimizers", "sweep", sweep_file, "--db", str(db_path)], env=env,
+                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+

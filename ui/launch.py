@@ -116,3 +116,35 @@ def resume(run_id: str) -> None:
     """Hand a stored run back to a worker: it replays the stored part from the cache and continues."""
     session.store().set_status(run_id, RunStatus.CREATED, "resume requested")
     launch(run_id)
+
+
+def launch_sweep(text: str) -> str:
+    """Check a sweep (YAML/JSON text) and run it in a worker process of its own (it outlives the tab; running the
+    same sweep again continues it). Returns its id; raises optimizers.sweep.SweepError naming the line first."""
+    from optimizers.backend import Handoff, plan_roles, start_for
+    from optimizers.config import RoleEndpoint
+    from optimizers.local_model import model_alias
+    from optimizers.runner import spawn_sweep_worker
+    from optimizers.sweep import check, parse, sweep_id
+
+    spec, lines = parse(text, "the sweep")
+    check(spec, lines, "the sweep")
+    sid = sweep_id(spec)
+    folder = Path(session.db_path()).parent / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{sid}.yaml"
+    path.write_text(text, encoding="utf-8")  # the spec only: keys never go in a sweep
+    embedded: dict[str, Handoff] = {}
+    if len(spec.task_models) == len(spec.optimizer_models) == 1:  # one pair of models: start its server here once,
+        # as for a run, so the worker reuses it (a grid over models lets the worker start what each cell needs)
+        plans = plan_roles(RoleEndpoint(base_url=spec.base_url, model=spec.task_models[0]),
+                           RoleEndpoint(base_url=spec.optimizer_base_url, model=spec.optimizer_models[0]))
+        for role, plan in plans.items():
+            if plan.embedded:
+                server = start_for(session.embedded_server, plan.model, plans)
+                embedded[role] = Handoff(server.base_url, model_alias(plan.model))
+    spawn_sweep_worker(session.db_path(), str(path), api_key=session.api_key(),
+                       optimizer_api_key=session.optimizer_api_key(), embedded=embedded,
+                       log_path=str(folder / f"{sid}.log"))
+    return sid
+
