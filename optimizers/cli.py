@@ -555,9 +555,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep_report(a: argparse.Namespace) -> int:
-    import csv
-
-    from .leaderboard import as_records, knob_effects, leaderboard, markdown
+    from .leaderboard import as_csv, as_json, knob_effects, leaderboard, markdown
 
     store = _store(a)
     sweeps = store.list_sweeps()
@@ -566,15 +564,9 @@ def cmd_sweep_report(a: argparse.Namespace) -> int:
         raise UsageError(f"no sweep {a.sweep_id!r} in {store.path}" if a.sweep_id else f"no sweep in {store.path}")
     rows = leaderboard(store, sid)
     if a.format == "json":
-        print(json.dumps({"sweep_id": sid, "leaderboard": as_records(rows), "knobs": knob_effects(store, sid)},
-                         default=str))
+        print(as_json(store, sid, rows))
     elif a.format == "csv":
-        recs = as_records(rows)
-        w = csv.DictWriter(sys.stdout, fieldnames=[k for k in recs[0] if k not in ("cell",)] if recs else ["config"],
-                           extrasaction="ignore")
-        w.writeheader()
-        for r in recs:
-            w.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()})
+        sys.stdout.write(as_csv(rows))
     else:
         print(f"sweep {sid}\n")
         print(markdown(rows))
@@ -589,12 +581,13 @@ def cmd_sweep_report(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from .local_model import ModelError
+    from .store import StoreError
 
     logging.basicConfig(level=os.environ.get("PROMPTOPT_LOG", "WARNING"))
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
-    except (UsageError, DataError, LLMError, ModelError) as e:
+    except (UsageError, DataError, LLMError, ModelError, StoreError) as e:
         print(f"error: {_short(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -148,6 +148,28 @@ def as_records(rows: list[Row]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
 
 
+def as_csv(rows: list[Row]) -> str:
+    """The leaderboard as CSV (`sweep-report --format csv`, the dashboard's download): lists and dicts as JSON."""
+    import csv
+    import io
+
+    recs = as_records(rows)
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=[k for k in recs[0] if k != "cell"] if recs else ["config"],
+                       extrasaction="ignore")
+    w.writeheader()
+    for r in recs:
+        w.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()})
+    return out.getvalue()
+
+
+def as_json(store, sweep_id: str, rows: list[Row] | None = None) -> str:
+    """The leaderboard and the per-knob effects as JSON (`sweep-report --format json`, the dashboard's download)."""
+    rows = leaderboard(store, sweep_id) if rows is None else rows
+    return json.dumps({"sweep_id": sweep_id, "leaderboard": as_records(rows), "knobs": knob_effects(store, sweep_id)},
+                      default=str)
+
+
 def markdown(rows: list[Row]) -> str:
     def f(x: float | None, spec: str = ".3f") -> str:
         return "-" if x is None else format(x, spec)

@@ -1,8 +1,11 @@
-"""The run store: one SQLite file holding runs, their config and examples, every event, candidates, scores and
-per-example predictions. It is the single source of truth: the CLI, the pages, export, replay and resume read it.
+"""The run store: runs, their config and examples, every event, candidates, scores, per-example predictions and
+sweeps. It is the single source of truth: the CLI, the pages, export, replay and resume read it.
 
-Every write is its own committed transaction (WAL mode, so readers in other processes never block the worker), and
-an event is committed before anything can show it.
+One schema behind two databases (as MLflow's tracking store does): a SQLite file by default (WAL mode, so readers in
+other processes never block the worker), or PostgreSQL when PROMPTOPT_DB is a postgresql:// URL, so workers on other
+machines write where the dashboard reads. Every write is its own committed transaction, and an event is committed
+before anything can show it. PostgreSQL credentials come from the environment (PGPASSWORD, ~/.pgpass, PGUSER):
+a URL with a password is refused, so it never reaches a log, an error message or an export.
 """
 
 from __future__ import annotations
@@ -23,8 +26,31 @@ from .events import CandidateProposed, CandidateScored, Event, parse_event
 from .status import RunStatus
 
 
-def default_db() -> Path:
-    return Path(os.environ.get("PROMPTOPT_DB") or Path.home() / ".local" / "share" / "promptopt" / "runs.sqlite")
+def default_db() -> Path | str:
+    """PROMPTOPT_DB (a file, or a postgresql:// URL), else the user's default SQLite file."""
+    env = os.environ.get("PROMPTOPT_DB")
+    if env and is_postgres(env):
+        return env
+    return Path(env or Path.home() / ".local" / "share" / "promptopt" / "runs.sqlite")
+
+
+def is_postgres(location: str | os.PathLike) -> bool:
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened (a PostgreSQL server that is down, a bad URL): one clear message, nothing lost."""
+
+
+def _pg_location(url: str) -> str:
+    """The URL as shown (it has no password: one is refused)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    if u.password:
+        raise StoreError("PROMPTOPT_DB holds a password: give the URL without it and the password in PGPASSWORD "
+                         "(or ~/.pgpass), so it never reaches a log or an error message")
+    return url
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -122,32 +148,125 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, default=str)
 
 
+class _Pg:
+    """A PostgreSQL connection that takes the SQLite dialect the store is written in: `?` placeholders, INSERT OR
+    IGNORE / OR REPLACE, REAL timestamps (as double precision), rows readable by name and by position."""
+
+    _UPSERT = {"predictions": "(run_id, candidate_id, example_id)"}
+
+    def __init__(self, url: str):
+        import psycopg
+
+        try:
+            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10, row_factory=_pg_rows)
+        except psycopg.OperationalError as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StoreError(f"cannot reach the PostgreSQL store {url}: {reason}") from None
+
+    @staticmethod
+    def translate(sql: str) -> str:
+        q = sql.replace("?", "%s").replace(" REAL", " DOUBLE PRECISION")
+        if "INSERT OR IGNORE INTO" in q:
+            q = q.replace("INSERT OR IGNORE INTO", "INSERT INTO") + " ON CONFLICT DO NOTHING"
+        elif "INSERT OR REPLACE INTO" in q:
+            table = q.split("INSERT OR REPLACE INTO", 1)[1].split()[0]
+            cols = _COLUMNS[table]
+            q = (q.replace("INSERT OR REPLACE INTO", "INSERT INTO") + f" ON CONFLICT {_Pg._UPSERT[table]} DO UPDATE "
+                 "SET " + ", ".join(f"{c}=EXCLUDED.{c}" for c in cols))
+        return q.replace("CAST(example_id AS INTEGER)",
+                         "(CASE WHEN example_id ~ '^[0-9]{1,18}$' THEN example_id::bigint ELSE 0 END)")  # as SQLite's CAST
+
+    def execute(self, sql: str, args: Any = ()):
+        return self.conn.execute(self.translate(sql), tuple(args) if args else None)
+
+    def executemany(self, sql: str, rows: Iterable[Any]):
+        rows = list(rows)
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(self.translate(sql), rows)
+
+    def executescript(self, script: str) -> None:
+        script = "\n".join(line.split("--", 1)[0] for line in script.splitlines())  # comments may hold a ';'
+        for stmt in script.split(";"):
+            if stmt.strip():
+                self.conn.execute(self.translate(stmt))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _PgRow(dict):
+    """A row by column name (like sqlite3.Row) and by position."""
+
+    def __init__(self, names: list[str], values: tuple):
+        super().__init__(zip(names, values, strict=True))
+        self._values = values
+
+    def __getitem__(self, key):
+        return self._values[key] if isinstance(key, int) else super().__getitem__(key)
+
+
+def _pg_rows(cursor):
+    names = [c.name for c in cursor.description or []]
+    return lambda values: _PgRow(names, values)
+
+
+_COLUMNS = {"predictions": ["raw", "pred", "gold", "correct", "cached", "finish_reason", "prompt_tokens",
+                            "completion_tokens", "split"]}
+
+
 class Store:
     def __init__(self, path: str | os.PathLike | None = None):
-        self.path = Path(path) if path else default_db()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        location = path if path else default_db()
+        self.postgres = is_postgres(location)
         self._local = threading.local()
+        if self.postgres:
+            self.url = str(location)
+            self.path = _pg_location(self.url)  # shown in messages; never a password (refused)
+        else:
+            self.path = Path(location)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn().executescript(SCHEMA)  # executescript manages its own transaction
+        if self.postgres:
+            self._conn().execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS live TEXT")
+            return
         cols = {r["name"] for r in self._conn().execute("PRAGMA table_info(runs)")}
         if "live" not in cols:  # a store made before live progress: add the column (old rows read as no progress)
             self._conn().execute("ALTER TABLE runs ADD COLUMN live TEXT")
 
+    @property
+    def local_dir(self) -> Path:
+        """A folder on this machine for what is not in the store (worker logs, sweep files)."""
+        if self.postgres:
+            d = Path(os.environ.get("PROMPTOPT_HOME") or Path.home() / ".local" / "share" / "promptopt")
+        else:
+            d = self.path.parent
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
     # --- connections --------------------------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self) -> Any:
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            c.row_factory = sqlite3.Row
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=NORMAL")
-            c.execute("PRAGMA foreign_keys=ON")
-            c.execute("PRAGMA busy_timeout=30000")
+            if self.postgres:
+                c = _Pg(self.url)
+            else:
+                c = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                c.row_factory = sqlite3.Row
+                c.execute("PRAGMA journal_mode=WAL")
+                c.execute("PRAGMA synchronous=NORMAL")
+                c.execute("PRAGMA foreign_keys=ON")
+                c.execute("PRAGMA busy_timeout=30000")
             self._local.conn = c
         return c
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Any]:
         c = self._conn()
+        if self.postgres:
+            with c.conn.transaction():
+                yield c
+            return
         c.execute("BEGIN IMMEDIATE")
         try:
             yield c
@@ -288,6 +407,8 @@ class Store:
                      stream_index: int | None = None) -> int:
         """Store one event (and the projections the pages query) in a single transaction; returns its seq."""
         with self._tx() as c:
+            if self.postgres:  # writers of one run queue here (SQLite's BEGIN IMMEDIATE already serialises them)
+                c.execute("SELECT id FROM runs WHERE id=? FOR UPDATE", (run_id,))
             seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id=?", (run_id,)).fetchone()[0]
             c.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?)",
                       (run_id, seq, event.kind, event.step, event.ts, event.model_dump_json(), stream_index))

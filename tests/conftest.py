@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -110,3 +111,32 @@ def collect(events: Iterable[Any]) -> list[Any]:
 
 def kinds(events: Iterable[Any], kind: str) -> list[Any]:
     return [e for e in events if e.kind == kind]
+
+
+# --- a real PostgreSQL server for the store tests (tests/pg.py) -----------------------------------------------------
+@pytest.fixture(scope="session")
+def pg_server():
+    from tests import pg
+
+    why = pg.available()
+    if why:
+        if os.environ.get("PROMPTOPT_REQUIRE_PG"):  # CI: a missing server is a failure, not a skip
+            pytest.fail(why)
+        pytest.skip(why)
+    with pg.server() as base:
+        yield base
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    from tests import pg
+
+    return pg.new_database(pg_server)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_location(request, tmp_path) -> str:
+    """The same store tests on both databases."""
+    if request.param == "sqlite":
+        return str(tmp_path / "runs.sqlite")
+    return request.getfixturevalue("pg_url")

@@ -274,7 +274,7 @@ def test_spawned_worker_gets_the_key_by_environment_only(tmp_path, monkeypatch):
 # --- the dashboard ----------------------------------------------------------------------------------------------------
 
 PAGES = ["../app.py", "../pages/1_Data.py", "../pages/2_Optimize.py", "../pages/3_Inspect.py", "../pages/4_Compare.py",
-         "../pages/5_Runs.py"]
+         "../pages/5_Runs.py", "../pages/6_Sweeps.py"]
 
 
 def _walk(node):

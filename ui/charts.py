@@ -200,3 +200,37 @@ def split_distribution_figure(splits: Any) -> go.Figure:
     fig.update_layout(barmode="group", height=300, xaxis_title="label", yaxis_title="examples",
                       margin={"l": 10, "r": 10, "t": 30, "b": 10})
     return fig
+
+
+def leaderboard_figure(rows: list[Any]) -> go.Figure:
+    """A sweep's test mean per configuration (leaderboard rows) with its 95% interval across seeds, and the initial
+    prompt's mean test score as the line a configuration has to clear."""
+    done = [r for r in rows if r.test_mean is not None]
+    fig = go.Figure(go.Bar(
+        x=[_short(r.config, 50) for r in done], y=[r.test_mean for r in done], name="best prompt (test)",
+        marker_color=_SPLIT_COLORS["test"], text=[f"{r.test_mean:.3f}" for r in done], textposition="outside",
+        error_y={"type": "data", "symmetric": False, "array": [r.test_high - r.test_mean for r in done],
+                 "arrayminus": [r.test_mean - r.test_low for r in done]},
+        hovertext=[f"{r.config}<br>seeds {r.seeds}/{r.runs}<br>95% CI [{r.test_low:.3f}, {r.test_high:.3f}]"
+                   for r in done], hoverinfo="text+y"))
+    initial = [r.initial_mean for r in done if r.initial_mean is not None]
+    if initial:
+        mean = sum(initial) / len(initial)
+        fig.add_hline(y=mean, line_dash="dash", line_color="#7f7f7f", annotation_text=f"initial prompt {mean:.3f}",
+                      annotation_position="top left")
+    fig.update_layout(yaxis_title="test score (mean over seeds)", yaxis_range=[0, 1.08], height=360, showlegend=False,
+                      margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    return fig
+
+
+def knob_figure(effects: list[dict[str, Any]]) -> go.Figure:
+    """Mean test score by value of every swept knob (leaderboard.knob_effects), the values grouped under their knob."""
+    shown = [e for e in effects if e["test_mean"] is not None]
+    fig = go.Figure(go.Bar(x=[[e["knob"] for e in shown], [_short(str(e["value"]), 30) for e in shown]],
+                           y=[e["test_mean"] for e in shown], text=[f"{e['test_mean']:.3f}" for e in shown],
+                           textposition="outside", marker_color=_SPLIT_COLORS["dev"],
+                           hovertext=[f"{e['knob']} = {e['value']}: {e['runs']} run(s)" for e in shown],
+                           hoverinfo="text+y"))
+    fig.update_layout(yaxis_title="mean test score", yaxis_range=[0, 1.08], height=320,
+                      margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    return fig

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -91,7 +90,7 @@ def worker_backend_args(config: RunConfig) -> dict[str, Any]:
 
 
 def _log_path(run_id: str) -> str:
-    p = Path(session.db_path()).parent / "logs"
+    p = session.store().local_dir / "logs"
     p.mkdir(parents=True, exist_ok=True)
     return str(p / f"worker-{run_id}.log")
 
@@ -130,7 +129,7 @@ def launch_sweep(text: str) -> str:
     spec, lines = parse(text, "the sweep")
     check(spec, lines, "the sweep")
     sid = sweep_id(spec)
-    folder = Path(session.db_path()).parent / "sweeps"
+    folder = session.store().local_dir / "sweeps"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{sid}.yaml"
     path.write_text(text, encoding="utf-8")  # the spec only: keys never go in a sweep
