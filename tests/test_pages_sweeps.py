@@ -213,3 +213,32 @@ def test_a_sweep_started_for_real_runs_in_a_worker_without_writing_the_key(monke
     for p in tmp_path.rglob("*"):  # the store, its WAL, the cache, the sweep file and its log
         if p.is_file():
             assert SECRET.encode() not in p.read_bytes(), p
+
+
+def test_a_sweep_whose_worker_is_gone_stops_polling_and_continues_with_the_same_spec(monkeypatch, tmp_path, spawned):
+    import sqlite3
+
+    from ui.sweeps import state
+
+    spec, lines = parse(GRID.format(task=TASK_MODEL, opt=OPT_MODEL, url="http://127.0.0.1:9/v1"))
+    cells = check(spec, lines)
+    sid = sweep_id(spec)
+    db = tmp_path / "runs.sqlite"
+    Store(db).create_sweep(sid, spec.name, spec.model_dump(mode="json"), [c.key for c in cells])
+    rows = [{"run": None, "status": "not started", "updated": None}] * 4
+    assert state(rows, since=1000.0, now=1010.0) == "running"  # its worker is still creating the runs
+    assert state(rows, since=1000.0, now=2000.0) == "stalled"
+    assert state([{"run": "r", "status": "running", "updated": 0}], 0, now=1e9) == "running"
+    assert state([{"run": "r", "status": "failed", "updated": 0}], 0, now=1e9) == "ended"
+    with sqlite3.connect(db) as c:  # the worker died long ago, before it made a run
+        c.execute("UPDATE sweeps SET created = created - 1000")
+    at = open_page(monkeypatch, db, sweep=sid)
+    assert not at.exception and not at.error
+    assert any("written nothing for a while" in w.value for w in at.warning)
+    assert any("0 of 4 runs finished" in (p.proto.text or "") for p in at.get("progress"))
+    at.button(key="sw_continue").click().run()
+    assert not at.exception and not at.error
+    assert len(spawned) == 1
+    assert "sw_continue" not in [b.key for b in at.button]  # polls for the new worker: no second one to start
+    again, _ = parse(Path(spawned[0]["file"]).read_text())
+    assert sweep_id(again) == sid  # the same sweep: the worker continues it

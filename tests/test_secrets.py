@@ -316,8 +316,16 @@ def test_pages_never_show_the_key(page, dash_env, tmp_path):
         at.session_state[k] = v
     if "Inspect" in page or "Optimize" in page:
         at.query_params["run"] = dash_env["run_id"]
+    if "Sweeps" in page:  # a stored sweep whose one cell is the run: its cells, leaderboard and downloads drawn
+        cell = json.dumps({"data": "toy", "optimizer": "opro", "params": OPRO_PARAMS, "seed": 0,
+                           "task_model": "stub-task", "optimizer_model": "stub-opt"}, sort_keys=True)
+        dash_env["store"].create_sweep("s0123456789", "keys", {}, [cell])
+        dash_env["store"].set_sweep_run("s0123456789", cell, dash_env["run_id"])
+        at.query_params["sweep"] = "s0123456789"
     at.run()
     assert not at.exception, at.exception
+    if "Sweeps" in page:
+        assert not at.error and len(at.dataframe) >= 2  # the cells and the leaderboard
     for k, v in fields.items():  # each field keeps its own key: the only place it may be
         assert [t.value for t in at.text_input if t.key == k] == [v]
     checked = 0

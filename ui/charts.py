@@ -207,7 +207,7 @@ def leaderboard_figure(rows: list[Any]) -> go.Figure:
     prompt's mean test score as the line a configuration has to clear."""
     done = [r for r in rows if r.test_mean is not None]
     fig = go.Figure(go.Bar(
-        x=[_short(r.config, 50) for r in done], y=[r.test_mean for r in done], name="best prompt (test)",
+        x=[r.config for r in done], y=[r.test_mean for r in done], name="best prompt (test)",
         marker_color=_SPLIT_COLORS["test"], text=[f"{r.test_mean:.3f}" for r in done], textposition="outside",
         error_y={"type": "data", "symmetric": False, "array": [r.test_high - r.test_mean for r in done],
                  "arrayminus": [r.test_mean - r.test_low for r in done]},
@@ -226,7 +226,7 @@ def leaderboard_figure(rows: list[Any]) -> go.Figure:
 def knob_figure(effects: list[dict[str, Any]]) -> go.Figure:
     """Mean test score by value of every swept knob (leaderboard.knob_effects), the values grouped under their knob."""
     shown = [e for e in effects if e["test_mean"] is not None]
-    fig = go.Figure(go.Bar(x=[[e["knob"] for e in shown], [_short(str(e["value"]), 30) for e in shown]],
+    fig = go.Figure(go.Bar(x=[[e["knob"] for e in shown], [str(e["value"]) for e in shown]],
                            y=[e["test_mean"] for e in shown], text=[f"{e['test_mean']:.3f}" for e in shown],
                            textposition="outside", marker_color=_SPLIT_COLORS["dev"],
                            hovertext=[f"{e['knob']} = {e['value']}: {e['runs']} run(s)" for e in shown],

@@ -3,12 +3,13 @@ leaderboard as tables. Pure functions of the text and the store (no Streamlit), 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import yaml
 
 from optimizers.leaderboard import Row
-from optimizers.status import RunStatus, observed_status
+from optimizers.status import STALE_S, RunStatus, observed_status
 from optimizers.sweep import check, iter_cells, parse
 
 # The example and the form's fixed parts: the quick start's set, caps and layout (app.py), with a budget that pays
@@ -73,7 +74,8 @@ def _data_name(data: Any) -> str:
 
 def cell_rows(store, sid: str) -> list[dict[str, Any]]:
     """One row per cell of a stored sweep: what it is, its run and status, calls so far (the worker's live spend, or
-    the result's), the best score so far (its last step) and the best prompt's test score once finished."""
+    the result's), the best score so far (its last step), the best prompt's test score once finished, and when its run
+    was last written (`updated`, not shown)."""
     rows = []
     for cell, run in iter_cells(store, sid):
         status = observed_status(run).value if run else "not started"
@@ -86,7 +88,8 @@ def cell_rows(store, sid: str) -> list[dict[str, Any]]:
             test = (((res.get("scores") or {}).get("best") or {}).get("test") or {}).get("score")
         rows.append({"optimizer": cell["optimizer"], "knobs": knobs_text(cell["params"]), "seed": cell["seed"],
                      "data": _data_name(cell["data"]), "run": run["id"] if run else None, "status": status,
-                     "calls": calls, "best so far": best, "test": test})
+                     "calls": calls, "best so far": best, "test": test,
+                     "updated": max(run.get("heartbeat") or 0, run.get("updated") or 0) if run else None})
     return rows
 
 
@@ -95,9 +98,22 @@ def finished(rows: list[dict[str, Any]]) -> int:
     return sum(1 for r in rows if r["run"] and not RunStatus(r["status"]).live)
 
 
-def waiting(rows: list[dict[str, Any]]) -> bool:
-    """Whether some cell is still to run or running (the page polls while so)."""
-    return any(r["run"] is None or RunStatus(r["status"]).live for r in rows)
+def state(rows: list[dict[str, Any]], since: float, now: float | None = None) -> str:
+    """'running' while a cell runs, or while cells wait and the sweep's worker started (`since`) or wrote within
+    STALE_S (it creates the runs, then starts them `parallel` at a time); 'stalled' when cells wait and nothing has
+    been written for longer (the worker is gone); else 'ended'. The page polls while running, offers to continue
+    otherwise."""
+    if any(r["status"] == RunStatus.RUNNING for r in rows):
+        return "running"
+    if not any(r["run"] is None or r["status"] == RunStatus.CREATED for r in rows):
+        return "ended"
+    last = max([since, *(r["updated"] for r in rows if r["updated"])])
+    return "running" if (now or time.time()) - last < STALE_S else "stalled"
+
+
+def unfinished(rows: list[dict[str, Any]]) -> int:
+    """Cells a continued sweep would run: not started, waiting, failed, paused or crashed."""
+    return sum(1 for r in rows if r["run"] is None or not RunStatus(r["status"]).ok)
 
 
 def leaderboard_table(rows: list[Row]) -> list[dict[str, Any]]:

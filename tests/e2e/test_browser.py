@@ -447,6 +447,61 @@ def test_runs_listed_and_exported_without_the_key(page, app):
     shot(page, "runs")
 
 
+# --- sweeps -------------------------------------------------------------------------------------------------------
+
+SWEEP = """\
+name: e2e-two-by-two
+data: [sentiment]
+optimizers:
+  demos: {k: 2, trials: 2}
+  baseline: {}
+seeds: [0, 1]
+split: {max_train: 16, max_dev: 10, max_test: 20}
+budget: {max_calls: 80}
+max_total: {max_calls: 400}
+parallel: 2
+"""
+
+
+@pytest.mark.slow
+def test_sweeps_launch_two_by_two_and_read_the_leaderboard(page, app, tmp_path):
+    """Upload a 2 optimizers x 2 seeds sweep on the Sweeps page, check it, start it (a worker process against the
+    stub), follow the cells live until the leaderboard has both configurations with both seeds."""
+    goto(page, app, "Sweeps")
+    page.get_by_role("heading", name="Sweeps", exact=True).wait_for()
+    path = tmp_path / "two_by_two.yaml"
+    path.write_text(SWEEP)
+    upload(page, path)
+    box = widget(page, "stTextArea", "Sweep (YAML or JSON").locator("textarea")
+    assert box.input_value() == SWEEP  # the upload fills the text
+    page.get_by_role("button", name="Check", exact=True).click()
+    settle(page)
+    page.get_by_text("4 runs (2 configurations x 2 seeds)").wait_for()
+    page.get_by_role("button", name="Start sweep").click()
+    page.wait_for_url(re.compile(r"[?&]sweep=s[0-9a-f]{9}"), timeout=30_000)
+    sid = re.search(r"[?&]sweep=(s[0-9a-f]{9})", page.url).group(1)
+    page.get_by_role("heading", name=f"Sweep e2e-two-by-two ({sid})").wait_for(timeout=60_000)
+    page.get_by_text("4 of 4 runs finished").wait_for(timeout=240_000)
+    settle(page)
+    page.get_by_role("button", name="Leaderboard + knobs JSON").wait_for()
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Leaderboard + knobs JSON").click()
+    report = json.loads(Path(dl.value.path()).read_text())
+    rows = report["leaderboard"]
+    assert report["sweep_id"] == sid
+    assert sorted(r["cell"]["optimizer"] for r in rows) == ["baseline", "demos"]
+    assert [(r["seeds"], r["runs"]) for r in rows] == [(2, 2), (2, 2)]
+    assert all(r["test_low"] <= r["test_mean"] <= r["test_high"] for r in rows)
+    assert {k["value"] for k in report["knobs"] if k["knob"] == "optimizer"} == {"baseline", "demos"}
+    # the leaderboard's bar chart draws the same configurations
+    bars = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(el => (el._fullData || [])"
+                         ".filter(t => t.type === 'bar').map(t => Array.from(t.x || [])))")
+    assert sorted(bars[0][0]) == sorted(r["config"] for r in rows)
+    assert db(app, "SELECT COUNT(*) FROM sweep_cells WHERE sweep_id=? AND run_id IS NOT NULL", sid) == [(4,)]
+    no_traceback(page)
+    shot(page, "sweeps-leaderboard")
+
+
 # --- the key ------------------------------------------------------------------------------------------------------
 
 TYPED_KEY = "sk-e2e-typed-secret-4242"
@@ -476,7 +531,7 @@ def test_api_key_never_in_the_page_source(page, app, stub):
     settle(page)
     sent = [r["_headers"].get("authorization") for r in stub.requests[before:] if "_headers" in r]
     assert f"Bearer {TYPED_KEY}" in sent, "the typed key did not reach the endpoint"
-    pages = ["Data", "Optimize", "Inspect", "Compare", "Runs"]
+    pages = ["Data", "Optimize", "Inspect", "Compare", "Runs", "Sweeps"]
     for name in [None, *pages]:
         if name:  # same session: navigate with the sidebar, not a new page load
             nav(page, name)
