@@ -34,7 +34,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from .config import RoleEndpoint
 from .llm import Endpoint
@@ -207,7 +207,11 @@ class EndpointLimits:
     a sweep never floods a server or the embedded model. `limits`: base URL (or "embedded") -> requests in flight;
     a server not named gets the default (2 embedded, 4 on an endpoint, as a single run)."""
 
-    def __init__(self, limits: Mapping[str, int] | None = None):
+    def __init__(self, limits: Mapping[str, int] | None = None,
+                 factory: Callable[[str, int], Any] | None = None):
+        """factory(key, limit): the semaphore for a server (default a thread semaphore of this process; the Ray
+        executor gives one held by a cluster-wide actor)."""
+        self.factory = factory
         self.limits = {("embedded" if k == "embedded" else k.rstrip("/")): int(v) for k, v in (limits or {}).items()}
         for k, v in self.limits.items():
             if v < 1:
@@ -221,7 +225,8 @@ class EndpointLimits:
     def semaphore(self, key: str, default: int) -> threading.BoundedSemaphore:
         with self._lock:
             if key not in self._sems:
-                self._sems[key] = threading.BoundedSemaphore(self.limit(key, default))
+                n = self.limit(key, default)
+                self._sems[key] = self.factory(key, n) if self.factory else threading.BoundedSemaphore(n)
             return self._sems[key]
 
 

@@ -511,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--db", help=db_help)
     sw.add_argument("--check", action="store_true", help="only check the file and print the grid; no call")
     sw.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
+    sw.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local: runs in this process; ray: each run a Ray task (pip install -r requirements-ray.txt)")
+    sw.add_argument("--address", help="the Ray head (default: RAY_ADDRESS, else a local cluster started here)")
     sw.set_defaults(fn=cmd_sweep)
 
     sr = sub.add_parser("sweep-report", help="a stored sweep's leaderboard and per-knob effects")
@@ -547,7 +550,17 @@ def cmd_sweep(a: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     try:
-        run_sweep(store, spec, cells, on_cell=on_cell)
+        if a.executor == "ray":
+            from .ray_executor import RayError, run_sweep_on_ray
+
+            try:
+                _, peak = run_sweep_on_ray(store, str(store.url if store.postgres else store.path), spec, cells,
+                                           address=a.address or os.environ.get("RAY_ADDRESS"), on_cell=on_cell)
+            except RayError as e:
+                raise UsageError(str(e)) from None
+            print(f"most requests in flight at once, cluster-wide: {peak or 'none'}", file=sys.stderr)
+        else:
+            run_sweep(store, spec, cells, on_cell=on_cell)
     except ValueError as e:
         raise UsageError(_short(e)) from None
     a.sweep_id, a.format = sid, "json" if a.json else "md"

@@ -82,6 +82,7 @@ class SweepSpec(BaseModel):
     concurrency: dict[str, int] = {}
     report_splits: list[str] = ["test"]
     prices: dict[str, tuple[float, float]] = {}
+    cache_dir: str | None = None  # the response cache of every run (default: PROMPTOPT_CACHE_DIR's, shared)
 
 
 @dataclass(frozen=True)
@@ -293,34 +294,46 @@ def cell_config(spec: SweepSpec, cell: Cell):
                               optimizer_endpoint=RoleEndpoint(base_url=spec.optimizer_base_url,
                                                               model=cell.optimizer_model),
                               budget=spec.budget, report_splits=spec.report_splits, prices=dict(spec.prices),
-                              demo_search=spec.then_demos)
+                              demo_search=spec.then_demos, cache_dir=spec.cache_dir)
     return cfg, prepared.splits
 
 
-def run_sweep(store, spec: SweepSpec, cells: list[Cell], *, on_cell: Callable[[Cell, str, str], None] | None = None,
-              runner_factory: Callable[..., Any] | None = None) -> str:
-    """Run (or continue) the sweep; returns its id. Cells run `spec.parallel` at a time in this process, every
-    endpoint behind one shared concurrency limit (spec.concurrency). on_cell(cell, run_id, status) after each."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .backend import EndpointLimits
+def plan_sweep(store, spec: SweepSpec, cells: list[Cell], make_runner: Callable[[], Any] | None = None
+               ) -> tuple[str, list[tuple[Cell, str]]]:
+    """Store the sweep and a run for each cell that has none; (sweep id, the (cell, run id) pairs still to run).
+    A finished cell (done, at its budget, or stopped by the user) is not run again; an unfinished one resumes."""
     from .runner import Runner
 
     sid = sweep_id(spec)
     store.create_sweep(sid, spec.name, spec.model_dump(mode="json"), [c.key for c in cells])
-    limits = EndpointLimits(spec.concurrency)
-    make = runner_factory or (lambda: Runner(store, limits=limits))
+    make = make_runner or (lambda: Runner(store))
     todo = []
     for cell in cells:
         run_id = store.sweep_run(sid, cell.key)
         run = store.get_run(run_id) if run_id else None
         if run is not None and RunStatus(run["status"]).ok:
-            continue  # finished (done, at its budget, or stopped by the user): not run again
+            continue
         if run is None:
             cfg, splits = cell_config(spec, cell)
             run_id = make().create(cfg, splits)
             store.set_sweep_run(sid, cell.key, run_id)
         todo.append((cell, run_id))
+    return sid, todo
+
+
+def run_sweep(store, spec: SweepSpec, cells: list[Cell], *, on_cell: Callable[[Cell, str, str], None] | None = None,
+              runner_factory: Callable[..., Any] | None = None) -> str:
+    """Run (or continue) the sweep in this process; returns its id. Cells run `spec.parallel` at a time, every
+    endpoint behind one shared concurrency limit (spec.concurrency). on_cell(cell, run_id, status) after each.
+    (optimizers.ray_executor runs the same plan on a Ray cluster.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .backend import EndpointLimits
+    from .runner import Runner
+
+    limits = EndpointLimits(spec.concurrency)
+    make = runner_factory or (lambda: Runner(store, limits=limits))
+    sid, todo = plan_sweep(store, spec, cells, make)
 
     def one(item: tuple[Cell, str]) -> None:
         cell, run_id = item
