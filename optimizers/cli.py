@@ -105,7 +105,7 @@ def _progress(total: int | None, desc: str, quiet: bool):
 def cmd_eval(a: argparse.Namespace) -> int:
     from .backend import open_backend
     from .evaluate import Evaluator
-    from .llm import LLM, Meter, ResponseCache
+    from .llm import LLM, Meter, open_cache
 
     prepared = load_task_data(a, a.prompt, "--prompt")
     exs = prepared.examples if a.split == "all" else getattr(prepared.splits, a.split)
@@ -113,7 +113,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         exs = exs[: a.limit]
     backend = open_backend(a.base_url, model=a.model, max_concurrency=a.concurrency)
     meter = Meter()
-    cache = ResponseCache(a.cache_dir)
+    cache = open_cache(a.cache_dir)
     llm = LLM(backend.endpoint, backend.model, role="task", meter=meter, cache=cache)
     bar = _progress(len(exs), "scoring", a.json)
     res = Evaluator(llm, prepared.task).evaluate(prepared.initial_prompt, exs, progress=bar.update)

@@ -122,6 +122,18 @@ class ResponseCache:
         return out
 
 
+def open_cache(location: str | os.PathLike | None = None) -> Any:
+    """The response cache at `location`: a folder (diskcache, the default), or a postgresql:// URL whose database
+    several machines share (optimizers.shared_cache). Without a location: PROMPTOPT_CACHE_DB if set, else the
+    default folder."""
+    loc = location if location is not None else os.environ.get("PROMPTOPT_CACHE_DB")
+    if loc is not None and str(loc).startswith(("postgresql://", "postgres://")):
+        from .shared_cache import PgResponseCache
+
+        return PgResponseCache(str(loc))
+    return ResponseCache(location)
+
+
 _TRANSIENT = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError, openai.APIResponseValidationError,
               BadReply, json.JSONDecodeError)
 

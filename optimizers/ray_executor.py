@@ -5,8 +5,7 @@ a cell already is a complete, budgeted, resumable run whose every event lands in
 bookkeeping, checkpoints and result logging would duplicate the store, and its schedulers (ASHA, PBT) would stop or
 mutate runs mid-way, which a paired comparison of finished runs must not do. A task that dies with its node is retried
 by Ray (max_retries) on another node and resumes the same run by replay: the store says what was done, the response
-cache answers it again for free (shared across machines only when every node sees the same cache folder; see
-README). Every endpoint's concurrency limit holds across the whole cluster: one small actor hands out permits.
+cache answers it again for free (across machines when the cache is in PostgreSQL, optimizers.shared_cache). Every endpoint's concurrency limit holds across the whole cluster: one small actor hands out permits.
 
 Ray is optional (requirements-ray.txt) and imported only here. The store must be reachable from every node:
 PostgreSQL (PROMPTOPT_DB=postgresql://...) on a real cluster, a SQLite file for a local one. Keys are never sent by

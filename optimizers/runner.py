@@ -27,7 +27,7 @@ from .config import RunConfig
 from .data import Splits
 from .evaluate import EvalResult, Evaluator
 from .events import CandidateScored, Error, Event, RoleServed, RunFinished, RunStarted, StepDone, Usage
-from .llm import LLM, EndpointDown, LLMError, ResponseCache
+from .llm import LLM, EndpointDown, LLMError, open_cache
 from .methods.demos import share as demo_search_share
 from .methods.demos import then_demo_search
 from .report import ReportReserve, score_splits
@@ -163,7 +163,7 @@ class Runner:
         self.store.set_status(run_id, RunStatus.RUNNING, worker_pid=os.getpid())
 
         backends = self.backends(cfg)
-        cache = ResponseCache(cfg.cache_dir)
+        cache = open_cache(cfg.cache_dir)
         meter.orphaned(cache.orphans(run_id, meter.recorded_until))
         task_llm = LLM(backends.task.endpoint, backends.task.model, role="task", meter=meter, cache=cache)
         opt_defaults: dict[str, Any] = {"temperature": 0.7}

@@ -76,7 +76,8 @@ def test_a_killed_ray_worker_is_retried_and_resumes_without_paying_twice(cluster
         stub.requests.clear()
 
         store = Store(pg_url)
-        spec2 = spec.model_copy(update={"name": "killed", "cache_dir": str(tmp_path / "cache")})
+        # the shared cache in PostgreSQL: what a retry on another node would replay from
+        spec2 = spec.model_copy(update={"name": "killed", "cache_dir": pg_url})
 
         out = {}
         t = threading.Thread(target=lambda: out.update(res=run_sweep_on_ray(store, pg_url, spec2, cells)))
