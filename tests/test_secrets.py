@@ -394,3 +394,46 @@ def test_the_html_check_catches_untrusted_text(tmp_path):
                  "st.markdown(f'<b>{x}</b>', unsafe_allow_html=True)\nst.markdown(x, unsafe_allow_html=False)\n"
                  "st.html(x)\nst.write(x)\n")
     assert html_sinks(p) == [(3, True), (4, False), (6, False)]
+
+
+# --- the shared store, the shared cache and a Ray cluster -------------------------------------------------------------
+def pg_dump_text(url: str) -> str:
+    """Every row of every table of the database, as text."""
+    import psycopg
+
+    out = []
+    with psycopg.connect(url, autocommit=True) as c:
+        tables = [r[0] for r in c.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")]
+        for t in tables:
+            out += [r[0] for r in c.execute(f"SELECT row_to_json(x)::text FROM {t} x")]
+    assert len(tables) >= 8 and out
+    return "\n".join(out)
+
+
+@pytest.mark.slow
+def test_a_ray_sweep_into_postgres_never_stores_or_logs_the_key(tmp_path, pg_url):
+    pytest.importorskip("ray")
+    with StubServer(scripted(opt_reply, lambda r: "positive"), api_key=SECRET) as stub:
+        f = tmp_path / "grid.yaml"
+        f.write_text(f"data: [sentiment]\noptimizers: {{opro: {{num_search_steps: 1, num_generated_instructions: 2}}}}"
+                     f"\nseeds: [0, 1]\ntask_models: [stub-task]\noptimizer_models: [stub-opt]\nbase_url: {stub.base_url}"
+                     f"\nsplit: {{max_train: 6, max_dev: 4, max_test: 4}}\nbudget: {{max_calls: 40}}\n"
+                     f"cache_dir: {pg_url}\n")
+        ray_tmp = Path("/tmp/ray")  # Ray's own session folder (logs of every worker)
+        before = set(ray_tmp.glob("session_*")) if ray_tmp.exists() else set()
+        env = {**os.environ, "OPENAI_API_KEY": SECRET, "PROMPTOPT_DB": pg_url,
+               "PROMPTOPT_HOME": str(tmp_path / "home")}
+        env.pop("RAY_ADDRESS", None)
+        r = subprocess.run([sys.executable, "-m", "optimizers", "sweep", str(f), "--executor", "ray", "--json"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert stub.chat_requests() and all(q["_headers"]["authorization"] == f"Bearer {SECRET}"
+                                            for q in stub.chat_requests())  # the key was used, by every node
+    assert_clean(r.stdout + r.stderr, "the sweep's output")
+    assert_clean(pg_dump_text(pg_url), "the PostgreSQL store and shared cache")
+    sessions = (set(ray_tmp.glob("session_*")) - before) if ray_tmp.exists() else set()
+    assert sessions, "the sweep started no Ray session"
+    for s in sessions:
+        for p in s.rglob("*"):
+            if p.is_file() and not p.is_symlink() and p.stat().st_size < 50_000_000:
+                assert_clean(p.read_bytes(), f"Ray's file {p}")
