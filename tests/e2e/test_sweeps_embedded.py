@@ -59,7 +59,7 @@ def test_a_two_by_two_sweep_on_the_embedded_model_from_the_dashboard(browser, em
         runs = [store.get_run(rid) for _, rid in store.sweep_cells(sid)]
         assert all(r["status"] in ("done", "budget") for r in runs)
         assert all(r["result"]["calls"] <= 120 for r in runs)  # each run inside its cap
-        roles = {json.dumps(e.roles, sort_keys=True) for r in runs
+        roles = {json.dumps(e.model_dump(mode="json")["roles"], sort_keys=True) for r in runs
                  for _, e in store.events(r["id"], kinds=["run_started"])}
         assert all("embedded llama.cpp" in x and "qwen2.5-coder-1.5b" in x for x in roles)  # the real model
         no_traceback(page)
