@@ -324,11 +324,10 @@ class Runner:
         )
 
 
-def spawn_worker(db_path: str, run_id: str, *, api_key: str | None = None, optimizer_api_key: str | None = None,
-                 embedded: Mapping[str, Handoff] | None = None, log_path: str | None = None) -> subprocess.Popen:
-    """Run a stored run in its own process, so it outlives the browser tab and a crash of either side is contained.
-    The keys reach the child through its environment only (never its command line or the store); `embedded`: the
-    role -> server this process started, so the worker does not load the same model again."""
+def _spawn(command: list[str], db_path: str, api_key: str | None, optimizer_api_key: str | None,
+           embedded: Mapping[str, Handoff] | None, log_path: str | None) -> subprocess.Popen:
+    """`python -m optimizers COMMAND --db DB` in its own session; the keys reach it through its environment only
+    (never its command line or the store)."""
     env = dict(os.environ)
     if api_key:
         env["OPENAI_API_KEY"] = api_key
@@ -336,22 +335,19 @@ def spawn_worker(db_path: str, run_id: str, *, api_key: str | None = None, optim
         env["PROMPTOPT_OPTIMIZER_API_KEY"] = optimizer_api_key
     env.update(handoff_env(embedded or {}))
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "optimizers", "worker", run_id, "--db", str(db_path)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "optimizers", *command, "--db", str(db_path)], env=env,
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def spawn_worker(db_path: str, run_id: str, *, api_key: str | None = None, optimizer_api_key: str | None = None,
+                 embedded: Mapping[str, Handoff] | None = None, log_path: str | None = None) -> subprocess.Popen:
+    """Run a stored run in its own process, so it outlives the browser tab and a crash of either side is contained.
+    `embedded`: the role -> server this process started, so the worker does not load the same model again."""
+    return _spawn(["worker", run_id], db_path, api_key, optimizer_api_key, embedded, log_path)
 
 
 def spawn_sweep_worker(db_path: str, sweep_file: str, *, api_key: str | None = None,
                        optimizer_api_key: str | None = None, embedded: Mapping[str, Handoff] | None = None,
                        log_path: str | None = None) -> subprocess.Popen:
-    """`python -m optimizers sweep FILE` in its own process, as spawn_worker does for one run (keys through the
-    environment only)."""
-    env = dict(os.environ)
-    if api_key:
-        env["OPENAI_API_KEY"] = api_key
-    if optimizer_api_key:
-        env["PROMPTOPT_OPTIMIZER_API_KEY"] = optimizer_api_key
-    env.update(handoff_env(embedded or {}))
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "optimizers", "sweep", sweep_file, "--db", str(db_path)], env=env,
-                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-
+    """`python -m optimizers sweep FILE` in its own process, as spawn_worker does for one run."""
+    return _spawn(["sweep", sweep_file], db_path, api_key, optimizer_api_key, embedded, log_path)
