@@ -78,8 +78,8 @@ class Counters:
         return self.prompt_tokens + self.completion_tokens
 
     def add(self, other: Counters) -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
+        for k in _COUNTER_NAMES:  # not asdict: this runs three times a call
+            setattr(self, k, getattr(self, k) + getattr(other, k))
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,6 +93,9 @@ class Counters:
 
     def amount(self) -> Amount:
         return Amount(self.calls, self.tokens, self.cost)
+
+
+_COUNTER_NAMES = tuple(f.name for f in fields(Counters))
 
 
 # Default prices in USD per 1M tokens (input, output), from the providers' public price pages as of 2025-08.

@@ -13,6 +13,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from .budget import Claim, Counters
@@ -46,6 +47,12 @@ class PgResponseCache:
     def set(self, key: str, value: dict[str, Any]) -> None:
         self._conn().execute("INSERT INTO llm_responses (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
                              "value=EXCLUDED.value", (key, json.dumps(value, default=str)))
+
+    def store(self, key: str, value: dict[str, Any], tokens: Sequence[str] = ()) -> None:
+        """A reply into the cache, then its tries out of the journal (ResponseCache.store)."""
+        self.set(key, value)
+        for t in tokens:
+            self.answered(t)
 
     def close(self) -> None:
         c = getattr(self._local, "conn", None)
