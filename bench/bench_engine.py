@@ -1,11 +1,12 @@
-"""Engine overhead and throughput against a scripted OpenAI-compatible server that answers after a fixed latency L and
-serves at most C requests at once (run in its own process, so its work does not share our GIL).
+"""Engine overhead and throughput against an OpenAI-compatible server that answers after a fixed latency L and serves
+at most C requests at once (bench/latency_server.py, in its own process so its work does not share our GIL).
 
-Prints a markdown table: evaluator throughput vs the limit C/L for 100 / 1,000 / 10,000 examples, the per-call
-overhead of the engine (client + cache + extraction), a warm-cache re-run (must make zero calls), the cost of storing
-events with their per-example predictions, and the peak memory of a stored baseline run over 10,000 examples.
+Prints markdown tables: evaluator throughput vs the limit C/L for C = 8, 64, 256 and 100 / 1,000 / 10,000 examples,
+with the process's CPU per call (the engine and the openai client it calls through); a warm-cache re-run (zero calls);
+the engine's own CPU per call with the HTTP client taken out; the zero-latency ceiling; the cost of storing events;
+the peak memory of a 100,000-example evaluation and of a stored baseline run over 10,000.
 
-    python bench/bench_engine.py [--latency 0.05] [--concurrency 8] [--sizes 100 1000 10000]
+    python bench/bench_engine.py [--latency 0.2] [--concurrency 8 64 256] [--sizes 100 1000 10000]
 """
 
 from __future__ import annotations
@@ -29,20 +30,9 @@ from optimizers.task import Task  # noqa: E402
 
 TASK = Task(template="{prompt}\n\nText: {text}\nAnswer:", input_cols=["text"], labels=["positive", "negative"])
 
-SERVER = r"""
-import sys, time
-sys.path.insert(0, sys.argv[3])
-from tests.stub_server import StubServer
-s = StubServer(lambda req: "positive", latency=float(sys.argv[1]), max_concurrency=int(sys.argv[2])).start()
-print(s.base_url, flush=True)
-while True:
-    time.sleep(3600)
-"""
-
-
 def start_server(latency: float, concurrency: int) -> tuple[subprocess.Popen, str]:
-    root = str(Path(__file__).resolve().parents[1])
-    p = subprocess.Popen([sys.executable, "-c", SERVER, str(latency), str(concurrency), root], stdout=subprocess.PIPE,
+    server = Path(__file__).resolve().parent / "latency_server.py"
+    p = subprocess.Popen([sys.executable, str(server), str(latency), str(concurrency)], stdout=subprocess.PIPE,
                          text=True)
     return p, p.stdout.readline().strip()
 
@@ -52,16 +42,68 @@ def examples(n: int) -> list[Example]:
                     "positive" if i % 2 else "negative") for i in range(n)]
 
 
-def evaluate(url: str, n: int, concurrency: int, cache_dir: Path) -> tuple[float, int, int]:
+def evaluate(url: str, n: int, concurrency: int, cache_dir: Path, run_id: str = "bench-cold"
+             ) -> tuple[float, float, int, int]:
+    """Wall seconds, process CPU seconds, calls, cache hits of one cold or warm evaluation of n examples. A warm
+    re-run is another run (its own id): replies stamped by the same run would count as its own unrecorded calls."""
     ep = Endpoint(url, "bench", max_concurrency=concurrency, max_retries=0)
     meter = Meter()
+    meter.run_id = run_id  # journal every request, as a stored run does
     llm = LLM(ep, "stub-task", meter=meter, cache=ResponseCache(cache_dir))
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     Evaluator(llm, TASK).evaluate("Classify the review.", examples(n))
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     c = meter.snapshot()
     llm.cache.close()
-    return wall, c.calls, c.cache_hits
+    return wall, cpu, c.calls, c.cache_hits
+
+
+def engine_only(n: int, concurrency: int, latency: float, cache_dir: Path) -> float:
+    """CPU ms per call of everything but the HTTP client: the request is answered in-process (after `latency`,
+    sleeping like a socket wait), everything else (cache, journal, budget, extraction, threads) is the real path."""
+    reply = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "positive"}}],
+             "usage": {"prompt_tokens": 20, "completion_tokens": 1}}
+
+    def send(self, messages, p):  # noqa: ANN001 - stands in for LLM._send
+        time.sleep(latency)
+        return reply
+
+    real, LLM._send = LLM._send, send
+    try:
+        meter = Meter()
+        meter.run_id = "bench"
+        llm = LLM(Endpoint("http://127.0.0.1:9/v1", "bench", max_concurrency=concurrency), "stub-task", meter=meter,
+                  cache=ResponseCache(cache_dir))
+        cpu = time.process_time()
+        Evaluator(llm, TASK).evaluate("Classify the review.", examples(n))
+        return (time.process_time() - cpu) / n * 1000
+    finally:
+        LLM._send = real
+
+
+def eval_memory(n: int, url: str, tmp: Path) -> tuple[float, float]:
+    """Peak RSS (MB) and wall time of a child process that evaluates a prompt on n examples (C = 64)."""
+    code = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[4])
+from bench.bench_engine import examples, TASK
+from optimizers.evaluate import Evaluator
+from optimizers.llm import LLM, Endpoint, Meter, ResponseCache
+n, url, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+exs = examples(n)
+t = time.perf_counter()
+res = Evaluator(LLM(Endpoint(url, "bench", max_concurrency=64), "stub-task", meter=Meter(),
+                    cache=ResponseCache(tmp + "/eval-mem-cache")), TASK).evaluate("Classify the review.", exs)
+assert res.n == n
+print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "wall": time.perf_counter() - t}))
+"""
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code, str(n), url, str(tmp), root], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"evaluation memory run failed:\n{out.stderr[-3000:]}")
+    d = json.loads(out.stdout.strip().splitlines()[-1])
+    return d["rss_mb"], d["wall"]
 
 
 def store_cost(n: int, tmp: Path) -> float:
@@ -120,42 +162,54 @@ print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss /
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--latency", type=float, default=0.05)
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[8, 64, 256])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--max-seconds", type=float, default=60.0, help="skip a size that would take longer at C/L")
+    ap.add_argument("--memory-examples", type=int, default=100_000)
     a = ap.parse_args()
-    L, C = a.latency, a.concurrency
-    limit = C / L
+    L = a.latency
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"stub latency L={L * 1000:.0f} ms, concurrency C={C}, limit C/L = {limit:.0f} calls/s\n")
+          f"latency server L = {L * 1000:.0f} ms (bench/latency_server.py)\n")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        srv, url = start_server(L, C)
-        srv0, url0 = start_server(0.0, C)
+        print("| C | examples | limit C/L calls/s | cold: wall s | calls/s | % of C/L | CPU ms/call (engine + openai "
+              "client) | warm re-run: wall s | warm calls |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for C in a.concurrency:
+            srv, url = start_server(L, C)
+            try:
+                for n in a.sizes:
+                    if n / (C / L) > a.max_seconds:
+                        continue
+                    cache = tmp / f"cache-{C}-{n}"
+                    wall, cpu, calls, _ = evaluate(url, n, C, cache)
+                    wwall, _, wcalls, _ = evaluate(url, n, C, cache, run_id="bench-warm")
+                    print(f"| {C} | {n:,} | {C / L:.0f} | {wall:.2f} | {calls / wall:.0f} | "
+                          f"{100 * calls / wall / (C / L):.1f}% | {cpu / calls * 1000:.2f} | {wwall:.2f} | {wcalls} |")
+            finally:
+                srv.kill()
+        print()
+        for C in (1, 64):
+            ms = engine_only(3000, C, 0.0 if C == 1 else L, tmp / f"engine-only-{C}")
+            print(f"Engine's own CPU per call without the HTTP client (cache, journal, budget, extraction, threads), "
+                  f"C = {C}{'' if C == 1 else f', L = {L * 1000:.0f} ms'}: {ms:.2f} ms")
+        srv0, url0 = start_server(0.0, 256)
         try:
-            print("| examples | cold: wall s | calls/s | % of C/L | overhead ms/call | warm re-run: wall s | "
-                  "warm calls | warm hits |")
-            print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-            for n in a.sizes:
-                cache = tmp / f"cache-{n}"
-                wall, calls, _ = evaluate(url, n, C, cache)
-                wwall, wcalls, whits = evaluate(url, n, C, cache)
-                overhead = (wall * C / calls - L) * 1000 if calls else float("nan")
-                print(f"| {n:,} | {wall:.2f} | {calls / wall:.0f} | {100 * calls / wall / limit:.0f}% | "
-                      f"{overhead:.2f} | {wwall:.2f} | {wcalls} | {whits:,} |")
-            n0 = min(max(a.sizes), 2000)
-            wall0, calls0, _ = evaluate(url0, n0, C, tmp / "cache-zero")
-            print(f"\nZero-latency server, {n0:,} examples, C={C}: {calls0 / wall0:.0f} calls/s "
-                  f"({wall0 / calls0 * 1000:.2f} ms per call: client + HTTP + stub + cache + extraction, "
-                  "the engine's ceiling on this machine)")
+            n0 = 3000
+            wall0, cpu0, calls0, _ = evaluate(url0, n0, 64, tmp / "cache-zero")
+            print(f"Zero-latency server, {n0:,} examples, C = 64: {calls0 / wall0:.0f} calls/s, "
+                  f"{cpu0 / calls0 * 1000:.2f} ms CPU per call (the engine's ceiling on this machine)")
             per = store_cost(500, tmp)
             print(f"Store: {per * 1000:.2f} ms per stored candidate_scored event with 50 predictions "
                   "(SQLite WAL, one transaction each, committed before anything reads it)")
+            rss, mwall = eval_memory(a.memory_examples, url0, tmp)
+            print(f"Memory: evaluating one prompt on {a.memory_examples:,} examples (C = 64, zero-latency server) peaks "
+                  f"at {rss:.0f} MB RSS ({mwall:.1f} s)")
             rss, mwall = run_memory(10000, url0, tmp)
             print(f"Memory: a stored baseline run over 10,000 dev examples peaks at {rss:.0f} MB RSS "
                   f"({mwall:.1f} s against the zero-latency server)")
         finally:
-            srv.kill()
             srv0.kill()
 
 

@@ -39,11 +39,7 @@ def _ray():
     return ray
 
 
-def connect(address: str | None) -> Any:
-    """ray.init to the head at `address` (or a local cluster started here); RayError if it cannot be reached."""
-    ray = _ray()
-    if ray.is_initialized():
-        return ray
+def _probe(address: str | None) -> None:
     if address and address != "auto":  # Ray itself retries a missing head for minutes: probe it first
         import socket
 
@@ -52,6 +48,24 @@ def connect(address: str | None) -> Any:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError) as e:
             raise RayError(f"cannot reach the Ray head at {address}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def precheck(address: str | None) -> None:
+    """What the dashboard checks before it starts a worker for a Ray sweep, without importing Ray in its own
+    process: Ray installed, the head (when one is named) answering."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise RayError("running cells on Ray needs Ray: pip install -r requirements-ray.txt")
+    _probe(address)
+
+
+def connect(address: str | None) -> Any:
+    """ray.init to the head at `address` (or a local cluster started here); RayError if it cannot be reached."""
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    _probe(address)
     try:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
                  configure_logging=False)

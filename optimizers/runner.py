@@ -348,6 +348,11 @@ def spawn_worker(db_path: str, run_id: str, *, api_key: str | None = None, optim
 
 def spawn_sweep_worker(db_path: str, sweep_file: str, *, api_key: str | None = None,
                        optimizer_api_key: str | None = None, embedded: Mapping[str, Handoff] | None = None,
-                       log_path: str | None = None) -> subprocess.Popen:
-    """`python -m optimizers sweep FILE` in its own process, as spawn_worker does for one run."""
-    return _spawn(["sweep", sweep_file], db_path, api_key, optimizer_api_key, embedded, log_path)
+                       log_path: str | None = None, executor: str = "local",
+                       address: str | None = None) -> subprocess.Popen:
+    """`python -m optimizers sweep FILE [--executor ray --address A]` in its own process, as spawn_worker does for
+    one run."""
+    command = ["sweep", sweep_file]
+    if executor != "local":
+        command += ["--executor", executor] + (["--address", address] if address else [])
+    return _spawn(command, db_path, api_key, optimizer_api_key, embedded, log_path)

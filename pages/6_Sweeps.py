@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import time
 
@@ -16,6 +17,7 @@ import yaml
 
 from optimizers.data import BUNDLED
 from optimizers.leaderboard import as_csv, as_json, knob_effects, leaderboard
+from optimizers.ray_executor import RayError
 from optimizers.sweep import SweepError
 from ui import charts
 from ui.launch import launch_sweep, registered_optimizers
@@ -91,6 +93,16 @@ def launch_section() -> None:
         text = st.text_area("Sweep (YAML or JSON: the format is in optimizers/sweep.py)", key="sw_text", height=360)
         st.caption("A run's settings come from the sweep: set base_url / task_models there (the sidebar's are "
                    "written into the example and the form). Keys stay in the session.")
+        c = st.columns([2, 3])
+        on_ray = c[0].radio("Run the cells", ["on this machine", "on a Ray cluster"], horizontal=True,
+                            key="sw_executor") == "on a Ray cluster"
+        address = None
+        if on_ray:
+            address = c[1].text_input("Ray head (host:port)", value=os.environ.get("RAY_ADDRESS", ""),
+                                      key="sw_ray_address", placeholder="empty: a local Ray cluster started here",
+                                      help="Each cell is a Ray task writing to this dashboard's store: for workers "
+                                           "on other machines, a PostgreSQL store (PROMPTOPT_DB=postgresql://...).")
+        executor = "ray" if on_ray else "local"
         c = st.columns([1, 1, 5])
         check = c[0].button("Check", key="sw_check")
         start = c[1].button("Start sweep", type="primary", key="sw_start")
@@ -98,11 +110,11 @@ def launch_section() -> None:
             if check:
                 st.success(grid_summary(text))
             if start:
-                sid = launch_sweep(text)
+                sid = launch_sweep(text, executor=executor, address=address)
                 ss["sw_started"] = sid
                 st.query_params["sweep"] = sid
                 st.rerun()
-        except SweepError as e:
+        except (SweepError, RayError) as e:
             st.error(str(e))
         except Exception as e:  # a worker that cannot start is a message, not a traceback
             st.error(f"Could not start the sweep: {type(e).__name__}: {e}")

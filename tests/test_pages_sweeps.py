@@ -242,3 +242,21 @@ def test_a_sweep_whose_worker_is_gone_stops_polling_and_continues_with_the_same_
     assert "sw_continue" not in [b.key for b in at.button]  # polls for the new worker: no second one to start
     again, _ = parse(Path(spawned[0]["file"]).read_text())
     assert sweep_id(again) == sid  # the same sweep: the worker continues it
+
+
+def test_cells_on_a_ray_cluster_from_the_page_a_dead_head_is_one_message(monkeypatch, tmp_path, spawned):
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    at = open_page(monkeypatch, tmp_path / "runs.sqlite", api_key=SECRET)
+    at.radio(key="sw_executor").set_value("on a Ray cluster").run()
+    at.text_input(key="sw_ray_address").set_value("127.0.0.1:9").run()
+    at.button(key="sw_start").click().run()
+    assert not at.exception and "cannot reach the Ray head at 127.0.0.1:9" in at.error[0].value
+    assert spawned == [] and Store(tmp_path / "runs.sqlite").list_sweeps() == []
+    at.text_input(key="sw_ray_address").set_value("").run()  # none: the worker starts a local cluster
+    at.button(key="sw_start").click().run()
+    assert not at.exception and not at.error
+    assert len(spawned) == 1 and spawned[0]["executor"] == "ray" and spawned[0]["address"] is None
+    at.radio(key="sw_executor").set_value("on this machine").run()
+    at.button(key="sw_start").click().run()
+    assert len(spawned) == 2 and spawned[1]["executor"] == "local"

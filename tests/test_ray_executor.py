@@ -136,3 +136,42 @@ def test_a_ray_head_that_is_down_is_one_message_and_creates_no_run(tmp_path):
                         "127.0.0.1:9"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "cannot reach the Ray head at 127.0.0.1:9" in r.stderr, r.stderr[-2000:]
     assert Store(tmp_path / "runs.sqlite").list_runs() == []
+
+
+def test_the_sweeps_page_runs_its_cells_on_the_ray_cluster_into_postgres(cluster, pg_url, tmp_path, monkeypatch):
+    """The dashboard's launch with `on a Ray cluster`: its worker joins the running cluster at the head's address,
+    every cell is a stored run in PostgreSQL, and the page shows the leaderboard from there."""
+    from streamlit.testing.v1 import AppTest
+
+    address = ray.get_runtime_context().gcs_address
+    with StubServer(InFlight()) as stub:
+        monkeypatch.setenv("PROMPTOPT_DB", pg_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        monkeypatch.setenv("PROMPTOPT_CACHE_DIR", str(cluster / "cache"))
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        text = grid(stub).replace("seeds: [0, 1]", "seeds: [0]").replace("name: ", "name: page-")
+        at = AppTest.from_file(str(ROOT / "pages" / "6_Sweeps.py"), default_timeout=60).run()
+        at.text_area(key="sw_text").set_value(text).run()
+        at.radio(key="sw_executor").set_value("on a Ray cluster").run()
+        at.text_input(key="sw_ray_address").set_value(address).run()
+        at.button(key="sw_start").click().run()
+        assert not at.exception and not at.error
+        spec, _ = parse(text)
+        from optimizers.sweep import sweep_id
+
+        sid = sweep_id(spec)
+        store = Store(pg_url)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            cells = store.sweep_cells(sid) if store.get_sweep(sid) else []
+            if cells and all(rid and store.get_run(rid)["status"] in ("done", "budget", "failed") for _, rid in cells):
+                break
+            time.sleep(1)
+        log = next(Path(store.local_dir).rglob(f"{sid}.log"), None)
+        assert [store.get_run(rid)["status"] for _, rid in store.sweep_cells(sid)] == ["done"] * 3, (
+            log.read_text()[-3000:] if log else "no log")
+        assert "cluster-wide" in log.read_text()  # the worker ran its cells on Ray and said so
+        at = AppTest.from_file(str(ROOT / "pages" / "6_Sweeps.py"), default_timeout=60)
+        at.query_params["sweep"] = sid
+        at.run()
+        assert not at.exception and len(at.dataframe[1].value) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import streamlit as st
@@ -117,9 +118,11 @@ def resume(run_id: str) -> None:
     launch(run_id)
 
 
-def launch_sweep(text: str) -> str:
+def launch_sweep(text: str, executor: str = "local", address: str | None = None) -> str:
     """Check a sweep (YAML/JSON text) and run it in a worker process of its own (it outlives the tab; running the
-    same sweep again continues it). Returns its id; raises optimizers.sweep.SweepError naming the line first."""
+    same sweep again continues it); with executor "ray", the worker runs its cells on the Ray cluster at `address`
+    (none: RAY_ADDRESS, else a local cluster). Returns its id; raises optimizers.sweep.SweepError naming the line,
+    or optimizers.ray_executor.RayError, before anything starts."""
     from optimizers.backend import Handoff, plan_roles, start_for
     from optimizers.config import RoleEndpoint
     from optimizers.local_model import model_alias
@@ -128,6 +131,11 @@ def launch_sweep(text: str) -> str:
 
     spec, lines = parse(text, "the sweep")
     check(spec, lines, "the sweep")
+    address = (address or "").strip() or os.environ.get("RAY_ADDRESS") or None
+    if executor == "ray":
+        from optimizers.ray_executor import precheck
+
+        precheck(address)
     sid = sweep_id(spec)
     folder = session.store().local_dir / "sweeps"
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,6 +152,6 @@ def launch_sweep(text: str) -> str:
                 embedded[role] = Handoff(server.base_url, model_alias(plan.model))
     spawn_sweep_worker(session.db_path(), str(path), api_key=session.api_key(),
                        optimizer_api_key=session.optimizer_api_key(), embedded=embedded,
-                       log_path=str(folder / f"{sid}.log"))
+                       log_path=str(folder / f"{sid}.log"), executor=executor, address=address)
     return sid
 
