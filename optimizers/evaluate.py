@@ -3,8 +3,9 @@ the endpoint's limit, cached, with every raw output kept so a score can be expla
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from . import metrics
@@ -81,19 +82,40 @@ class Evaluator:
                 if progress:
                     progress(1)
         else:
-            with ThreadPoolExecutor(self.max_workers, thread_name_prefix="eval") as pool:
-                futs = [pool.submit(self.predict, prompt, ex) for ex in examples]
-                try:
-                    for i, f in enumerate(futs):
-                        preds[i] = f.result()
-                        if progress:
-                            progress(1)
-                except BaseException:
-                    for f in futs:
-                        f.cancel()
-                    raise
+            self._concurrently(prompt, examples, preds, progress)
         done = [p for p in preds if p is not None]
         return self.summarize(prompt, done)
+
+    def _concurrently(self, prompt: str, examples: Sequence[Example], preds: list[Prediction | None],
+                      progress: Callable[[int], None] | None) -> None:
+        """At most two requests per worker submitted at a time, taken as they finish: submitting all at once held a
+        future (with its lock and condition) per example, most of a 100,000-example evaluation's memory."""
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        todo = iter(enumerate(examples))
+        outstanding: set[Future] = set()
+        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="eval") as pool:
+
+            def submit() -> None:
+                for i, ex in todo:
+                    f = pool.submit(self.predict, prompt, ex)
+                    outstanding.add(f)
+                    f.add_done_callback(lambda f, i=i: done.put((i, f)))
+                    return
+
+            try:
+                for _ in range(2 * self.max_workers):
+                    submit()
+                while outstanding:
+                    i, f = done.get()
+                    outstanding.discard(f)
+                    preds[i] = f.result()
+                    if progress:
+                        progress(1)
+                    submit()
+            except BaseException:
+                for f in outstanding:
+                    f.cancel()
+                raise
 
     def summarize(self, prompt: str, preds: list[Prediction]) -> EvalResult:
         s, lo, hi = metrics.score_with_ci(self.task.metric, [p.pred for p in preds], [p.gold for p in preds],
