@@ -4,8 +4,9 @@ the endpoint's limit, cached, with every raw output kept so a score can be expla
 from __future__ import annotations
 
 import queue
+import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 from . import metrics
@@ -56,6 +57,7 @@ class Evaluator:
     def __init__(self, llm: LanguageModel, task: Task, max_workers: int | None = None):
         self.llm, self.task = llm, task
         self.max_workers = max_workers or llm.max_concurrency
+        self._pool: ThreadPoolExecutor | None = None  # kept across evaluations (see _workers)
         self._params = task.request_params(llamacpp=llm.accepts_extras)
 
     def predict(self, prompt: str, ex: Example) -> Prediction:
@@ -93,29 +95,38 @@ class Evaluator:
         done: queue.SimpleQueue = queue.SimpleQueue()
         todo = iter(enumerate(examples))
         outstanding: set[Future] = set()
-        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="eval") as pool:
+        pool = self._workers()
 
-            def submit() -> None:
-                for i, ex in todo:
-                    f = pool.submit(self.predict, prompt, ex)
-                    outstanding.add(f)
-                    f.add_done_callback(lambda f, i=i: done.put((i, f)))
-                    return
+        def submit() -> None:
+            for i, ex in todo:
+                f = pool.submit(self.predict, prompt, ex)
+                outstanding.add(f)
+                f.add_done_callback(lambda f, i=i: done.put((i, f)))
+                return
 
-            try:
-                for _ in range(2 * self.max_workers):
-                    submit()
-                while outstanding:
-                    i, f = done.get()
-                    outstanding.discard(f)
-                    preds[i] = f.result()
-                    if progress:
-                        progress(1)
-                    submit()
-            except BaseException:
-                for f in outstanding:
-                    f.cancel()
-                raise
+        try:
+            for _ in range(2 * self.max_workers):
+                submit()
+            while outstanding:
+                i, f = done.get()
+                outstanding.discard(f)
+                preds[i] = f.result()
+                if progress:
+                    progress(1)
+                submit()
+        except BaseException:
+            for f in outstanding:
+                f.cancel()
+            wait(outstanding)  # nothing of this evaluation is still in flight once it has failed
+            raise
+
+    def _workers(self) -> ThreadPoolExecutor:
+        """One pool for all of this evaluator's evaluations: a run scores many small sets, and each new thread paid
+        again for its SQLite connections to the cache and its first HTTP connection."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="eval")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+        return self._pool
 
     def summarize(self, prompt: str, preds: list[Prediction]) -> EvalResult:
         s, lo, hi = metrics.score_with_ci(self.task.metric, [p.pred for p in preds], [p.gold for p in preds],
