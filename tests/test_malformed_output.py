@@ -308,3 +308,13 @@ def test_evaluator_run_stores_the_raw_output_of_malformed_answers(tmp_path):
         if TOY_TASK.extract(p["raw"]) is None:
             assert p["correct"] in (False, 0) and p["pred"] is None
     assert store.get_run(rid)["status"] == "done"
+
+
+@pytest.mark.parametrize("reply", ["<START>Is this ticket urgent? Label: normal, urgent. END>",
+                                   "<START>Is this ticket urgent? Label: normal, urgent. <END",
+                                   "START> Is this ticket urgent? Label: normal, urgent.<END>"])
+def test_a_broken_tag_is_not_left_in_the_prompt(reply):
+    from optimizers.methods import parsing
+
+    assert parsing.one_prompt(reply).text == "Is this ticket urgent? Label: normal, urgent."
+    assert parsing.clean("Answer END or CONTINUE.") == "Answer END or CONTINUE."  # the word itself stays

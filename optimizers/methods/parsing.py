@@ -39,6 +39,8 @@ def clean(text: str) -> str:
     """Strip quotes, markdown emphasis, code fences and 'Here is the new prompt:' chatter around a prompt."""
     t = (text or "").strip()
     t = re.sub(r"</?(?:START|END)>", "", t, flags=re.I).strip()  # stray tags left by small models
+    # and broken ones: "... urgent. END>" or "... urgent. <END" (a 1.5B model wrote both in a GPO sweep)
+    t = re.sub(r"(?:^|(?<=\s))/?(?:START|END)>|<\s*/?(?:START|END)\s*$", "", t).strip()
     t = re.sub(r"^```[a-zA-Z]*\n?|```$", "", t).strip()
     t = _PREAMBLE.sub("", t)
     t = _LABEL.sub("", t)
