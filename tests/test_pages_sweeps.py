@@ -20,7 +20,7 @@ from optimizers.sweep import check, parse, run_sweep, sweep_id
 from tests.conftest import OPT_MODEL, TASK_MODEL
 from tests.stub_server import StubServer
 from tests.test_pages_compare import spy_downloads
-from tests.test_sweep import responder
+from tests.test_sweep import responder, wait_for_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-sweep-secret-key-4711"
@@ -198,16 +198,7 @@ def test_a_sweep_started_for_real_runs_in_a_worker_without_writing_the_key(monke
         spec, _ = parse(text)
         sid = sweep_id(spec)
         store = Store(tmp_path / "runs.sqlite")
-        import time
-
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            cells = store.sweep_cells(sid) if store.get_sweep(sid) else []
-            if cells and all(rid and store.get_run(rid)["status"] in ("done", "budget", "failed") for _, rid in cells):
-                break
-            time.sleep(0.5)
-        assert [store.get_run(rid)["status"] for _, rid in store.sweep_cells(sid)] == ["done", "done"], (
-            (tmp_path / "sweeps" / f"{sid}.log").read_text())
+        assert wait_for_cells(store, sid, 120) == ["done", "done"], (tmp_path / "sweeps" / f"{sid}.log").read_text()
         at = open_page(monkeypatch, tmp_path / "runs.sqlite", api_key=SECRET, sweep=sid)
         assert not at.exception and len(at.dataframe[1].value) == 2
     for p in tmp_path.rglob("*"):  # the store, its WAL, the cache, the sweep file and its log

@@ -22,7 +22,7 @@ from optimizers.ray_executor import run_sweep_on_ray  # noqa: E402
 from optimizers.store import Store  # noqa: E402
 from optimizers.sweep import check, parse  # noqa: E402
 from tests.stub_server import StubServer  # noqa: E402
-from tests.test_sweep import InFlight, grid  # noqa: E402
+from tests.test_sweep import InFlight, grid, wait_for_cells  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -161,15 +161,9 @@ def test_the_sweeps_page_runs_its_cells_on_the_ray_cluster_into_postgres(cluster
 
         sid = sweep_id(spec)
         store = Store(pg_url)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            cells = store.sweep_cells(sid) if store.get_sweep(sid) else []
-            if cells and all(rid and store.get_run(rid)["status"] in ("done", "budget", "failed") for _, rid in cells):
-                break
-            time.sleep(1)
+        statuses = wait_for_cells(store, sid, 300)
         log = next(Path(store.local_dir).rglob(f"{sid}.log"), None)
-        assert [store.get_run(rid)["status"] for _, rid in store.sweep_cells(sid)] == ["done"] * 3, (
-            log.read_text()[-3000:] if log else "no log")
+        assert statuses == ["done"] * 3, log.read_text()[-3000:] if log else "no log"
         assert "cluster-wide" in log.read_text()  # the worker ran its cells on Ray and said so
         at = AppTest.from_file(str(ROOT / "pages" / "6_Sweeps.py"), default_timeout=60)
         at.query_params["sweep"] = sid

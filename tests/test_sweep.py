@@ -41,6 +41,19 @@ concurrency: {{{url}: {conc}}}
 """
 
 
+def wait_for_cells(store, sid: str, timeout: float) -> list[str]:
+    """The statuses of a sweep's runs once every one has ended (or the timeout passed): for sweeps a worker runs."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        cells = store.sweep_cells(sid) if store.get_sweep(sid) else []
+        if cells and all(rid and store.get_run(rid)["status"] in ("done", "budget", "failed") for _, rid in cells):
+            break
+        time.sleep(0.5)
+    return [store.get_run(rid)["status"] if rid else None for _, rid in store.sweep_cells(sid)]
+
+
 def task_reply(req) -> str:
     text = req["messages"][-1]["content"].lower()
     return "positive" if any(w in text for w in ("loved", "great", "wonderful", "delight", "superb")) else "negative"
