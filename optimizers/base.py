@@ -69,6 +69,9 @@ class Context:
         self.rng = random.Random(seed)
         self.candidates: dict[str, Candidate] = {}
         self._request_no = 0
+        # billed calls this optimization may spend (None: no call cap); the runner sets it once per run so that
+        # methods whose paper defaults cost more than the cap can size a complete search to it (see events.Plan)
+        self.call_allowance: int | None = None
 
     # --- optimizer model ----------------------------------------------------------------------------------------
     def ask(self, purpose: str, messages: list[dict[str, str]], *, step: int, ref: str | None = None,

@@ -342,6 +342,13 @@ class Meter:
                       big if b.max_tokens is None else b.max_tokens - used.tokens,
                       float(big) if b.max_cost is None else b.max_cost - used.cost)
 
+    def call_allowance(self) -> int | None:
+        """The calls left under the call cap once what is held (the report, a later phase) is set aside: what an
+        optimizer may plan its search with. None without a call cap."""
+        if self.budget.max_calls is None:
+            return None
+        return max(0, self.remaining().calls)
+
     def exhausted(self) -> str | None:
         """Why not even the smallest request fits any more, or None."""
         with self._lock:

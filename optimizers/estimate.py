@@ -169,6 +169,7 @@ def dry_run(optimizer: str, params: dict[str, Any], task: Task, splits: Splits, 
     share = None if demo_search is None else demo_search_share(ctx, demo_search, meter, task_llm.model,
                                                                 task.max_tokens)
     reserve = ReportReserve(task_llm, meter, task, splits, report_splits, initial_prompt, share)
+    ctx.call_allowance = meter.call_allowance()  # as the runner plans it
     best = initial_prompt
     stopped = capped = False
     last: list[StepDone] = []

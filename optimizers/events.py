@@ -36,6 +36,9 @@ class RunStarted(_Event):
     seed: int
     resumed: bool = False
     roles: dict[str, RoleServed] = {}  # "task" / "optimizer", as resolved when this (re)start opened them
+    # billed calls the optimization may spend (the call cap less the report's and a demo search's shares), fixed at
+    # the first start and carried by every resume so a replay plans the same run; None without a call cap
+    call_allowance: int | None = None
 
 
 class MetaPrompt(_Event):
@@ -122,6 +125,18 @@ class EditBudget(_Event):
     measured: list[dict[str, Any]] = []  # {candidate_id or text, distance_words, within_budget, accepted}
 
 
+class Plan(_Event):
+    """How an optimizer sized its search to the run's call allowance (which paper defaults it scaled down, and why),
+    so a small budget buys a smaller complete search instead of one stage of a large one."""
+
+    kind: Literal["plan"] = "plan"
+    allowance: int
+    settings: dict[str, Any]  # the sizes chosen, e.g. {"induction_samples": 15, "final_candidates": 2}
+    defaults: dict[str, Any]  # the same sizes at the optimizer's parameters
+    estimated_calls: int  # worst case of the chosen plan (rejected proposals make it cheaper)
+    note: str = ""
+
+
 class Selection(_Event):
     kind: Literal["selection"] = "selection"
     method: str
@@ -183,7 +198,7 @@ class RunFinished(_Event):
 Event = Annotated[
     Union[
         RunStarted, MetaPrompt, CandidateProposed, CandidateRejected, CandidateScored, Gradient, Retrieval,
-        EditBudget, Selection, Reasoning, StepDone, Usage, Error, RunFinished,
+        EditBudget, Plan, Selection, Reasoning, StepDone, Usage, Error, RunFinished,
     ],
     Field(discriminator="kind"),
 ]

@@ -211,13 +211,16 @@ class Runner:
                       recoverable=True, where="budget"), False)
         roles = {role: RoleServed(model=b.model, endpoint=b.describe())
                  for role, b in (("task", backends.task), ("optimizer", backends.optimizer))}
+        ctx.call_allowance = meter.call_allowance() if not stored else _stored_allowance(
+            self.store.last_event(run_id, "run_started"))
         try:
             if not stored:
-                put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, roles=roles), True)
+                put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, roles=roles,
+                               call_allowance=ctx.call_allowance), True)
             else:
                 index = 1  # RunStarted is stored already
                 put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, resumed=True,
-                               roles=roles), False)
+                               roles=roles, call_allowance=ctx.call_allowance), False)
             events = opt.run() if cfg.demo_search is None else then_demo_search(
                 opt, ctx, cfg.demo_search, lambda: last_step, reserve.release_extra)
             for ev in events:
@@ -356,3 +359,8 @@ def spawn_sweep_worker(db_path: str, sweep_file: str, *, api_key: str | None = N
     if executor != "local":
         command += ["--executor", executor] + (["--address", address] if address else [])
     return _spawn(command, db_path, api_key, optimizer_api_key, embedded, log_path)
+
+
+def _stored_allowance(started: Event | None) -> int | None:
+    """A resume plans with the first start's allowance (replay must ask the same questions)."""
+    return getattr(started, "call_allowance", None)

@@ -473,7 +473,7 @@ def test_runner_budget_then_resume_replays(tmp_path, score_method):
             return Backend(ep, False, TASK_MODEL, ep.base_url)
 
         runner = Runner(store, backend_factory=backend)
-        cfg = RunConfig(optimizer="ape", params={**SMALL, "score_method": score_method},
+        cfg = RunConfig(optimizer="ape", params={**SMALL, "score_method": score_method, "fit_budget": False},
                         initial_prompt=INITIAL, task=TOY_TASK,
                         data=DataConfig(name="toy", input_cols=["text"], label_col="label"),
                         optimizer_model=OPT_MODEL, cache_dir=str(tmp_path / "cache"), budget=Budget(max_calls=30),

@@ -490,6 +490,12 @@ def _after_optimizer(events: Sequence[SeqEv], step: int) -> bool:
         ev.kind == "meta_prompt" for _, ev in events_at(events, step))
 
 
+def plan_rows(evs: Sequence[SeqEv]) -> list[dict[str, Any]]:
+    """How a method sized its search to the call allowance: each size, the paper's and the chosen."""
+    return [{"size": k, "paper's": plan.defaults.get(k), "chosen": v}
+            for plan in of_kind(evs, "plan") for k, v in plan.settings.items()]
+
+
 def render_step(optimizer: str, events: Sequence[SeqEv], step: int) -> None:
     """Draw one step of a run: the optimizer's own view, then the step's outcome, errors and raw exchanges."""
     st = _st()
@@ -498,6 +504,11 @@ def render_step(optimizer: str, events: Sequence[SeqEv], step: int) -> None:
     if any(ev.kind == "candidate_proposed" and ev.origin == "demos" for _, ev in evs) or (
             evs and optimizer != "demos" and _after_optimizer(events, step)):
         optimizer = "demos"  # a demo search after the optimizer: its steps are the search's
+    for plan in of_kind(evs, "plan"):
+        st.info(f"Search sized to the call budget ({plan.allowance} calls for the optimization, about "
+                f"{plan.estimated_calls} planned): {plan.note}")
+    if of_kind(evs, "plan"):
+        _table(plan_rows(evs))
     try:
         renderer_for(optimizer)(evs, events, texts)
     except Exception as e:  # a malformed event must not hide the rest of the step

@@ -16,6 +16,10 @@ round is one more step (purpose "resample<r>", Selection method "resample"; the 
 Defaults follow the official code (keirp/automatic_prompt_engineer, configs/default.yaml and bandits.yaml): 5 demo
 subsets x 5 demos x 50 samples = up to 250 induction requests, which is a lot for a small local model: the run's
 budget caps it. The stage schedule of the multistage filter is ours (the paper gives no numbers).
+
+With a call cap (ours, `fit_budget`): when those sizes cost more than the run's call allowance, the pool and the
+number of finalists shrink until induction, every filtering stage and the final evaluation fit (a Plan event), so a
+300-call run scores and selects among fewer induced instructions instead of spending its budget on induction alone.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pydantic import Field
 from .. import likelihood
 from ..base import Candidate, Optimizer, Params, register
 from ..data import Example
-from ..events import CandidateRejected, CandidateScored, Event, Selection, StepDone
+from ..events import CandidateRejected, CandidateScored, Event, Plan, Selection, StepDone
 from . import parsing
 from .induction import DEMO, INDUCE_PROMPT, clean_induced, demo_block  # noqa: F401  (shared with PE2; tests use them)
 from .strategies import rank_arms, top_arms, ucb1_values
@@ -115,6 +119,9 @@ class APE(Optimizer):
                                                     "official code)")
         mc_samples: int = Field(10, ge=1, description="Variations of the best instruction asked per Monte-Carlo "
                                                       "round (ours)")
+        fit_budget: bool = Field(True, description="With a call cap, scale the search down to what it pays for "
+                                                   "(a Plan event says how); off: the paper's sizes until the cap "
+                                                   "stops the run (ours)")
         likelihood_floor: float = Field(likelihood.FLOOR, le=0.0, description="Likelihood: log-probability given "
                                                                              "when the gold token is not in the "
                                                                              "top 20")
@@ -137,6 +144,10 @@ class APE(Optimizer):
         yield from self.score(init, sel_exs, sel_split, step=0, purpose="baseline")
         yield self.step_done(0, init, sel_split, [init], self.estimate(init, sel_split, sel_exs))
 
+        plan = self.plan(len(sel_exs))
+        if plan is not None:
+            yield plan
+            self._samples, self._finalists = plan.settings["induction_samples"], plan.settings["final_candidates"]
         pool = [init] + (yield from self.induce())
         if p.evaluator == "ucb":
             finalists, step = yield from self.ucb_filter(pool)
@@ -153,16 +164,65 @@ class APE(Optimizer):
             step += 1
             best = yield from self.resample(best, r, sel_exs, sel_split, step)
 
+    # --- the search's size: the paper's defaults, or what the call allowance pays for ----------------------------
+    _samples: int | None = None  # induction requests in all (None: num_subsamples x num_prompts_per_subsample)
+    _finalists: int | None = None
+
+    def plan(self, n_sel: int) -> Plan | None:
+        """With a call cap the paper's 250 induction samples can spend it all before one is scored (measured: 250 of
+        300 calls on induction, nothing selected). Keep the whole pipeline and shrink the pool instead: the most
+        finalists (from final_candidates down to 2) that still leave a pool of four per finalist, then the largest
+        pool the allowance pays for with its filtering stages and final evaluation."""
+        p, allowance = self.p, self.ctx.call_allowance
+        full = p.num_subsamples * p.num_prompts_per_subsample
+        if allowance is None or not p.fit_budget or p.evaluator != "multistage":
+            return None
+        allowance = max(0, allowance - n_sel)  # the initial prompt's baseline was paid from it (at worst in full)
+        n_train = len(self.ctx.train)
+        defaults = {"induction_samples": full, "final_candidates": p.final_candidates}
+        cost = self.cost(full, p.final_candidates, n_train, n_sel)
+        if cost <= allowance:
+            return None
+        choice = None
+        for f in range(p.final_candidates, 0, -1):
+            fits = [n for n in range(1, full + 1) if self.cost(n, f, n_train, n_sel) <= allowance]
+            if fits and (fits[-1] >= 4 * f or f == 1):
+                choice = (fits[-1], f)
+                break
+        samples, f = choice or (1, 1)
+        return Plan(step=1, allowance=allowance, defaults=defaults,
+                    settings={"induction_samples": samples, "final_candidates": f},
+                    estimated_calls=self.cost(samples, f, n_train, n_sel),
+                    note=f"the paper's sizes need about {cost} calls, the allowance is {allowance}: "
+                         f"{samples} induced instructions, {f} finalist(s)")
+
+    def cost(self, samples: int, finalists: int, n_train: int, n_sel: int) -> int:
+        """Worst-case calls from induction on: every sample admitted, every stage and the final paid in full."""
+        p = self.p
+        calls, alive, n, prev = samples, samples + 1, min(p.stage_samples, n_train), 0
+        while alive > finalists and n > 0:
+            calls += alive * (n - prev)
+            last = n >= n_train
+            alive = finalists if last else max(finalists, math.ceil(alive * p.keep_fraction))
+            if last:
+                break
+            prev, n = n, min(n_train, max(n + 1, math.ceil(n * p.stage_growth)))
+        calls += min(alive, finalists) * n_sel  # finalists on the selection split (the initial is known there)
+        return calls + p.mc_rounds * (p.mc_samples + p.mc_samples * n_sel)
+
     # --- proposal: forward-mode induction -------------------------------------------------------------------------
     def induce(self) -> Generator[Event, None, list[Candidate]]:
         """num_subsamples demo subsets from TRAIN, num_prompts_per_subsample samples each (one request per sample,
-        so each gets its own seed); cleaned, echo/empty/truncated/duplicate proposals rejected."""
+        so each gets its own seed), or the planned number spread over the subsets; cleaned, echo/empty/truncated/
+        duplicate proposals rejected."""
         ctx, p = self.ctx, self.p
         out: list[Candidate] = []
-        for i in range(p.num_subsamples):
+        total = self._samples or p.num_subsamples * p.num_prompts_per_subsample
+        subsets = min(p.num_subsamples, total)
+        for i in range(subsets):
             demos = ctx.sample(ctx.train, p.num_demos)
             msg = INDUCE_PROMPT.render(demos=demo_block(demos))
-            for j in range(p.num_prompts_per_subsample):
+            for j in range(total // subsets + (1 if i < total % subsets else 0)):
                 comp = yield from ctx.ask("ape.induce", [{"role": "user", "content": msg}], step=1, ref=f"s{i}",
                                           temperature=p.temperature, top_p=p.top_p, max_tokens=p.induce_max_tokens)
                 text, how = INDUCE_PROMPT.parse(comp.text)
@@ -240,14 +300,15 @@ class APE(Optimizer):
         alive = list(pool)
         n = min(p.stage_samples, len(perm))
         stage = 0
-        while len(alive) > p.final_candidates and n > 0:
+        final = self._finalists or p.final_candidates
+        while len(alive) > final and n > 0:
             stage += 1
             subset = perm[:n]
             for cand in alive:
                 yield from self.score(cand, subset, "train", step=stage, purpose=f"stage{stage}")
             ranked, means = self.ranked(alive, "train", subset)
             last = n >= len(perm)
-            keep = p.final_candidates if last else max(p.final_candidates, math.ceil(len(alive) * p.keep_fraction))
+            keep = final if last else max(final, math.ceil(len(alive) * p.keep_fraction))
             survivors = ranked[:keep]
             kept = {c.id for c in survivors}
             yield Selection(step=stage, method="multistage",

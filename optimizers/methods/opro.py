@@ -27,6 +27,10 @@ Where we differ from the code (each also noted where it happens):
 - A reply that repeats <INS> instead of closing it ends the instruction at the second tag (small models do this);
   a reply cut by the token limit with no closing tag is rejected as truncated.
 - The A_begin variant keeps the <INS> wording (the code switches to a "starting sentence" in <Start> tags).
+- With a call cap (`fit_budget`): when `min_search_steps` steps on all of train cost more than the run's call
+  allowance, instructions are scored on a fixed random train subset (down to `min_score_examples`), then fewer are
+  sampled per step, so the trajectory still has steps (a Plan event says how); the paper's BBH runs also scored on a
+  small training split.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from pydantic import Field
 
 from ..base import Candidate, Optimizer, Params, register
 from ..data import Example, render_template
-from ..events import CandidateRejected, Event, Selection
+from ..events import CandidateRejected, Event, Plan, Selection
 from ..task import Task
 from . import parsing
 from .text import Signature, polish, render
@@ -156,6 +160,13 @@ class OPRO(Optimizer):
                                                      "eval_interval step (ours)")
         max_instruction_chars: int = Field(500, ge=1, description="Reject generated instructions longer than this "
                                                                   "many characters")
+        fit_budget: bool = Field(True, description="With a call cap, scale the search down to what it pays for "
+                                                   "(a Plan event says how); off: the paper's sizes until the cap "
+                                                   "stops the run (ours)")
+        min_search_steps: int = Field(3, ge=1, description="With a call cap: size the scoring set (then the samples "
+                                                           "per step) so that at least this many steps fit (ours)")
+        min_score_examples: int = Field(20, ge=1, description="With a call cap: the smallest train subset the "
+                                                              "instructions are scored on (ours)")
 
     p: OPRO.Params
 
@@ -165,7 +176,14 @@ class OPRO(Optimizer):
         self.history: list[Candidate] = []  # every scored instruction, in the order scored
         self.seen: set[str] = set()  # every text met so far, kept or not (the code's md5 set)
         self.wrong: Counter[str] = Counter()  # train example id -> times answered wrong (most_frequent_wrong)
+        self.scoring: list[Example] = list(ctx.train)
+        samples = p.num_generated_instructions
         init = yield from self.propose_initial()
+        plan = self.plan()
+        if plan is not None:
+            yield plan
+            samples = plan.settings["samples_per_step"]
+            self.scoring = ctx.sample(ctx.train, plan.settings["score_examples"])
         yield from self.score_train(init, step=0, purpose="baseline")
         yield from self.eval_dev(0)
         yield ctx.step_done(0, init, "train", self.ranked()[:p.max_num_instructions])
@@ -174,7 +192,7 @@ class OPRO(Optimizer):
             exemplars = self.exemplars()
             msg = self.meta_prompt(shown, exemplars)
             new: list[Candidate] = []
-            for i in range(p.num_generated_instructions):
+            for i in range(samples):
                 ref = f"s{step}.{i}"
                 comp = yield from ctx.ask("opro.generate", [{"role": "user", "content": msg}], step=step, ref=ref,
                                           temperature=p.optimizer_temperature)
@@ -184,7 +202,7 @@ class OPRO(Optimizer):
                 cand = yield from self.admit(polish(text), step, shown, info, truncated=comp.truncated and not closed)
                 if cand is not None:
                     new.append(cand)
-            for cand in new:  # every new instruction on the whole train split
+            for cand in new:  # every new instruction on the whole train split (or the planned subset of it)
                 yield from self.score_train(cand, step=step, purpose="selection")
             yield from self.eval_dev(step)
             ranked = self.ranked()
@@ -229,11 +247,50 @@ class OPRO(Optimizer):
 
     # --- scoring --------------------------------------------------------------------------------------------------
     def score_train(self, cand: Candidate, *, step: int, purpose: str) -> Generator[Event, None, None]:
-        res = yield from self.ctx.score(cand, self.ctx.train, "train", step=step, purpose=purpose)
+        res = yield from self.ctx.score(cand, self.scoring, "train", step=step, purpose=purpose)
         for pr in res.predictions:
             if not pr.correct:
                 self.wrong[pr.example_id] += 1
         self.history.append(cand)
+
+    # --- the search's size under a call cap (ours) -----------------------------------------------------------------
+    def plan(self) -> Plan | None:
+        """Scoring 8 instructions a step on all of train can spend a 300-call cap in one step (measured: one
+        candidate scored). OPRO is a trajectory method, so keep min_search_steps: shrink the scoring set (a fixed
+        random train subset, the paper's own choice of a small training split) down to min_score_examples, then the
+        samples per step down to 2, then the steps."""
+        ctx, p = self.ctx, self.p
+        allowance = ctx.call_allowance
+        if allowance is None or not p.fit_budget or p.num_search_steps == 0:
+            return None
+        n, g, steps = len(ctx.train), p.num_generated_instructions, min(p.min_search_steps, p.num_search_steps)
+        if self.cost(n, g, steps) <= allowance:
+            return None
+        floor = min(p.min_score_examples, n)
+        choice = None
+        for s_ in range(steps, 0, -1):
+            for g_ in range(g, 1, -1):
+                fits = [m for m in range(floor, n + 1) if self.cost(m, g_, s_) <= allowance]
+                if fits:
+                    choice = (fits[-1], g_, s_)
+                    break
+            if choice:
+                break
+        m, g_, s_ = choice or (floor, min(g, 2), 1)
+        return Plan(step=0, allowance=allowance,
+                    defaults={"score_examples": n, "samples_per_step": g, "steps": steps},
+                    settings={"score_examples": m, "samples_per_step": g_, "steps": s_},
+                    estimated_calls=self.cost(m, g_, s_),
+                    note=f"{steps} steps of {g} instructions scored on all {n} train examples need about "
+                         f"{self.cost(n, g, steps)} calls, the allowance is {allowance}: {g_} a step on {m} train "
+                         f"examples, at least {s_} step(s)")
+
+    def cost(self, m: int, g: int, steps: int) -> int:
+        """Worst-case calls of `steps` steps: the baseline on m examples, g samples a step each scored on m, and the
+        dev evaluations at step 0 and every eval_interval steps (the initial's own request is free)."""
+        p = self.p
+        dev = p.eval_top_k * len(self.ctx.dev)
+        return m + dev + sum(g + g * m + (dev if s % p.eval_interval == 0 else 0) for s in range(1, steps + 1))
 
     def eval_dev(self, step: int) -> Generator[Event, None, None]:
         """Every eval_interval steps: the current top eval_top_k on dev, once each (for the chart and ties)."""
