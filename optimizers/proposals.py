@@ -9,6 +9,8 @@ seen in one run:
 - reasoning_trace: it works on particular examples (refers to them by position or number, or states a verdict on
   one) instead of saying how to treat any input;
 - bare_label: it is a label of the task, or little more;
+- meta_reference: it points at material only the meta-prompt holds (APE's "input-output pairs" from "a friend",
+  "the given output"), which the task model never sees, so it cannot be followed;
 - format_echo: it carries the meta-prompt's scaffolding: a "Field:" line with nothing or only a number after it
   ("Score: 80", "Label:", "Output:"), or a placeholder in angle brackets ("<Prompt>", "<INS>").
 
@@ -26,8 +28,12 @@ _ACK = re.compile(r"^\W*((sure|certainly|of course|absolutely|okay|great|got it|
 _SELF = re.compile(r"^\W*(i|i'm|i am|i'd|i would|i'll|i will|i've|i have|i can|my|let me|here is|here's|here are|"
                    r"below is|below are|the following is)\b", re.I)
 _META = re.compile(r"\b(prompts?|(original|current|new|improved|revised|updated|better|initial)"
-                   r" instructions?|(this|the) instructions? (can|could|should|lacks|does|is|needs|fails|would))\b",
+                   r" instructions?|(this|the) instructions? (can|could|should|lacks|does|is|was|were|needs|fails|"
+                   r"would))\b",
                    re.I)
+_MATERIAL = re.compile(r"\b(input[- ]output pairs?|(the|these|those|each) pairs\b|(your|my|a|the) friend|"
+                       r"(the|these|those) (given|provided|above|listed) (outputs?|pairs?|answers?|labels?)|"
+                       r"(the|these|those) (outputs?|pairs?) (given|provided|above|listed|shown))", re.I)
 _CASE = re.compile(r"\b((the )?(first|second|third|fourth|fifth|last|previous|next) (example|input|case|one|question|"
                    r"sentence|text|ticket|review)|(example|input|case|question) (#\s*)?\d+|in this (example|case)|"
                    r"the (correct |right )?(answer|label) (is|was|would be|should be) (\(?[a-z0-9]\)?|[\"'])|"
@@ -47,6 +53,8 @@ def instruction_problem(text: str, labels: list[str] | None = None) -> str | Non
         return "chat_reply"  # an opener in the first person that addresses "you" is an instruction
     if _META.search(t):
         return "commentary"
+    if _MATERIAL.search(t):
+        return "meta_reference"
     if _SCAFFOLD.search(t):
         return "format_echo"
     if _CASE.search(t):

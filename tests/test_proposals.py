@@ -19,6 +19,9 @@ INSTRUCTIONS = [
     "Respond promptly with one word: urgent when the customer cannot work, otherwise normal.",
     "Decide whether the ticket is urgent.\nUrgent: the customer cannot work, log in, pay or ship.\nNormal: anything else.",
     "Answer with the label only, for example: urgent",
+    "Review the input text and decide whether it needs an urgent reply.",
+    "Pick the output that best matches the input: urgent or normal.",
+    "Compare the two options given and answer (A) or (B).",
 ]
 NOT_INSTRUCTIONS = {
     "Sure, I'd be happy to help with this prompt engineering problem. Please send me the reference.": "chat_reply",
@@ -33,6 +36,11 @@ NOT_INSTRUCTIONS = {
     "Is this support ticket urgent? Answer urgent or normal.\nScore: 80": "format_echo",
     "Is this ticket urgent? If so, give the level.\nLabel: Output:": "format_echo",
     "Rewrite <INS> so that it is clearer.": "format_echo",
+    "Based on the input-output pairs provided, it appears that the instruction was:": "commentary",
+    "Analyze the provided input-output pairs and decide which output fits each message.": "meta_reference",
+    "Provide a response for each input, based on the format of the given output \"normal\".": "meta_reference",
+    "Help your friend write an output for every input based on the instructions given.": "meta_reference",
+    "Write an output for every input provided in the pairs.": "meta_reference",
     "urgent": "bare_label",
     "Label: normal.": "bare_label",
 }
