@@ -106,3 +106,20 @@ def test_the_inspect_page_shows_the_plan(monkeypatch, tmp_path):
     assert "Search sized to the call budget (62 calls for the optimization" in info and "3 induced" in info
     (rows,) = frames(at, "size", "paper's", "chosen")
     assert rows.to_dict("records")[0] == {"size": "induction_samples", "paper's": 250, "chosen": 3}
+
+
+def test_protegi_fits_whole_rounds_with_their_selection(tmp_path):
+    res, billed, events = run(tmp_path, "protegi", Budget(max_calls=400))
+    assert billed <= 400
+    (plan,) = of(events, "plan")
+    assert plan.settings["samples_per_eval"] < 32 and plan.estimated_calls <= plan.allowance
+    sels = [e for e in of(events, "selection") if e.method == "ucb"]
+    assert len(sels) >= plan.settings.get("rounds", 2)  # whole rounds: each ended in its selection
+    pulled = {e.n for e in of(events, "candidate_scored") if e.purpose == "bandit"}
+    assert max(pulled) <= plan.settings["samples_per_eval"]  # fewer when some were scored before
+
+
+def test_protegi_fit_budget_off_is_stopped_mid_selection(tmp_path):
+    res, billed, events = run(tmp_path, "protegi", Budget(max_calls=400), {"fit_budget": False})
+    assert not of(events, "plan") and billed <= 400 and res.status == "budget"
+    assert not [e for e in of(events, "selection") if e.method == "ucb"]

@@ -7,6 +7,10 @@ best-arm-identification bandit over train examples picks which candidates form t
 Only the instruction is edited: the task template keeps its own input and output-format sections around {prompt}.
 Defaults follow the official code (microsoft/LMOps `prompt_optimization/main.py`), except the selection evaluator,
 which defaults to UCB as in the paper's main results (the code's CLI default is brute force).
+
+With a call cap (ours, `fit_budget`): when min_rounds whole rounds at these sizes cost more than the run's call
+allowance, the selection (samples, rounds, prompts per round) and the expansion shrink in turn to floors, then the
+rounds, so each round still ends in a selection (a Plan event says how).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pydantic import Field
 from ..base import Candidate, Gen, Optimizer, Params, candidate_id, register
 from ..data import Example
 from ..evaluate import Prediction
-from ..events import CandidateRejected, Event, Gradient, Selection
+from ..events import CandidateRejected, Event, Gradient, Plan, Selection
 from . import parsing
 from .strategies import BanditResult, brute_force, successive_halving, successive_rejects, ucb_bandit
 from .text import Signature, input_text, pred_text, render
@@ -142,6 +146,12 @@ class ProTeGi(Optimizer):
         c: float = Field(1.0, ge=0.0, description="UCB exploration constant (higher explores more)")
         temperature: float = Field(0.7, ge=0.0, le=2.0, description="Optimizer-model temperature for the gradient, "
                                                                    "edit and paraphrase calls")
+        fit_budget: bool = Field(True, description="With a call cap, shrink the selection and expansion sizes (then "
+                                                   "the rounds) until min_rounds whole rounds fit (a Plan event "
+                                                   "says how); off: the paper's sizes until the cap stops the run "
+                                                   "(ours)")
+        min_rounds: int = Field(2, ge=1, description="With a call cap: the whole rounds the plan keeps before it "
+                                                     "cuts rounds (ours)")
 
     p: ProTeGi.Params
 
@@ -156,6 +166,10 @@ class ProTeGi(Optimizer):
         yield from self.score(init, ctx.train, step=0, purpose="baseline")
         beam = [init]
         yield ctx.step_done(0, init, "train", beam)
+        plan = self.plan()
+        if plan is not None:
+            yield plan
+            self.p = p = p.model_copy(update=plan.settings)
         for step in range(1, p.rounds + 1):
             minibatch = ctx.sample(ctx.train, p.minibatch_size)  # one minibatch per round, shared by the beam
             pool = list(beam)
@@ -164,6 +178,57 @@ class ProTeGi(Optimizer):
                 pool.extend(c for c in children if c.id not in {x.id for x in pool})
             beam = yield from self.select(pool, step)
             yield ctx.step_done(step, beam[0], "train", beam)
+
+    # --- the search's size under a call cap (ours) -----------------------------------------------------------------
+    SHRINK = (("samples_per_eval", 8), ("eval_rounds", 2), ("eval_prompts_per_round", 2), ("max_expansion_factor", 2),
+              ("mc_samples_per_step", 0), ("n_gradients", 1), ("minibatch_size", 16), ("beam_size", 2))
+
+    def plan(self) -> Plan | None:
+        """At the paper's sizes one selection alone is 8 x 8 x 32 = 2,048 calls, so a 300-call cap ended ProTeGi
+        mid-selection with nothing chosen (measured). Halve each size in turn, down to a floor, until min_rounds
+        whole rounds (expansion and selection) fit the allowance left after the baseline; then cut rounds."""
+        ctx, p = self.ctx, self.p
+        if ctx.call_allowance is None or not p.fit_budget or p.rounds == 0 or p.evaluator not in ("ucb", "ucb-e"):
+            return None
+        allowance = max(0, ctx.call_allowance - len(ctx.train))  # the baseline on train was paid from it
+        rounds = min(p.rounds, p.min_rounds)
+        sizes = {name: getattr(p, name) for name, _ in self.SHRINK}
+        full = self.cost(sizes, rounds)
+        if full <= allowance:
+            return None
+        changed = True
+        while self.cost(sizes, rounds) > allowance and changed:
+            changed = False
+            for name, floor in self.SHRINK:
+                if self.cost(sizes, rounds) <= allowance:
+                    break
+                if sizes[name] > floor:
+                    sizes[name] = max(floor, sizes[name] // 2)
+                    changed = True
+        while rounds > 1 and self.cost(sizes, rounds) > allowance:
+            rounds -= 1
+        settings = {k: v for k, v in sizes.items() if v != getattr(p, k)}
+        defaults = {k: getattr(p, k) for k in settings}
+        if rounds < p.min_rounds:
+            settings["rounds"], defaults["rounds"] = rounds, p.rounds
+        return Plan(step=1, allowance=allowance, settings=settings, defaults=defaults,
+                    estimated_calls=self.cost(sizes, rounds),
+                    note=f"{min(p.rounds, p.min_rounds)} whole rounds at the paper's sizes need about {full} calls, "
+                         f"the allowance after the baseline is {allowance}: smaller selections and expansions, "
+                         f"{rounds} round(s) at least")
+
+    def cost(self, q: dict[str, int], rounds: int) -> int:
+        """Worst-case calls of `rounds` rounds with sizes q (the initial prompt knows all of train: free for it)."""
+        p, n = self.p, len(self.ctx.train)
+        calls, beam = 0, 1
+        for r in range(rounds):
+            asks = q["n_gradients"] * (1 + p.gradients_per_error)  # a gradient request, then one edit per reason
+            asks += q["mc_samples_per_step"] * (q["n_gradients"] * p.gradients_per_error * p.steps_per_gradient + 1)
+            calls += beam * ((0 if r == 0 else min(q["minibatch_size"], n)) + asks)
+            pool = beam * (1 + q["max_expansion_factor"])
+            calls += q["eval_rounds"] * min(q["eval_prompts_per_round"], pool) * min(q["samples_per_eval"], n)
+            beam = min(q["beam_size"], pool)
+        return calls
 
     # --- scoring with reuse ---------------------------------------------------------------------------------------
     def score(self, cand: Candidate, examples: Sequence[Example], *, step: int,
