@@ -123,3 +123,20 @@ def test_protegi_fit_budget_off_is_stopped_mid_selection(tmp_path):
     res, billed, events = run(tmp_path, "protegi", Budget(max_calls=400), {"fit_budget": False})
     assert not of(events, "plan") and billed <= 400 and res.status == "budget"
     assert not [e for e in of(events, "selection") if e.method == "ucb"]
+
+
+def test_gpo_plans_its_steps_and_its_schedule_spans_them(tmp_path):
+    res, billed, events = run(tmp_path, "gpo", Budget(max_calls=200))
+    assert billed <= 200
+    (plan,) = of(events, "plan")
+    s = plan.settings
+    assert s["steps"] >= 3 and s["candidates_per_step"] < 8 and plan.estimated_calls <= plan.allowance
+    budgets = of(events, "edit_budget")
+    assert len(budgets) == s["steps"]  # every planned step ran
+    words = [b.budget_words for b in budgets]
+    assert words == sorted(words, reverse=True) and words[-1] == 10  # the cosine schedule reached its end
+    assert all(f"over {s['steps']} steps" in b.schedule for b in budgets)
+    gens = [e for e in of(events, "meta_prompt") if e.purpose == "gpo.generate"]
+    assert len(gens) == s["steps"] * s["candidates_per_step"]
+    sizes = {e.n for e in of(events, "candidate_scored") if e.split == "dev" and e.purpose != "report"}
+    assert sizes == {s["selection_examples"]}

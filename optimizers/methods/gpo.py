@@ -13,6 +13,9 @@ relevance | importance, k), momentum update (k-list | real-time), learning rate 
 linear | fixed, optional warm-up) and update method (edit | generate | edit_without | generate_without).
 Ours: the word-level edit distance of every candidate to the current prompt is measured and recorded against the
 budget (optionally rejecting over-budget candidates), and the best trajectory prompt by dev score is returned.
+With a call cap (`fit_budget`): when the schedule costs more than the run's call allowance, the run plans the steps
+it can pay for (fewer candidates a step, then a dev subset, at least min_steps) and the step-size schedule spans
+those steps, so the word budget decays within the run (a Plan event says how).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pydantic import Field, model_validator
 from ..base import Candidate, Optimizer, Params, register
 from ..budget import BudgetExceeded
 from ..data import Example
-from ..events import CandidateRejected, EditBudget, Event, Gradient, Retrieval, Selection
+from ..events import CandidateRejected, EditBudget, Event, Gradient, Plan, Retrieval, Selection
 from ..similarity import Similarity
 from .gpo_prompts import (
     FEEDBACK_ERROR,
@@ -135,6 +138,13 @@ class GPO(Optimizer):
                                                               "optimizer model's name)")
         aux_temperature: float = Field(0.0, ge=0.0, le=2.0, description="Temperature of the feedback and real-time "
                                                                         "momentum requests (code: 0)")
+        fit_budget: bool = Field(True, description="With a call cap, plan the steps it pays for: fewer candidates "
+                                                   "a step (then a dev subset) so min_steps fit, and the step-size "
+                                                   "schedule spans the planned steps (a Plan event says how); off: "
+                                                   "the paper's schedule until the cap stops the run (ours)")
+        min_steps: int = Field(3, ge=1, description="With a call cap: the steps the plan keeps (k = 3 momentum "
+                                                    "needs more than 3 to choose between entries) (ours)")
+        min_eval_examples: int = Field(20, ge=1, description="With a call cap: the smallest selection subset (ours)")
 
         @model_validator(mode="after")
         def _feedback_momentum_needs_gradient(self) -> GPO.Params:
@@ -160,9 +170,16 @@ class GPO(Optimizer):
         self.T = p.epochs * spe
         batches = [order[i * p.batch_size:(i + 1) * p.batch_size] or order for i in range(spe)]
 
+        self.num_candidates = p.num_candidates
         init = yield from ctx.propose(ctx.initial_prompt, step=0, origin="initial")
         if init is None:
             raise ValueError("the initial prompt is empty")
+        plan = self.plan()
+        if plan is not None:
+            yield plan
+            self.T, self.num_candidates = plan.settings["steps"], plan.settings["candidates_per_step"]
+            if plan.settings["selection_examples"] < len(self.eval_set):
+                self.eval_set = ctx.sample(self.eval_set, plan.settings["selection_examples"])
         s0 = yield from self.evaluate(init, step=0, purpose="baseline")
         self.trajectory = [_Entry(init, s0, 0)]
         yield ctx.step_done(0, init, self.split, [init])
@@ -180,6 +197,45 @@ class GPO(Optimizer):
                 raise
             best = max(self.trajectory, key=lambda e: e.score)  # first of equals: the earliest
             yield ctx.step_done(t, best.cand, self.split, [self.trajectory[-1].cand])
+
+    # --- the run's size under a call cap (ours) --------------------------------------------------------------------
+    def plan(self) -> Plan | None:
+        """At 8 candidates a step, each scored on all of dev, a 300-call cap ended GPO inside its first step, and
+        the cosine schedule (over epochs x steps per epoch) never decayed (measured). Keep min_steps: fewer
+        candidates a step (down to 2), then a fixed random dev subset (down to min_eval_examples); then as many
+        steps as the allowance pays for, which the step-size schedule spans."""
+        ctx, p = self.ctx, self.p
+        if ctx.call_allowance is None or not p.fit_budget:
+            return None
+        allowance, n, g, full_steps = ctx.call_allowance, len(self.eval_set), p.num_candidates, self.T
+        steps = min(full_steps, p.min_steps)
+        if self.cost(n, g, full_steps) <= allowance:
+            return None
+        floor = min(p.min_eval_examples, n)
+        choice = next(((g_, m) for m in range(n, floor - 1, -1) for g_ in range(g, 1, -1)
+                       if self.cost(m, g_, steps) <= allowance), (min(g, 2), floor))
+        g_, m = choice
+        while steps < full_steps and self.cost(m, g_, steps + 1) <= allowance:
+            steps += 1
+        return Plan(step=0, allowance=allowance,
+                    defaults={"steps": full_steps, "candidates_per_step": g, "selection_examples": n},
+                    settings={"steps": steps, "candidates_per_step": g_, "selection_examples": m},
+                    estimated_calls=self.cost(m, g_, steps),
+                    note=f"{min(full_steps, p.min_steps)} steps at the paper's sizes need about "
+                         f"{self.cost(n, g, min(full_steps, p.min_steps))} calls, the allowance is {allowance}: "
+                         f"{g_} candidates a step scored on {m} "
+                         f"{self.split} examples, the schedule over {steps} steps")
+
+    def cost(self, m: int, g: int, steps: int) -> int:
+        """Worst-case calls: the baseline on m, then per step g generations, g x m scores, a critique (with its
+        minibatch) or a real-time merge when those are on, and one embeddings request for relevance retrieval."""
+        p = self.p
+        per = g + g * m + 1
+        if p.gradient == "feedback":
+            per += 1 + p.batch_size
+        if p.momentum_update == "real-time":
+            per += 2
+        return m + steps * per
 
     def evaluate(self, cand: Candidate, *, step: int, purpose: str = "selection") -> Generator[Event, None, float]:
         """The candidate's score on the selection split; an already-scored prompt reuses its score."""
@@ -204,7 +260,7 @@ class GPO(Optimizer):
         meta = self.meta_prompt(cur, momentum, shown_critique, budget)
         # (4) generate
         texts: list[tuple[str | None, str, bool]] = []
-        for i in range(p.num_candidates):
+        for i in range(self.num_candidates):
             comp = yield from ctx.ask("gpo.generate", [{"role": "user", "content": meta}], step=t, ref=f"s{t}.{i}",
                                       temperature=p.temperature, max_tokens=p.optimizer_max_tokens)
             text, how = GENERATE.parse(comp.text, max_words=p.max_prompt_words)
