@@ -9,6 +9,8 @@ seen in one run:
 - reasoning_trace: it works on particular examples (refers to them by position or number, or states a verdict on
   one) instead of saying how to treat any input;
 - bare_label: it is a label of the task, or little more;
+- wrong_labels: it tells the model to answer with options none of which is a label of the task ("answer yes or no"
+  on an urgent / normal task), so every reply misses the label set;
 - meta_reference: it points at material only the meta-prompt holds (APE's "input-output pairs" from "a friend",
   "the given output"), which the task model never sees, so it cannot be followed;
 - format_echo: it carries the meta-prompt's scaffolding: a "Field:" line with nothing or only a number after it
@@ -40,6 +42,17 @@ _CASE = re.compile(r"\b((the )?(first|second|third|fourth|fifth|last|previous|ne
                    r"so the answer is|therefore,? the answer)\b", re.I)
 
 
+_WORD = r"[\"'“‘(]*[\w-]+[)\"'”’]*"
+_OPTIONS = re.compile(rf"\b(?:answer|respond|reply|output|label it|classify it)\s+(?:only\s+)?(?:with\s+)?"
+                      rf"(?:either\s+)?(?:the\s+word\s+)?({_WORD}(?:\s*,\s*{_WORD})*\s*,?\s+or\s+{_WORD})", re.I)
+
+
+def _options(text: str) -> list[list[str]]:
+    """The answer options an instruction names ("Answer A, B or C"), one list per phrase."""
+    return [[normalize(w) for w in re.split(r"\s*,\s*|\s+or\s+", m.group(1)) if w.strip()]
+            for m in _OPTIONS.finditer(text)]
+
+
 _SCAFFOLD = re.compile(r"(?im)^\s*([A-Za-z][A-Za-z ]{0,20}:\s*)+(-?\d+(\.\d+)?%?)?\s*$|<\s*/?\s*[A-Z][A-Za-z_ ]{0,20}>")
 
 
@@ -60,6 +73,9 @@ def instruction_problem(text: str, labels: list[str] | None = None) -> str | Non
     if _CASE.search(t):
         return "reasoning_trace"
     if labels:
+        keys = {_key(lab) for lab in labels}
+        if any(opts and not any(_key(o) in keys for o in opts) for opts in _options(t)):
+            return "wrong_labels"
         words = normalize(t).split()
         keys = {normalize(lab) for lab in labels}
         if normalize(t) in keys or (len(words) <= 3 and any(k in normalize(t) for k in keys)):
@@ -87,3 +103,9 @@ def prompt_form(instruction: str, labels: list[str] | None, examples) -> str:
         return "echoes_example"
     return instruction_problem(instruction, labels) or "instruction"
 
+
+def _key(label: str) -> str:
+    """A label or an option as compared: "(A)", "A" and "a" are one option."""
+    n = normalize(label)
+    m = re.fullmatch(r"\(?([a-z])\)?", n)
+    return m.group(1) if m else n

@@ -22,6 +22,10 @@ INSTRUCTIONS = [
     "Review the input text and decide whether it needs an urgent reply.",
     "Pick the output that best matches the input: urgent or normal.",
     "Compare the two options given and answer (A) or (B).",
+    "Is the customer blocked? Answer urgent if so, or normal.",
+    "Respond with either \"urgent\" or \"normal\" only.",
+    "Answer urgent or not urgent.",
+    "Answer A, B or C.",
 ]
 NOT_INSTRUCTIONS = {
     "Sure, I'd be happy to help with this prompt engineering problem. Please send me the reference.": "chat_reply",
@@ -41,6 +45,8 @@ NOT_INSTRUCTIONS = {
     "Provide a response for each input, based on the format of the given output \"normal\".": "meta_reference",
     "Help your friend write an output for every input based on the instructions given.": "meta_reference",
     "Write an output for every input provided in the pairs.": "meta_reference",
+    "Is this support ticket urgent? Please answer yes or no.": "wrong_labels",
+    "Is this support ticket urgent? Answer with 'high', 'medium' or 'low'.": "wrong_labels",
     "urgent": "bare_label",
     "Label: normal.": "bare_label",
 }
