@@ -115,6 +115,7 @@ def test_protegi_fits_whole_rounds_with_their_selection(tmp_path):
     assert plan.settings["samples_per_eval"] < 32 and plan.estimated_calls <= plan.allowance
     sels = [e for e in of(events, "selection") if e.method == "ucb"]
     assert len(sels) >= plan.settings.get("rounds", 2)  # whole rounds: each ended in its selection
+    assert all(e["n"] > 0 for sel in sels for e in sel.estimates)  # every candidate was scored before it was ranked
     pulled = {e.n for e in of(events, "candidate_scored") if e.purpose == "bandit"}
     assert max(pulled) <= plan.settings["samples_per_eval"]  # fewer when some were scored before
 

@@ -180,33 +180,41 @@ class ProTeGi(Optimizer):
             yield ctx.step_done(step, beam[0], "train", beam)
 
     # --- the search's size under a call cap (ours) -----------------------------------------------------------------
-    SHRINK = (("samples_per_eval", 8), ("eval_rounds", 2), ("eval_prompts_per_round", 2), ("max_expansion_factor", 2),
-              ("mc_samples_per_step", 0), ("n_gradients", 1), ("minibatch_size", 16), ("beam_size", 2))
+    SHRINK = (("samples_per_eval", 8), ("eval_rounds", 2), ("max_expansion_factor", 2), ("mc_samples_per_step", 0),
+              ("n_gradients", 1), ("minibatch_size", 16), ("beam_size", 2))
 
     def plan(self) -> Plan | None:
         """At the paper's sizes one selection alone is 8 x 8 x 32 = 2,048 calls, so a 300-call cap ended ProTeGi
         mid-selection with nothing chosen (measured). Halve each size in turn, down to a floor, until min_rounds
-        whole rounds (expansion and selection) fit the allowance left after the baseline; then cut rounds."""
+        whole rounds (expansion and selection) fit the allowance left after the baseline; then cut rounds. Each
+        selection pulls every candidate at least once (measured: a 2 x 2 selection over 6 candidates dropped the
+        initial prompt from the beam without scoring it), so prompts per round follow the pool."""
         ctx, p = self.ctx, self.p
         if ctx.call_allowance is None or not p.fit_budget or p.rounds == 0 or p.evaluator not in ("ucb", "ucb-e"):
             return None
         allowance = max(0, ctx.call_allowance - len(ctx.train))  # the baseline on train was paid from it
         rounds = min(p.rounds, p.min_rounds)
         sizes = {name: getattr(p, name) for name, _ in self.SHRINK}
+        sizes["eval_prompts_per_round"] = p.eval_prompts_per_round
         full = self.cost(sizes, rounds)
         if full <= allowance:
             return None
+
+        def cost(q: dict[str, int], r: int) -> int:
+            return self.cost(self.covering(q, r), r)
+
         changed = True
-        while self.cost(sizes, rounds) > allowance and changed:
+        while cost(sizes, rounds) > allowance and changed:
             changed = False
             for name, floor in self.SHRINK:
-                if self.cost(sizes, rounds) <= allowance:
+                if cost(sizes, rounds) <= allowance:
                     break
                 if sizes[name] > floor:
                     sizes[name] = max(floor, sizes[name] // 2)
                     changed = True
-        while rounds > 1 and self.cost(sizes, rounds) > allowance:
+        while rounds > 1 and cost(sizes, rounds) > allowance:
             rounds -= 1
+        sizes = self.covering(sizes, rounds)
         settings = {k: v for k, v in sizes.items() if v != getattr(p, k)}
         defaults = {k: getattr(p, k) for k in settings}
         if rounds < p.min_rounds:
@@ -216,6 +224,12 @@ class ProTeGi(Optimizer):
                     note=f"{min(p.rounds, p.min_rounds)} whole rounds at the paper's sizes need about {full} calls, "
                          f"the allowance after the baseline is {allowance}: smaller selections and expansions, "
                          f"{rounds} round(s) at least")
+
+    @staticmethod
+    def covering(q: dict[str, int], rounds: int) -> dict[str, int]:
+        """q with enough prompts per bandit round that every candidate of the largest pool is pulled once."""
+        pool = (q["beam_size"] if rounds > 1 else 1) * (1 + q["max_expansion_factor"])
+        return {**q, "eval_prompts_per_round": min(pool, -(-pool // q["eval_rounds"]))}
 
     def cost(self, q: dict[str, int], rounds: int) -> int:
         """Worst-case calls of `rounds` rounds with sizes q (the initial prompt knows all of train: free for it)."""
