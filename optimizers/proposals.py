@@ -9,6 +9,7 @@ seen in one run:
 - reasoning_trace: it works on particular examples (refers to them by position or number, or states a verdict on
   one) instead of saying how to treat any input;
 - bare_label: it is a label of the task, or little more;
+- fragment: two words or fewer that are not a label ("and", "Subject: Bug"): a piece of a reply, not an instruction;
 - wrong_labels: it tells the model to answer with options none of which is a label of the task ("answer yes or no"
   on an urgent / normal task), so every reply misses the label set;
 - meta_reference: it points at material only the meta-prompt holds (APE's "input-output pairs" from "a friend",
@@ -80,6 +81,8 @@ def instruction_problem(text: str, labels: list[str] | None = None) -> str | Non
         keys = {normalize(lab) for lab in labels}
         if normalize(t) in keys or (len(words) <= 3 and any(k in normalize(t) for k in keys)):
             return "bare_label"
+    if len(re.findall(r"\w+", t)) <= 2:
+        return "fragment"
     return None
 
 

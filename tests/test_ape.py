@@ -199,14 +199,14 @@ def test_candidate_hygiene_and_rejections():
         8: f" {INITIAL[0].lower()}{INITIAL[1:]}",  # same as the initial prompt: duplicate
         9: 'Sure! The instruction was to "decide whether the review is positive or negative" Output: positive',
     }
-    events, *_ = run(Opt(induce=lambda i: replies.get(i, f" answer {i}.")), num_subsamples=1,
+    events, *_ = run(Opt(induce=lambda i: replies.get(i, f" answer item {i}.")), num_subsamples=1,
                      num_prompts_per_subsample=10, num_demos=4)
     rej = Counter(e.reason for e in kinds(events, "candidate_rejected"))
     assert rej == {"empty": 1, "echo": 2, "duplicate": 2, "truncated": 1}, rej
     induced = [e for e in kinds(events, "candidate_proposed") if e.origin == "induced"]
     got = [e.text for e in induced]
     assert got == ["Label each review with its sentiment.", "Tell the mood of the review.",
-                   "Decide whether the review is positive or negative", "Answer 10."]
+                   "Decide whether the review is positive or negative", "Answer item 10."]
     assert induced[1].info["parsed"] == "cut"
     # unit checks of the cleaner and the echo test
     assert clean_induced(" to sort the words.\nOutput: a b") == ("Sort the words.", "cut")

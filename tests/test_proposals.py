@@ -47,6 +47,8 @@ NOT_INSTRUCTIONS = {
     "Write an output for every input provided in the pairs.": "meta_reference",
     "Is this support ticket urgent? Please answer yes or no.": "wrong_labels",
     "Is this support ticket urgent? Answer with 'high', 'medium' or 'low'.": "wrong_labels",
+    "and": "fragment",
+    "Subject: Bug": "fragment",
     "urgent": "bare_label",
     "Label: normal.": "bare_label",
 }
