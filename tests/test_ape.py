@@ -363,7 +363,7 @@ def loglik_task(req):
 
 
 def test_likelihood_ranks_the_higher_gold_logprob_first():
-    replies = {1: " tell the mood of the review.", 2: " judge the sentiment of the review.", 3: " do it."}
+    replies = {1: " tell the mood of the review.", 2: " judge the sentiment of the review.", 3: " do it now."}
     events, reqs, err, ctx = run(Opt(induce=lambda i: replies[i]), task=loglik_task, score_method="likelihood",
                                  num_subsamples=1, num_prompts_per_subsample=3, final_candidates=2, stage_samples=4)
     assert err is None
@@ -377,7 +377,7 @@ def test_likelihood_ranks_the_higher_gold_logprob_first():
     assert all(final["Judge the sentiment of the review."].correct)
     assert not any(final["Tell the mood of the review."].correct)
     stage1 = {by_text[e.candidate_id]: e.score for e in scored if e.purpose == "stage1"}
-    assert stage1["Do it."] == pytest.approx(-20.0) and stage1[INITIAL] == pytest.approx(-20.0)
+    assert stage1["Do it now."] == pytest.approx(-20.0) and stage1[INITIAL] == pytest.approx(-20.0)
     sds = kinds(events, "step_done")
     assert by_text[sds[-1].best_id] == "Judge the sentiment of the review."
     assert sds[-1].best_score == pytest.approx(-0.1)
