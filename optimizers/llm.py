@@ -20,7 +20,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import openai
 import tenacity
 
 from .budget import PER_MESSAGE_TOKENS, Budget, BudgetExceeded, Claim, Counters, Meter  # noqa: F401  (re-exported)
+from .journal import Journal
 from .lm import Completion
 
 log = logging.getLogger(__name__)
@@ -52,14 +52,20 @@ class BadReply(RuntimeError):
     """HTTP 200 but unusable (no choices, unparseable body): retried like a server error."""
 
 
+_CULL_EVERY = 1000
+
+
 class ResponseCache:
     """Persistent answers keyed by everything that determines them. A hit costs no call."""
 
     def __init__(self, directory: str | os.PathLike | None = None):
         self.directory = Path(directory) if directory else default_cache_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._cache = diskcache.Cache(str(self.directory), size_limit=2**32)
-        self._inflight: diskcache.Cache | None = None
+        # culled every _CULL_EVERY writes rather than at each (diskcache's default): its size query on every write
+        # was a quarter of a write's CPU
+        self._cache = diskcache.Cache(str(self.directory), size_limit=2**32, cull_limit=0)
+        self._writes = 0
+        self._inflight = Journal(self.directory / "journal")
         # One thread at a time writes: 64 threads writing at once spent their time in SQLite's lock contention and
         # its sleeping busy handler (0.85 ms a call, against 0.3 ms without a cache: bench/bench_engine.py). A
         # writer thread with group commit measured worse (a handoff per write). Reads need no lock (WAL).
@@ -76,45 +82,40 @@ class ResponseCache:
 
     def set(self, key: str, value: dict[str, Any]) -> None:
         with self._lock:
-            self._cache.set(key, value)
+            self._write(key, value)
+
+    def _write(self, key: str, value: dict[str, Any]) -> None:
+        self._cache.set(key, value)
+        self._writes += 1
+        if self._writes % _CULL_EVERY == 0:
+            self._cache.cull()
 
     def store(self, key: str, value: dict[str, Any], tokens: Sequence[str] = ()) -> None:
-        """A reply into the cache and its tries out of the journal, in one write."""
-
+        """A reply into the cache, then its tries out of the journal (a kill between leaves them billed)."""
         with self._lock:
-            self._cache.set(key, value)
-            for t in tokens:
-                self._journal().delete(t)
+            self._write(key, value)
+        for t in tokens:
+            self._inflight.delete(t)
 
     def close(self) -> None:
         self._cache.close()
-        if self._inflight is not None:
-            self._inflight.close()
 
     # --- requests in flight: a killed process leaves them here, and the resumed run bills them -----------------
-    def _journal(self) -> diskcache.Cache:
-        if self._inflight is None:
-            self._inflight = diskcache.Cache(str(self.directory / "inflight"))
-        return self._inflight
-
     def sent(self, run_id: str, claim: Claim) -> str:
         token = f"{run_id}:{uuid.uuid4().hex}"
-        entry = {"role": claim.role, "model": claim.model, "tokens": claim.upper.tokens, "cost": claim.upper.cost}
-        with self._lock:
-            self._journal().set(token, entry)
+        self._inflight.put(token, {"role": claim.role, "model": claim.model, "tokens": claim.upper.tokens,
+                                   "cost": claim.upper.cost})
         return token
 
     def billed(self, token: str, role: str, model: str, counters: Counters, at: float) -> None:
         """A reply that was billed but will not be cached (an unusable one, retried): it stays in the journal, so a
         process killed before its next usage snapshot still has it counted on resume."""
-        entry = {"role": role, "model": model, "tokens": counters.tokens, "cost": counters.cost, "billed_at": at}
-        with self._lock:
-            self._journal().set(token, entry)
+        self._inflight.put(token, {"role": role, "model": model, "tokens": counters.tokens, "cost": counters.cost,
+                                   "billed_at": at})
 
     def answered(self, token: str) -> None:
         """The reply is in the cache (whose stamp carries its bill from here) or never came: out of the journal."""
-        with self._lock:
-            self._journal().delete(token)
+        self._inflight.delete(token)
 
     def orphans(self, run_id: str, recorded_until: float) -> list[dict[str, Any]]:
         """This run's requests a dead process left unbilled in its stored usage: those it had in flight (marked billed
@@ -124,22 +125,30 @@ class ResponseCache:
             return self._orphans(run_id, recorded_until)
 
     def _orphans(self, run_id: str, recorded_until: float) -> list[dict[str, Any]]:
-        j = self._journal()
-        out = []
+        entries = {**self._legacy(run_id), **self._inflight.entries(run_id)}
+        kept: dict[str, dict[str, Any]] = {}
         now = time.time()
-        for token in list(j.iterkeys()):
-            if not str(token).startswith(run_id + ":"):
-                continue
-            entry = j.get(token)
-            if not entry:
-                continue
+        for token, entry in entries.items():
             if entry.get("billed_at") is None:
                 entry = {**entry, "billed_at": now}
-                j.set(token, entry)
             elif float(entry["billed_at"]) <= recorded_until:
-                j.delete(token)  # in the snapshot the run resumes from
-                continue
-            out.append(entry)
+                continue  # in the snapshot the run resumes from
+            kept[token] = entry
+        self._inflight.replace(run_id, kept)
+        return list(kept.values())
+
+    def _legacy(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Entries of the SQLite journal that versions before the file journal kept (a run killed before an
+        upgrade), moved out of it."""
+        folder = self.directory / "inflight"
+        if not folder.is_dir():
+            return {}
+        out = {}
+        with diskcache.Cache(str(folder)) as old:
+            for token in list(old.iterkeys()):
+                if str(token).startswith(run_id + ":") and isinstance(entry := old.get(token), dict):
+                    out[str(token)] = entry
+                    old.delete(token)
         return out
 
 
@@ -370,7 +379,7 @@ class LLM:
             raise
         if key is not None:
             # the tries leave the journal only with the reply in the cache: a kill before leaves them billed on resume
-            self.cache.store(key, {**{k: v for k, v in asdict(comp).items() if k != "cached"}, **self.meter.stamp()},
+            self.cache.store(key, {**{k: getattr(comp, k) for k in _COMPLETION_FIELDS}, **self.meter.stamp()},
                              tokens)
         return comp
 
