@@ -7,6 +7,10 @@ the engine's own CPU per call with the HTTP client taken out; the zero-latency c
 the peak memory of a 100,000-example evaluation and of a stored baseline run over 10,000.
 
     python bench/bench_engine.py [--latency 0.2] [--concurrency 8 64 256] [--sizes 100 1000 10000]
+                                 [--processes 0 2] [--throughput-only]
+
+Each row is run once per --processes value: 0 is the threaded path in one process, N > 0 sends the HTTP requests
+from N worker processes (optimizers/http_workers.py); its CPU per call sums the parent and the workers.
 """
 
 from __future__ import annotations
@@ -51,19 +55,33 @@ def examples(n: int) -> list[Example]:
                     "positive" if i % 2 else "negative") for i in range(n)]
 
 
-def evaluate(url: str, n: int, concurrency: int, cache_dir: Path, run_id: str = "bench-cold"
+def proc_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes `pids` have used so far (/proc/PID/stat, Linux only)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def evaluate(url: str, n: int, concurrency: int, cache_dir: Path, run_id: str = "bench-cold", processes: int = 0
              ) -> tuple[float, float, int, int]:
-    """Wall seconds, process CPU seconds, calls, cache hits of one cold or warm evaluation of n examples. A warm
-    re-run is another run (its own id): replies stamped by the same run would count as its own unrecorded calls."""
-    ep = Endpoint(url, "bench", max_concurrency=concurrency, max_retries=0)
+    """Wall seconds, CPU seconds, calls, cache hits of one cold or warm evaluation of n examples. CPU: the evaluating
+    process's, plus its HTTP worker processes' with `processes` > 0 (started and answering before the clock starts).
+    A warm re-run is another run (its own id): replies stamped by the same run would count as its own unrecorded
+    calls."""
+    ep = Endpoint(url, "bench", max_concurrency=concurrency, max_retries=0, processes=processes)
+    pids = ep._workers.start() if ep._workers is not None else []
     meter = Meter()
     meter.run_id = run_id  # journal every request, as a stored run does
     llm = LLM(ep, "stub-task", meter=meter, cache=ResponseCache(cache_dir))
-    t, cpu = time.perf_counter(), time.process_time()
+    t, cpu, wcpu = time.perf_counter(), time.process_time(), proc_cpu(pids)
     Evaluator(llm, TASK).evaluate("Classify the review.", examples(n))
-    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu + proc_cpu(pids) - wcpu
     c = meter.snapshot()
     llm.cache.close()
+    ep.close()
     return wall, cpu, c.calls, c.cache_hits
 
 
@@ -176,29 +194,36 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     ap.add_argument("--max-seconds", type=float, default=60.0, help="skip a size that would take longer at C/L")
     ap.add_argument("--memory-examples", type=int, default=100_000)
+    ap.add_argument("--processes", type=int, nargs="+", default=[0, 2],
+                    help="HTTP worker processes (Endpoint(processes=N)); 0: the threaded path in one process")
+    ap.add_argument("--throughput-only", action="store_true", help="only the throughput table")
     a = ap.parse_args()
     L = a.latency
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"latency server L = {L * 1000:.0f} ms (bench/latency_server.py)\n")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        print("| C | examples | limit C/L calls/s | cold: wall s | calls/s | % of C/L | CPU ms/call (engine + openai "
-              "client) | warm re-run: wall s | warm calls |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| C | examples | HTTP processes | limit C/L calls/s | cold: wall s | calls/s | % of C/L | CPU ms/call "
+              "(engine + openai client, all its processes) | warm re-run: wall s | warm calls |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for C in a.concurrency:
             srv, url = start_server(L, C)
             try:
                 for n in a.sizes:
                     if n / (C / L) > a.max_seconds:
                         continue
-                    cache = tmp / f"cache-{C}-{n}"
-                    wall, cpu, calls, _ = evaluate(url, n, C, cache)
-                    wwall, _, wcalls, _ = evaluate(url, n, C, cache, run_id="bench-warm")
-                    print(f"| {C} | {n:,} | {C / L:.0f} | {wall:.2f} | {calls / wall:.0f} | "
-                          f"{100 * calls / wall / (C / L):.1f}% | {cpu / calls * 1000:.2f} | {wwall:.2f} | {wcalls} |")
+                    for procs in a.processes:
+                        cache = tmp / f"cache-{C}-{n}-{procs}"
+                        wall, cpu, calls, _ = evaluate(url, n, C, cache, processes=procs)
+                        wwall, _, wcalls, _ = evaluate(url, n, C, cache, run_id="bench-warm", processes=procs)
+                        print(f"| {C} | {n:,} | {procs or '- (threads)'} | {C / L:.0f} | {wall:.2f} | "
+                              f"{calls / wall:.0f} | {100 * calls / wall / (C / L):.1f}% | {cpu / calls * 1000:.2f} | "
+                              f"{wwall:.2f} | {wcalls} |", flush=True)
             finally:
                 srv.kill()
         print()
+        if a.throughput_only:
+            return
         for C in (1, 64):
             ms = engine_only(3000, C, 0.0 if C == 1 else L, tmp / f"engine-only-{C}")
             print(f"Engine's own CPU per call without the HTTP client (cache, journal, budget, extraction, threads), "

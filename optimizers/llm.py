@@ -190,7 +190,7 @@ class Endpoint:
                  max_retries: int = 3, patience: float = 120.0, llamacpp: bool = False,
                  on_wait: Callable[[str], None] | None = None, cache_id: str | None = None,
                  key_hint: str = "OPENAI_API_KEY or the key field",
-                 semaphore: threading.BoundedSemaphore | None = None):
+                 semaphore: threading.BoundedSemaphore | None = None, processes: int | None = None):
         self.base_url = base_url.rstrip("/")
         self.key_hint = key_hint  # where this endpoint's key comes from, named when the endpoint refuses it
         self.cache_id = cache_id or self.base_url
@@ -208,6 +208,15 @@ class Endpoint:
         self.patience = patience
         self.llamacpp = llamacpp
         self.on_wait = on_wait
+        # `processes` > 0: chat requests are sent from that many worker processes (optimizers/http_workers.py);
+        # None: PROMPTOPT_HTTP_PROCESSES, else 0 (sent from this process's threads, as before)
+        if processes is None:
+            processes = int(os.environ.get("PROMPTOPT_HTTP_PROCESSES") or 0)
+        self._workers = None
+        if processes > 0:
+            from .http_workers import WorkerPool
+
+            self._workers = WorkerPool(self.client, self._client_args, min(processes, max_concurrency))
 
     def __repr__(self) -> str:  # never show the key
         return f"Endpoint({self.base_url!r}, llamacpp={self.llamacpp})"
@@ -236,6 +245,18 @@ class Endpoint:
             yield client
         finally:
             self._idle.append(client)
+
+    def post_chat(self, body: dict[str, Any]) -> bytes:
+        """POST /chat/completions through the openai client's own transport: the reply's raw bytes, or its error."""
+        if self._workers is not None:
+            return self._workers.post(body)
+        with self.leased() as client:
+            return client.post("/chat/completions", body=body, cast_to=bytes, options={"security": {"bearer_auth": True}})
+
+    def close(self) -> None:
+        """Stops this endpoint's HTTP worker processes, if any (they stop at exit anyway)."""
+        if self._workers is not None:
+            self._workers.close()
 
     def redact(self, text: str) -> str:
         return _redact(text, self._api_key)
@@ -471,9 +492,7 @@ class LLM:
         if extra and self.endpoint.llamacpp:  # llama.cpp extras (grammar) must never reach a real OpenAI endpoint
             body.update(extra)
         body.update(model=self.model, messages=messages)
-        with self.endpoint.leased() as client:
-            raw = client.post("/chat/completions", body=body, cast_to=bytes, options={"security": {"bearer_auth": True}})
-        return json.loads(raw)
+        return json.loads(self.endpoint.post_chat(body))
 
     @staticmethod
     def _parse(resp: Any) -> Completion:
