@@ -133,7 +133,10 @@ class WorkerPool:
                         workers[i] = _Worker(self._args)
                 while len(workers) < self.processes:
                     workers.append(_Worker(self._args))
-        return min(workers, key=lambda w: len(w.pending))
+        try:
+            return min(workers, key=lambda w: len(w.pending))
+        except ValueError:  # closed meanwhile
+            raise RuntimeError("the endpoint's HTTP worker processes are closed") from None
 
     def start(self) -> list[int]:
         """Starts the workers now rather than at the first request and waits until each answers: their process ids."""
@@ -157,7 +160,8 @@ class WorkerPool:
             raise openai.APITimeoutError(request=self._request)
         if kind in ("conn", "dead"):
             raise openai.APIConnectionError(message=f"Connection error ({outcome[1]}).", request=self._request)
-        raise RuntimeError(f"HTTP worker process: {outcome[1]}")
+        key = str(self._args.get("api_key") or "")
+        raise RuntimeError("HTTP worker process: " + (outcome[1].replace(key, "***") if len(key) >= 4 else outcome[1]))
 
     def close(self) -> None:
         with self._lock:
