@@ -4,6 +4,8 @@ Why: with 64 requests in flight, one process spent its CPU on the openai client'
 on 64 threads contending for its GIL, and reached ~90% of a fast server's throughput (BENCHMARKS.md, "Engine overhead
 and throughput"). Here worker processes send the requests with the openai client (its own transport, auth, retries
 and Retry-After handling), so the sending costs the parent's GIL nothing.
+Measured (BENCHMARKS.md, "HTTP worker processes"): 2-3 points more of C/L at C = 64, 1.5x the calls/s at C = 256,
+no less CPU per call in total; so it is opt-in, about one process per core.
 
 Only the sending moves. The parent still claims the budget, checks the cache and journals the try before a request
 is dispatched, and parses, settles, caches and raises after (optimizers/llm.py): the cap and resume-by-replay are
