@@ -85,6 +85,40 @@ def evaluate(url: str, n: int, concurrency: int, cache_dir: Path, run_id: str = 
     return wall, cpu, c.calls, c.cache_hits
 
 
+def client_alone(url: str, n: int, concurrency: int) -> tuple[float, float]:
+    """Wall and CPU seconds of the openai client by itself sending n such requests from `concurrency` threads (a
+    client each, made before the clock starts, the same `client.post` the engine uses): the ceiling that the rule
+    "the LLM is reached only through the openai client" sets, with no cache, journal, budget or evaluator."""
+    import threading
+
+    import httpx2
+    import openai
+
+    tls = httpx2.create_ssl_context()
+    clients = [openai.OpenAI(base_url=url, api_key="bench", max_retries=0, http_client=openai.DefaultHttpxClient(verify=tls))
+               for _ in range(concurrency)]
+    todo, lock = iter(examples(n)), threading.Lock()
+
+    def work(client: openai.OpenAI) -> None:
+        while True:
+            with lock:
+                ex = next(todo, None)
+            if ex is None:
+                return
+            body = {"temperature": 0.0, "max_tokens": 32, "model": "stub-task",
+                    "messages": TASK.messages("Classify the review.", ex)}
+            json.loads(client.post("/chat/completions", body=body, cast_to=bytes,
+                                   options={"security": {"bearer_auth": True}}))
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in clients]
+    t, cpu = time.perf_counter(), time.process_time()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t, time.process_time() - cpu
+
+
 def engine_only(n: int, concurrency: int, latency: float, cache_dir: Path) -> float:
     """CPU ms per call of everything but the HTTP client: the request is answered in-process (after `latency`,
     sleeping like a socket wait), everything else (cache, journal, budget, extraction, threads) is the real path."""
@@ -219,6 +253,9 @@ def main() -> None:
                         print(f"| {C} | {n:,} | {procs or '- (threads)'} | {C / L:.0f} | {wall:.2f} | "
                               f"{calls / wall:.0f} | {100 * calls / wall / (C / L):.1f}% | {cpu / calls * 1000:.2f} | "
                               f"{wwall:.2f} | {wcalls} |", flush=True)
+                    bwall, bcpu = client_alone(url, n, C)
+                    print(f"| {C} | {n:,} | openai client alone | {C / L:.0f} | {bwall:.2f} | {n / bwall:.0f} | "
+                          f"{100 * n / bwall / (C / L):.1f}% | {bcpu / n * 1000:.2f} | | |", flush=True)
             finally:
                 srv.kill()
         print()

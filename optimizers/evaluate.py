@@ -4,9 +4,10 @@ the endpoint's limit, cached, with every raw output kept so a score can be expla
 from __future__ import annotations
 
 import queue
+import threading
 import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 from . import metrics
@@ -90,35 +91,51 @@ class Evaluator:
 
     def _concurrently(self, prompt: str, examples: Sequence[Example], preds: list[Prediction | None],
                       progress: Callable[[int], None] | None) -> None:
-        """At most two requests per worker submitted at a time, taken as they finish: submitting all at once held a
-        future (with its lock and condition) per example, most of a 100,000-example evaluation's memory."""
-        done: queue.SimpleQueue = queue.SimpleQueue()
+        """Each of up to max_workers pool threads takes the next example until none is left. A future per example,
+        each handed back to this thread to submit the next, cost two thread wake-ups a call, which at 300 calls/s
+        was a tenth of the process's CPU (bench/bench_engine.py); a future per example was also most of a
+        100,000-example evaluation's memory. `progress` is still called from this thread (Streamlit's needs it)."""
         todo = iter(enumerate(examples))
-        outstanding: set[Future] = set()
+        lock = threading.Lock()
+        failed: list[BaseException] = []  # set, the workers stop; the first failure in time is the one raised
+        ticks: queue.SimpleQueue | None = queue.SimpleQueue() if progress else None
+
+        def work() -> None:
+            try:
+                while not failed:
+                    with lock:
+                        item = next(todo, None)
+                    if item is None:
+                        return
+                    preds[item[0]] = self.predict(prompt, item[1])
+                    if ticks is not None:
+                        ticks.put(1)
+            except BaseException as e:
+                with lock:
+                    failed.append(e)
+                raise
+            finally:
+                if ticks is not None:
+                    ticks.put(None)
+
         pool = self._workers()
-
-        def submit() -> None:
-            for i, ex in todo:
-                f = pool.submit(self.predict, prompt, ex)
-                outstanding.add(f)
-                f.add_done_callback(lambda f, i=i: done.put((i, f)))
-                return
-
+        futures = [pool.submit(work) for _ in range(min(self.max_workers, len(examples)))]
         try:
-            for _ in range(2 * self.max_workers):
-                submit()
-            while outstanding:
-                i, f = done.get()
-                outstanding.discard(f)
-                preds[i] = f.result()
-                if progress:
-                    progress(1)
-                submit()
-        except BaseException:
-            for f in outstanding:
-                f.cancel()
-            wait(outstanding)  # nothing of this evaluation is still in flight once it has failed
+            if ticks is not None and progress is not None:
+                running = len(futures)
+                while running:
+                    if ticks.get() is None:
+                        running -= 1
+                    else:
+                        progress(1)
+        except BaseException as e:  # progress raised (a Streamlit rerun): the workers stop too
+            with lock:
+                failed.append(e)
             raise
+        finally:
+            wait(futures)  # nothing of this evaluation is still in flight once it has returned or failed
+        if failed:
+            raise failed[0]
 
     def _workers(self) -> ThreadPoolExecutor:
         """One pool for all of this evaluator's evaluations: a run scores many small sets, and each new thread paid
