@@ -286,7 +286,7 @@ def test_edit_budget_measures_word_distances_and_flags_over_budget():
 
 def test_over_budget_reject_mode():
     opt = Opt(steps={1: BUDGET_STEP1})
-    events, _, err, _ = run(opt, initial_step_size=3, final_step_size=1, over_budget="reject")
+    events, _, err, _ = run(opt, initial_step_size=3, final_step_size=1, over_budget="reject", regenerate=0)
     assert err is None
     rej = [e for e in kinds(events, "candidate_rejected") if e.reason == "over_budget"]
     assert sorted(e.text for e in rej if e.step == 1) == ["Label this review now, level 1.",
@@ -329,7 +329,7 @@ SELECT_STEPS = {1: ["<START>Classify the text, level 2.<END>", "<START>Classify 
 
 
 def test_moves_to_best_new_candidate_even_when_worse_and_never_back():
-    events, _, err, _ = run(Opt(steps=SELECT_STEPS))
+    events, _, err, _ = run(Opt(steps=SELECT_STEPS), regenerate=0)
     assert err is None
     # step 1: every candidate is worse than the initial 0.5; the best of them (level 3) becomes current anyway
     assert current_in(meta_text(events, 2)) == "Classify the text, level 3."
@@ -371,17 +371,41 @@ def test_keep_if_worse_keeps_the_current_prompt():
 
 def test_all_candidates_rejected_keeps_the_current_prompt():
     bad = {1: ["", f"<START>{INITIAL}<END>", "<START>   <END>"]}
-    events, _, err, _ = run(Opt(steps=bad, per_step=3), num_candidates=3)
+    events, _, err, _ = run(Opt(steps=bad, per_step=3), num_candidates=3, regenerate=0)
     assert err is None
     assert Counter(e.reason for e in step_of(events, "candidate_rejected", 1)) == {"empty": 2, "unchanged": 1}
     assert current_in(meta_text(events, 2)) == INITIAL
+
+
+def test_rejected_samples_are_replaced_so_the_step_has_candidates_to_score():
+    """Ours: both samples of step 1 echo the current prompt (rejected); a second round of two new samples is drawn,
+    proposed and scored; a step with nothing rejected draws no more than num_candidates."""
+    good = ["<START>Classify the text, level 6.<END>", "<START>Label the text, level 5.<END>"]
+    events, _, err, _ = run(Opt(steps={1: [f"<START>{INITIAL}<END>"] * 2 + good}, per_step=4), num_candidates=2)
+    assert err is None
+    assert [e.reason for e in step_of(events, "candidate_rejected", 1)] == ["unchanged", "duplicate"]
+    proposed = [e.text for e in step_of(events, "candidate_proposed", 1)]
+    assert proposed == ["Classify the text, level 6.", "Label the text, level 5."]
+    scored = {e.candidate_id for e in step_of(events, "candidate_scored", 1)}
+    assert {candidate_id(t) for t in proposed} <= scored
+    gen = [m for m in kinds(events, "meta_prompt") if m.purpose == "gpo.generate"]
+    assert sum(1 for m in gen if m.step == 1) == 4 and sum(1 for m in gen if m.step == 2) == 2
+
+
+def test_no_new_rounds_at_temperature_zero_or_with_regenerate_off():
+    for params in ({"temperature": 0.0}, {"regenerate": 0}):
+        events, _, err, _ = run(Opt(steps={1: [f"<START>{INITIAL}<END>"] * 4}, per_step=4), num_candidates=2,
+                                **params)
+        assert err is None
+        gen = [m for m in kinds(events, "meta_prompt") if m.purpose == "gpo.generate" and m.step == 1]
+        assert len(gen) == 2 and not step_of(events, "candidate_proposed", 1)
 
 
 def test_untagged_replies_parsed_and_chatter_rejected():
     replies = {1: ["Classify the sentiment of the text, level 5.",
                    "Here is the new prompt:\n<START>**classify** the text, level 6.<END>",
                    "I think a good prompt would be many things.\n\nFirst, ... \n\nSecond, ..."]}
-    events, _, err, _ = run(Opt(steps=replies, per_step=3), num_candidates=3)
+    events, _, err, _ = run(Opt(steps=replies, per_step=3), num_candidates=3, regenerate=0)
     assert err is None
     prop = {e.text: e.info["parsed"] for e in step_of(events, "candidate_proposed", 1)}
     assert prop == {"Classify the sentiment of the text, level 5.": "untagged",

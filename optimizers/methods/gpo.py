@@ -129,6 +129,8 @@ class GPO(Optimizer):
                                             "'_without': no critique in the meta-prompt (GPO: generate_without)")
         over_budget: Literal["flag", "reject"] = Field(
             "flag", description="Candidates changing more words than the budget: flag them (paper) or reject them")
+        regenerate: int = Field(2, ge=0, description="Ours: rounds of new samples for rejected ones, so a step "
+                                                     "still has num_candidates to score (0: the paper's single round)")
         keep_if_worse: bool = Field(False, description="Ours: keep the current prompt when no new candidate beats "
                                                        "it (the paper always moves to the best new one)")
         similarity: Literal["auto", "embeddings", "lexical"] = Field(
@@ -227,10 +229,11 @@ class GPO(Optimizer):
                          f"{self.split} examples, the schedule over {steps} steps")
 
     def cost(self, m: int, g: int, steps: int) -> int:
-        """Worst-case calls: the baseline on m, then per step g generations, g x m scores, a critique (with its
-        minibatch) or a real-time merge when those are on, and one embeddings request for relevance retrieval."""
+        """Worst-case calls: the baseline on m, then per step g generations (and as many again for each round of
+        regeneration), g x m scores, a critique (with its minibatch) or a real-time merge when those are on, and one
+        embeddings request for relevance retrieval."""
         p = self.p
-        per = g + g * m + 1
+        per = g * (1 + (p.regenerate if p.temperature > 0 else 0)) + g * m + 1
         if p.gradient == "feedback":
             per += 1 + p.batch_size
         if p.momentum_update == "real-time":
@@ -258,15 +261,27 @@ class GPO(Optimizer):
         # (3) the step size
         budget = self.budget(t)
         meta = self.meta_prompt(cur, momentum, shown_critique, budget)
-        # (4) generate
-        texts: list[tuple[str | None, str, bool]] = []
-        for i in range(self.num_candidates):
-            comp = yield from ctx.ask("gpo.generate", [{"role": "user", "content": meta}], step=t, ref=f"s{t}.{i}",
-                                      temperature=p.temperature, max_tokens=p.optimizer_max_tokens)
-            text, how = GENERATE.parse(comp.text, max_words=p.max_prompt_words)
-            texts.append((text, how, comp.truncated))
-        # (5) measure the step against the budget; register the candidates
-        pool, measured = yield from self.admit(cur, texts, budget, t)
+        # (4) generate, (5) measure the step against the budget and register the candidates; (ours) a rejected
+        # sample is replaced by a new one, up to `regenerate` rounds: the 1.5B optimizer model had every sample of a
+        # step rejected (echoes of the meta-prompt), which left the step nothing to score and the budget unspent
+        pool: list[Candidate] = []
+        measured: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        i = 0
+        for _ in range(1 + p.regenerate):
+            texts: list[tuple[str | None, str, bool]] = []
+            for _ in range(self.num_candidates - len(pool)):
+                comp = yield from ctx.ask("gpo.generate", [{"role": "user", "content": meta}], step=t,
+                                          ref=f"s{t}.{i}", temperature=p.temperature,
+                                          max_tokens=p.optimizer_max_tokens)
+                i += 1
+                text, how = GENERATE.parse(comp.text, max_words=p.max_prompt_words)
+                texts.append((text, how, comp.truncated))
+            got, m = yield from self.admit(cur, texts, budget, t, seen)
+            pool += got
+            measured += m
+            if len(pool) >= self.num_candidates or p.temperature == 0:  # at temperature 0 a new sample is the same
+                break
         yield EditBudget(step=t, budget_words=budget, schedule=self.schedule_name(), measured=measured)
         # (6) score and select
         scored = []
@@ -424,13 +439,12 @@ class GPO(Optimizer):
 
     # --- candidates -----------------------------------------------------------------------------------------------
     def admit(self, cur: _Entry, texts: list[tuple[str | None, str, bool]], budget: int | None,
-              t: int) -> Generator[Event, None, tuple[list[Candidate], list[dict[str, Any]]]]:
-        """Parse failures and repeats within the step are rejected; each remaining text is measured against the
-        budget; over-budget ones are flagged or rejected; a prompt scored before comes back with its score."""
+              t: int, seen: set[str]) -> Generator[Event, None, tuple[list[Candidate], list[dict[str, Any]]]]:
+        """Parse failures and repeats within the step (`seen`) are rejected; each remaining text is measured against
+        the budget; over-budget ones are flagged or rejected; a prompt scored before comes back with its score."""
         ctx, p = self.ctx, self.p
         pool: list[Candidate] = []
         measured: list[dict[str, Any]] = []
-        seen: set[str] = set()
         for text, how, truncated in texts:
             if text is None:
                 yield CandidateRejected(step=t, text="", reason="no_tags", parents=[cur.cand.id], origin="generated")
