@@ -36,8 +36,8 @@ def test_baseline_is_one_call_per_selection_example_and_big_runs_are_capped():
 
 
 def test_estimate_follows_the_parameters():
-    small = dry_run("gpo", {"epochs": 1}, TOY_TASK, SPLITS, "x")
-    big = dry_run("gpo", {"epochs": 2}, TOY_TASK, SPLITS, "x")
+    small = dry_run("gpo", {"epochs": 1, "rule_start": 0}, TOY_TASK, SPLITS, "x")
+    big = dry_run("gpo", {"epochs": 2, "rule_start": 0}, TOY_TASK, SPLITS, "x")  # the rule start is per run
     assert big.optimizer_calls == 2 * small.optimizer_calls
 
 

@@ -21,7 +21,7 @@ from tests.conftest import OPT_MODEL, TASK_MODEL, kinds, last_user, make_ctx, sc
 from tests.stub_server import StubServer, _embed
 
 INITIAL = "Classify the text, level 4."
-SMALL = dict(epochs=1, batch_size=8, num_candidates=4)
+SMALL = dict(epochs=1, batch_size=8, num_candidates=4, rule_start=0)  # the paper's mechanics (the rule start: test_rules.py)
 _POS = ["loved it", "wonderful acting", "a delight", "great fun", "superb", "moving and warm"]
 
 
@@ -677,7 +677,8 @@ def test_runner_stores_a_gpo_run_and_resumes_by_replay(tmp_path):
             return Backend(ep, False, "stub-task", ep.base_url)
 
         runner = Runner(store, backend_factory=backend)
-        cfg = RunConfig(optimizer="gpo", params={"epochs": 1, "num_candidates": 2}, initial_prompt=INITIAL,
+        cfg = RunConfig(optimizer="gpo", params={"epochs": 1, "num_candidates": 2, "rule_start": 0},
+                        initial_prompt=INITIAL,
                         task=TOY_TASK, data=DataConfig(name="toy", input_cols=["text"], label_col="label"),
                         optimizer_model="stub-opt", cache_dir=str(tmp_path / "cache"), budget=Budget(max_calls=30))
         sp = Splits(toy_examples(16), toy_examples(8, seed=1, start=100), toy_examples(4, seed=2, start=200))

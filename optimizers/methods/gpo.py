@@ -31,6 +31,7 @@ from ..base import Candidate, Optimizer, Params, register
 from ..budget import BudgetExceeded
 from ..data import Example
 from ..events import CandidateRejected, EditBudget, Event, Gradient, Plan, Retrieval, Selection
+from ..prompt import join_prompt, split_prompt
 from ..similarity import Similarity
 from .gpo_prompts import (
     FEEDBACK_ERROR,
@@ -42,6 +43,7 @@ from .gpo_prompts import (
     entry,
     generation_request,
 )
+from .rules import RULE, applies, rule_request, with_rule
 from .text import input_text, pred_text, render, word_distance
 
 # --- schedule -----------------------------------------------------------------------------------------------------
@@ -89,7 +91,7 @@ class _Entry:
 
 @register
 class GPO(Optimizer):
-    presets = {"paper": {}}  # the defaults are the paper's
+    presets = {"paper": {"rule_start": 0, "regenerate": 0}}  # the defaults are the paper's but for these (ours)
     name = "gpo"
     title = "GPO (trajectory retrieval + generation + decaying edit budget)"
     paper = ("Tang et al., Unleashing the Potential of Large Language Models as Prompt Optimizers: An Analogical "
@@ -131,6 +133,10 @@ class GPO(Optimizer):
             "flag", description="Candidates changing more words than the budget: flag them (paper) or reject them")
         regenerate: int = Field(2, ge=0, description="Ours: rounds of new samples for rejected ones, so a step "
                                                      "still has num_candidates to score (0: the paper's single round)")
+        rule_start: int = Field(4, ge=0, description="Ours: before the first step, this many rules induced from "
+                                                     "train examples grouped by label (optimizers.methods.rules), each "
+                                                     "appended to the initial prompt and scored; the best starts the "
+                                                     "trajectory (classification tasks with word labels; 0: off)")
         keep_if_worse: bool = Field(False, description="Ours: keep the current prompt when no new candidate beats "
                                                        "it (the paper always moves to the best new one)")
         similarity: Literal["auto", "embeddings", "lexical"] = Field(
@@ -173,6 +179,7 @@ class GPO(Optimizer):
         batches = [order[i * p.batch_size:(i + 1) * p.batch_size] or order for i in range(spe)]
 
         self.num_candidates = p.num_candidates
+        self.n_rules = p.rule_start if applies(ctx.task.labels) else 0
         init = yield from ctx.propose(ctx.initial_prompt, step=0, origin="initial")
         if init is None:
             raise ValueError("the initial prompt is empty")
@@ -180,11 +187,18 @@ class GPO(Optimizer):
         if plan is not None:
             yield plan
             self.T, self.num_candidates = plan.settings["steps"], plan.settings["candidates_per_step"]
+            self.n_rules = plan.settings.get("rules", self.n_rules)
             if plan.settings["selection_examples"] < len(self.eval_set):
                 self.eval_set = ctx.sample(self.eval_set, plan.settings["selection_examples"])
         s0 = yield from self.evaluate(init, step=0, purpose="baseline")
         self.trajectory = [_Entry(init, s0, 0)]
-        yield ctx.step_done(0, init, self.split, [init])
+        if self.n_rules:
+            try:
+                yield from self.rule_start(init)
+            except BudgetExceeded:
+                yield ctx.step_done(0, self.trajectory[-1].cand, self.split)
+                raise
+        yield ctx.step_done(0, self.trajectory[-1].cand, self.split, [self.trajectory[-1].cand])
         for t in range(1, self.T + 1):
             batch = batches[(t - 1) % spe]
             self.step_scored: list[tuple[float, Candidate]] = []
@@ -210,35 +224,94 @@ class GPO(Optimizer):
         if ctx.call_allowance is None or not p.fit_budget:
             return None
         allowance, n, g, full_steps = ctx.call_allowance, len(self.eval_set), p.num_candidates, self.T
-        steps = min(full_steps, p.min_steps)
+        steps, rules = min(full_steps, p.min_steps), self.n_rules
         if self.cost(n, g, full_steps) <= allowance:
             return None
         floor = min(p.min_eval_examples, n)
-        choice = next(((g_, m) for m in range(n, floor - 1, -1) for g_ in range(g, 1, -1)
-                       if self.cost(m, g_, steps) <= allowance), (min(g, 2), floor))
-        g_, m = choice
-        while steps < full_steps and self.cost(m, g_, steps + 1) <= allowance:
+        # min_steps first, then the rule start (down to one rule per label before fewer), then the selection
+        # subset, then candidates a step
+        keep = min(2, rules)
+        order = [*range(rules, keep - 1, -1), *range(keep - 1, -1, -1)]
+        choice = next(((g_, m, r) for r in order for m in range(n, floor - 1, -1) for g_ in range(g, 1, -1)
+                       if self.cost(m, g_, steps, r) <= allowance), None)
+        if choice is None:  # not even min_steps fit: the steps are cut by the cap; the rule start (it moved the
+            g_, m = min(g, 2), floor  # 1.5B) is sized to fit whole next to the baseline
+            while rules > 0 and self.cost(m, g_, 0, rules) > allowance:
+                rules -= 1
+        else:
+            g_, m, rules = choice
+        while steps < full_steps and self.cost(m, g_, steps + 1, rules) <= allowance:
             steps += 1
         return Plan(step=0, allowance=allowance,
-                    defaults={"steps": full_steps, "candidates_per_step": g, "selection_examples": n},
-                    settings={"steps": steps, "candidates_per_step": g_, "selection_examples": m},
-                    estimated_calls=self.cost(m, g_, steps),
+                    defaults={"steps": full_steps, "candidates_per_step": g, "selection_examples": n,
+                              "rules": self.n_rules},
+                    settings={"steps": steps, "candidates_per_step": g_, "selection_examples": m, "rules": rules},
+                    estimated_calls=self.cost(m, g_, steps, rules),
                     note=f"{min(full_steps, p.min_steps)} steps at the paper's sizes need about "
                          f"{self.cost(n, g, min(full_steps, p.min_steps))} calls, the allowance is {allowance}: "
                          f"{g_} candidates a step scored on {m} "
                          f"{self.split} examples, the schedule over {steps} steps")
 
-    def cost(self, m: int, g: int, steps: int) -> int:
-        """Worst-case calls: the baseline on m, then per step g generations (and as many again for each round of
-        regeneration), g x m scores, a critique (with its minibatch) or a real-time merge when those are on, and one
-        embeddings request for relevance retrieval."""
+    def cost(self, m: int, g: int, steps: int, rules: int | None = None) -> int:
+        """Worst-case calls: the baseline on m, each start rule's requests (retries included) and its m scores, then
+        per step g generations (and as many again for each round of regeneration), g x m scores, a critique (with
+        its minibatch) or a real-time merge when those are on, and one embeddings request for relevance retrieval."""
         p = self.p
+        rules = self.n_rules if rules is None else rules
         per = g * (1 + (p.regenerate if p.temperature > 0 else 0)) + g * m + 1
         if p.gradient == "feedback":
             per += 1 + p.batch_size
         if p.momentum_update == "real-time":
             per += 2
-        return m + steps * per
+        return m + rules * (1 + self.rule_retries() + m) + steps * per
+
+    def rule_start(self, init: Candidate) -> Generator[Event, None, None]:
+        """Ours (optimizers.methods.rules): rules for each label in turn, each appended to the initial prompt and
+        scored on the selection split. The trajectory is the initial prompt, then the rules by score, so the best
+        start is the current prompt (the initial one unless a rule beats it) and the others are there for retrieval."""
+        ctx, p = self.ctx, self.p
+        labels = list(ctx.task.labels or [])
+        instruction, demos = split_prompt(init.text)
+        scored: list[tuple[float, Candidate]] = []
+        try:
+            for i in range(self.n_rules):
+                target = labels[i % len(labels)]
+                rule = None
+                for attempt in range(1 + self.rule_retries()):  # an unreadable reply costs one request: ask again
+                    msg = rule_request(instruction, ctx.train, labels, target, ctx.rng)
+                    comp = yield from ctx.ask("gpo.rule", [{"role": "user", "content": msg}], step=0,
+                                              ref=f"r{i}.{attempt}", temperature=min(p.temperature, 0.7),
+                                              max_tokens=p.optimizer_max_tokens)
+                    rule, how = RULE.parse(comp.text, target=target)
+                    if rule is not None:
+                        break
+                    yield CandidateRejected(step=0, text=(comp.text or "")[:2000], reason=how, parents=[init.id],
+                                            origin="rule")
+                if rule is None:
+                    continue
+                text = join_prompt(with_rule(instruction, rule, target, labels), demos)
+                cand = yield from ctx.propose(text, step=0,
+                                              parents=[init.id], origin="rule", max_words=p.max_prompt_words,
+                                              info={"rule": rule, "target": target}, allow_existing=True)
+                if cand is None or any(c.id == cand.id for _, c in scored):
+                    continue
+                s = yield from self.evaluate(cand, step=0)
+                scored.append((s, cand))
+        finally:  # a budget cut keeps what was scored
+            first = self.trajectory[0]
+            ranked = sorted(scored, key=lambda sc: sc[0])
+            self.trajectory = [first, *(_Entry(c, s, 0) for s, c in ranked)]
+            if ranked and ranked[-1][0] <= first.score:
+                self.trajectory.append(first)  # no rule beats it: the initial prompt stays current
+        if not scored:
+            return
+        yield Selection(step=0, method="gpo.rules",
+                        estimates=[{"candidate_id": c.id, "mean": s, "n": c.n(self.split)}
+                                   for s, c in [(self.scores[init.id], init), *scored]],
+                        survivors=[self.trajectory[-1].cand.id])
+
+    def rule_retries(self) -> int:
+        return self.p.regenerate if self.p.temperature > 0 else 0
 
     def evaluate(self, cand: Candidate, *, step: int, purpose: str = "selection") -> Generator[Event, None, float]:
         """The candidate's score on the selection split; an already-scored prompt reuses its score."""
