@@ -52,6 +52,7 @@ ARMS["gpo-feedback"] = ["--optimizer", "gpo", "--param", "gradient=feedback", "-
                         "--param", "num_candidates=4"]
 for _name in ("ape", "protegi", "opro", "pe2", "gpo", "gpo-feedback"):
     ARMS[f"{_name}+demos"] = [*ARMS[_name], "--then-demos"]
+    ARMS[_name] = [*ARMS[_name], "--no-then-demos"]  # 0-shot: the embedded default would add a demo search
 
 
 def fractions(task: str) -> tuple[float, float, float]:
@@ -62,7 +63,7 @@ def fractions(task: str) -> tuple[float, float, float]:
 def run_arm(a: argparse.Namespace, arm: str, n_test: int, out: Path) -> None:
     d = out / arm
     d.mkdir(parents=True, exist_ok=True)
-    if (d / "result.json").exists():
+    if (d / "result.json").exists() or (RECORDS / out.name / f"{arm}.json").exists():
         print(f"# {arm}: done already", file=sys.stderr)
         return
     db = str(out / "runs.sqlite")
@@ -102,19 +103,42 @@ def _correct(store: Store, run_id: str, cand: str) -> dict[str, tuple[bool, str 
     return {p["example_id"]: (bool(p["correct"]), p["pred"]) for p in store.predictions(run_id, cand, "test")}
 
 
+RECORDS = ROOT / "bench" / "results" / "records"  # committed: the tables regenerate from a clean clone
+
+
+def arm_record(out: Path, arm: str) -> dict | None:
+    """A finished arm as the tables need it: its result and the test predictions of its initial and best prompts.
+    Written beside the results (bench/results/records/<out>/<arm>.json) when the run store has the arm, read from
+    there when it does not (bench/runs/ is not committed: its caches are large)."""
+    rec = RECORDS / out.name / f"{arm}.json"
+    f, db = out / arm / "result.json", out / "runs.sqlite"
+    if f.exists() and db.exists() and (not rec.exists() or rec.stat().st_mtime < f.stat().st_mtime):
+        r = json.loads(f.read_text())
+        store = Store(db)
+        init = _correct(store, r["run_id"], _cid(r["initial_prompt"]))
+        best = _correct(store, r["run_id"], r["best_id"]) if r["best_id"] != _cid(r["initial_prompt"]) else init
+        keep = ("run_id", "status", "reason", "initial_prompt", "best_prompt", "best_id", "calls", "wall_time_s")
+        data = {**{k: r.get(k) for k in keep}, "initial_test": init, "best_test": best}
+        rec.parent.mkdir(parents=True, exist_ok=True)
+        rec.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    if not rec.exists():
+        return None
+    data = json.loads(rec.read_text())
+    for k in ("initial_test", "best_test"):
+        data[k] = {i: (bool(c), p) for i, (c, p) in data[k].items()}
+    return data
+
+
 def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
-    store = Store(out / "runs.sqlite")
     rows = ["| arm | best prompt (instruction; demos) | form | test initial | test best [95% CI] | gained / lost | "
             "McNemar p | best's top answer (share) | calls | wall |", "|---|---|---|---:|---|---|---:|---|---:|---:|"]
     prepared = _prepared(a)
     for arm in arms:
-        f = out / arm / "result.json"
-        if not f.exists():
+        r = arm_record(out, arm)
+        if r is None:
             rows.append(f"| {arm} | not run (or not finished) | | | | | | | | |")
             continue
-        r = json.loads(f.read_text())
-        init = _correct(store, r["run_id"], _cid(r["initial_prompt"]))
-        best = _correct(store, r["run_id"], r["best_id"]) if r["best_id"] != _cid(r["initial_prompt"]) else init
+        init, best = r["initial_test"], r["best_test"]
         ids = sorted(set(init) & set(best))
         if not ids:
             rows.append(f"| {arm} | {r['status']}: no test report | | | | | | | {r.get('calls')} | |")

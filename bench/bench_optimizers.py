@@ -102,6 +102,7 @@ def main() -> None:
             n_test = len(prepare_task(task, split=SplitConfig(max_train=a.max_train, max_dev=a.max_dev,
                                                               max_test=a.max_test)).splits.test)
             args = [sys.executable, "-m", "optimizers", "run", "--data", task, "--optimizer", name,
+                    *(["--no-then-demos"] if name != "baseline" else []),  # the optimizer alone
                     "--max-calls", str(a.max_calls + 2 * n_test), "--report-splits", "test",
                     "--seed", str(a.seed), "--db", str(db),
                     "--max-train", str(a.max_train), "--max-dev", str(a.max_dev), "--max-test", str(a.max_test),

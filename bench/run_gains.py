@@ -23,13 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from bench_gain import _cid, _correct, _prepared  # noqa: E402
+from bench_gain import RECORDS, _prepared, arm_record  # noqa: E402
 from run_all import render_png  # noqa: E402
 
 from optimizers.metrics import mcnemar, wilson  # noqa: E402
 from optimizers.prompt import split_prompt  # noqa: E402
 from optimizers.proposals import prompt_form  # noqa: E402
-from optimizers.store import Store  # noqa: E402
 
 MODEL = "qwen2.5-coder-1.5b"  # the embedded default for both roles
 ALL_ARMS = "baseline,demos,ape,ape+demos,protegi,protegi+demos,opro,opro+demos,pe2,pe2+demos,gpo,gpo+demos"
@@ -47,26 +46,19 @@ def sh(argv: list[str]) -> str:
 
 
 def correct_of(out: Path, arm: str) -> dict[str, tuple[bool, str | None]]:
-    """Test example -> (correct, answer) of an arm's best prompt, from its stored report ({} if not run)."""
-    f = out / arm / "result.json"
-    if not f.exists() or not (out / "runs.sqlite").exists():
-        return {}
-    r = json.loads(f.read_text())
-    return _correct(Store(out / "runs.sqlite"), r["run_id"], r["best_id"] if r["best_id"] != _cid(
-        r["initial_prompt"]) else _cid(r["initial_prompt"]))
+    """Test example -> (correct, answer) of an arm's best prompt, from its record ({} if not run)."""
+    r = arm_record(out, arm)
+    return r["best_test"] if r else {}
 
 
 def arm_scores(out: Path, arms: list[str]) -> dict[str, dict]:
-    """arm -> test accuracy of its best prompt and of the initial one, with Wilson CIs (from the stored report)."""
-    store = Store(out / "runs.sqlite") if (out / "runs.sqlite").exists() else None
+    """arm -> test accuracy of its best prompt and of the initial one, with Wilson CIs (from the arm's record)."""
     got = {}
     for arm in arms:
-        f = out / arm / "result.json"
-        if not f.exists() or store is None:
+        r = arm_record(out, arm)
+        if r is None:
             continue
-        r = json.loads(f.read_text())
-        init = _correct(store, r["run_id"], _cid(r["initial_prompt"]))
-        best = _correct(store, r["run_id"], r["best_id"]) if r["best_id"] != _cid(r["initial_prompt"]) else init
+        init, best = r["initial_test"], r["best_test"]
         ids = sorted(set(init) & set(best))
         if ids:
             k, ki = sum(best[i][0] for i in ids), sum(init[i][0] for i in ids)
@@ -83,7 +75,7 @@ def run_dspy(task: str, out: Path) -> None:
         return
     for name in DSPY:
         f = out / f"dspy-{name}.json"
-        if f.exists():
+        if f.exists() or (RECORDS / out.name / f.name).exists():
             continue
         argv = ["bench/bench_dspy.py", "--task", task, "--optimizers", name, "--max-calls", "300", "--split", "gain",
                 "--layout", "system", "--json-out", str(f)]
@@ -95,11 +87,15 @@ def run_dspy(task: str, out: Path) -> None:
 
 
 def dspy_rows(out: Path) -> list[dict]:
+    """Each DSPy run's rows, from its JSON (copied to the committed records when present)."""
     rows = []
     for name in DSPY:
-        f = out / f"dspy-{name}.json"
-        if f.exists():
-            rows += json.loads(f.read_text())
+        f, rec = out / f"dspy-{name}.json", RECORDS / out.name / f"dspy-{name}.json"
+        if f.exists() and (not rec.exists() or rec.stat().st_mtime < f.stat().st_mtime):
+            rec.parent.mkdir(parents=True, exist_ok=True)
+            rec.write_text(f.read_text())
+        if rec.exists():
+            rows += json.loads(rec.read_text())
     return rows
 
 

@@ -212,11 +212,23 @@ def _preset(cls: Any, name: str | None) -> dict[str, Any]:
     return dict(cls.presets[name])
 
 
-def _demo_search(a: argparse.Namespace) -> dict[str, Any] | None:
+def _demo_search(a: argparse.Namespace, prepared: Any) -> dict[str, Any] | None:
+    """--then-demos as given; unset, the default of methods.demos.follows_by_default (said on stderr)."""
     if not a.then_demos:
         if a.demo_param:
             raise UsageError("--demo-param needs --then-demos")
-        return None
+        if a.then_demos is False:
+            return None
+        from .backend import plan_roles
+        from .config import RoleEndpoint
+        from .methods.demos import follows_by_default
+
+        embedded = plan_roles(RoleEndpoint(base_url=a.base_url, model=a.model))["task"].embedded
+        default = follows_by_default(a.optimizer, prepared.task.labels, bool(prepared.task.demos), embedded)
+        if default is not None:
+            print("note: on the embedded model a demo search follows the optimizer, sized to the budget "
+                  "(--no-then-demos: off)", file=sys.stderr)
+        return default
     from .methods.demos import DemoParams
 
     params = _parse_params(a.demo_param)
@@ -292,7 +304,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                                                                   model=a.optimizer_model),
                                   max_concurrency=a.concurrency, cache_dir=a.cache_dir, prices=prices,
                                   report_splits=_report_splits(a.report_splits),
-                                  demo_search=_demo_search(a),
+                                  demo_search=_demo_search(a, prepared),
                                   budget=Budget(max_calls=a.max_calls, max_tokens=a.max_tokens, max_cost=a.max_cost))
         check_money_cap(cfg)
         if a.dry_run:
@@ -450,9 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "model name or a .gguf path, served alongside the task model)")
     r.add_argument("--param", action="append", help="optimizer parameter NAME=VALUE (repeatable; JSON values)")
     r.add_argument("--preset", help="a named parameter set of the optimizer (e.g. paper); --param overrides it")
-    r.add_argument("--then-demos", action="store_true",
+    r.add_argument("--then-demos", action=argparse.BooleanOptionalAction, default=None,
                    help="after the optimizer, search demonstration sets (from train, scored on dev) for its best "
-                        "instruction (optimizer 'demos' runs the search alone)")
+                        "instruction (optimizer 'demos' runs the search alone); default: on for a classification "
+                        "task on the embedded model, sized to the budget, off on an endpoint")
     r.add_argument("--demo-param", action="append",
                    help="parameter of that demo search NAME=VALUE (k, trials; repeatable)")
     r.add_argument("--seed", type=int, default=0)

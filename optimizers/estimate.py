@@ -20,6 +20,7 @@ from .evaluate import Evaluator
 from .events import StepDone
 from .llm import LLMError
 from .lm import Completion
+from .methods.demos import fitted as fitted_demo_search
 from .methods.demos import share as demo_search_share
 from .methods.demos import then_demo_search
 from .report import ReportReserve, score_splits
@@ -166,6 +167,9 @@ def dry_run(optimizer: str, params: dict[str, Any], task: Task, splits: Splits, 
     ctx = Context(task=task, train=splits.train, dev=splits.dev, initial_prompt=initial_prompt,
                   evaluator=evaluator, optimizer_llm=opt_llm, seed=seed)
     opt = REGISTRY[optimizer](ctx, p)
+    if demo_search is not None and demo_search.get("fit_budget"):  # as the runner sizes it
+        ReportReserve(task_llm, meter, task, splits, report_splits, initial_prompt)
+        demo_search = fitted_demo_search(demo_search, meter.call_allowance(), len(splits.dev))
     share = None if demo_search is None else demo_search_share(ctx, demo_search, meter, task_llm.model,
                                                                 task.max_tokens)
     reserve = ReportReserve(task_llm, meter, task, splits, report_splits, initial_prompt, share)

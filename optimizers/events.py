@@ -39,6 +39,7 @@ class RunStarted(_Event):
     # billed calls the optimization may spend (the call cap less the report's and a demo search's shares), fixed at
     # the first start and carried by every resume so a replay plans the same run; None without a call cap
     call_allowance: int | None = None
+    demo_search: dict[str, Any] | None = None  # a following demo search's parameters as sized at the first start
 
 
 class MetaPrompt(_Event):

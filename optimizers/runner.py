@@ -28,6 +28,7 @@ from .data import Splits
 from .evaluate import EvalResult, Evaluator
 from .events import CandidateScored, Error, Event, RoleServed, RunFinished, RunStarted, StepDone, Usage
 from .llm import LLM, EndpointDown, LLMError, open_cache
+from .methods.demos import fitted as fitted_demo_search
 from .methods.demos import share as demo_search_share
 from .methods.demos import then_demo_search
 from .report import ReportReserve, score_splits
@@ -176,8 +177,15 @@ class Runner:
                       evaluator=evaluator, optimizer_llm=opt_llm, seed=cfg.seed)
         opt = REGISTRY[cfg.optimizer](ctx, cfg.params)
         opt_llm.defaults["max_tokens"] = opt.p.optimizer_max_tokens
-        demo_share = (demo_search_share(ctx, cfg.demo_search, meter, task_llm.model, cfg.task.max_tokens)
-                      if cfg.demo_search is not None else None)
+        demo_params = cfg.demo_search
+        if demo_params is not None and demo_params.get("fit_budget"):  # sized once, at the first start
+            if stored:
+                demo_params = getattr(self.store.last_event(run_id, "run_started"), "demo_search", None) or demo_params
+            else:
+                ReportReserve(task_llm, meter, cfg.task, splits, cfg.report_splits, cfg.initial_prompt)
+                demo_params = fitted_demo_search(demo_params, meter.call_allowance(), len(splits.dev))
+        demo_share = (demo_search_share(ctx, demo_params, meter, task_llm.model, cfg.task.max_tokens)
+                      if demo_params is not None else None)
 
         index = 0
         last_step: StepDone | None = None
@@ -216,13 +224,13 @@ class Runner:
         try:
             if not stored:
                 put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, roles=roles,
-                               call_allowance=ctx.call_allowance), True)
+                               call_allowance=ctx.call_allowance, demo_search=demo_params), True)
             else:
                 index = 1  # RunStarted is stored already
                 put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, resumed=True,
-                               roles=roles, call_allowance=ctx.call_allowance), False)
-            events = opt.run() if cfg.demo_search is None else then_demo_search(
-                opt, ctx, cfg.demo_search, lambda: last_step, reserve.release_extra)
+                               roles=roles, call_allowance=ctx.call_allowance, demo_search=demo_params), False)
+            events = opt.run() if demo_params is None else then_demo_search(
+                opt, ctx, demo_params, lambda: last_step, reserve.release_extra)
             for ev in events:
                 replaying = index < len(stored)
                 put(ev, True)

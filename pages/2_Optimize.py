@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from optimizers.data import DataError
+from optimizers.methods.demos import follows_by_default
 from optimizers.prepare import prepare_task
 from optimizers.result import stored_result
 from optimizers.status import RunStatus, observed_status
@@ -109,12 +110,20 @@ def new_run_form() -> None:
     demo_search = None
     if name != "demos":
         d1, d2, d3 = st.columns([2, 1, 1])
-        if d1.checkbox("Then search demonstrations for the best instruction", key="opt_then_demos",
+        try:
+            embedded = role_plans()["task"].embedded
+        except Exception:  # said below, where the roles are resolved
+            embedded = False
+        default = follows_by_default(name, po.task.labels, bool(po.task.demos), embedded) is not None
+        if d1.checkbox("Then search demonstrations for the best instruction", value=default, key="opt_then_demos",
                        help="Random sets of labelled train examples, each scored on dev with the instruction the "
                             "optimizer chose; the best set is kept with it. Its share of the budget is held from "
-                            "the start."):
+                            "the start: under a call cap, at most half of what the report leaves (fewer sets, then "
+                            "a dev subset). On by default on the embedded model, which demonstrations move most "
+                            "(BENCHMARKS.md)."):
             demo_search = {"k": int(d2.number_input("demos per set", 1, 32, 8, 1, key="opt_demo_k")),
-                           "trials": int(d3.number_input("sets tried", 1, 200, 3, 1, key="opt_demo_trials"))}
+                           "trials": int(d3.number_input("sets tried", 1, 200, 3, 1, key="opt_demo_trials")),
+                           "fit_budget": True}
     task_endpoint, optimizer_endpoint = role_endpoints()
     try:
         st.caption(f"{describe_roles()} (change them in the sidebar).")

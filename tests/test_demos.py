@@ -255,3 +255,55 @@ def test_a_cut_reply_without_an_answer_is_asked_again_longer_and_its_last_answer
         pr = Evaluator(LLM(ep, "stub-task", meter=Meter()), task).predict("Think first.", ex)
         assert pr.pred == "positive" and pr.correct  # the last label mentioned, not "negative" (the first)
         assert [r["max_tokens"] for r in stub.chat_requests()[1:]] == [32, 256]
+
+
+# --- the demo search that follows by default (embedded), sized to the cap ----------------------------------------
+def test_the_default_follows_instruction_optimizers_on_the_embedded_model_only():
+    from optimizers.methods.demos import follows_by_default
+
+    labels = ["positive", "negative"]
+    assert follows_by_default("gpo", labels, False, True) == {"fit_budget": True}
+    assert all(follows_by_default(o, labels, False, True) for o in ("ape", "protegi", "opro", "pe2"))
+    assert follows_by_default("gpo", labels, False, False) is None  # an endpoint: demonstrations cost tokens
+    assert follows_by_default("gpo", labels, True, True) is None  # the task carries fixed demonstrations
+    assert follows_by_default("gpo", None, False, True) is None  # no label set (exact match, regex)
+    assert follows_by_default("demos", labels, False, True) is None and follows_by_default("baseline", labels,
+                                                                                            False, True) is None
+
+
+def test_fit_to_calls_takes_at_most_half_of_what_the_report_leaves():
+    from optimizers.methods.demos import fit_to_calls, fitted
+
+    assert fit_to_calls({}, 1000, 40) == {"trials": 6}  # 7 x 40 = 280 <= 500: as asked
+    assert fit_to_calls({"k": 4}, 200, 40) == {"k": 4, "trials": 1}  # fewer sets first: 2 x 40 <= 100
+    assert fit_to_calls({}, 60, 120) == {"trials": 1, "max_dev": 15}  # then a dev subset: 2 x 15 <= 30
+    assert fit_to_calls({}, 10, 120) == {"trials": 1, "max_dev": 15}  # never below 15: the cap still stops it
+    assert fitted({"trials": 3}, 60, 120) == {"trials": 3}  # sized only when asked to
+    assert fitted({"fit_budget": True}, None, 120) == {"fit_budget": True}  # no call cap: as asked
+
+
+def test_a_fitted_search_is_stored_at_the_first_start_stays_inside_the_cap_and_scores_a_dev_subset(tmp_path):
+    responder = DemoResponder()
+    cap = 100  # report on test 2 x 10 -> 80 left: the search gets 40 (1 set on a dev subset ... or 3 on 10)
+    res, store, rid, billed = _run(tmp_path, "gpo", Budget(max_calls=cap), {"fit_budget": True, "k": 4}, responder)
+    assert billed <= cap and res.calls == billed
+    started = [e for _, e in store.events(rid, kinds=["run_started"])]
+    assert started[0].demo_search == {"fit_budget": True, "k": 4, "trials": 3}  # (3 + 1) x 10 <= 40
+    proposed = [e for _, e in store.events(rid, kinds=["candidate_proposed"]) if e.origin == "demos"]
+    assert 1 <= len(proposed) <= 3
+    est = dry_run("gpo", {}, _task(layout="system"), _splits(), "Classify the text.", seed=5,
+                  budget=Budget(max_calls=cap), report_splits=["test"], demo_search={"fit_budget": True, "k": 4})
+    assert est.calls <= cap
+
+
+def test_a_dev_subset_scores_the_instruction_and_each_set_on_the_same_examples(tmp_path):
+    res, store, rid, _ = _run(tmp_path, "gpo", Budget(max_calls=400), {"k": 2, "trials": 2, "max_dev": 4},
+                              DemoResponder())
+    sets = {e.candidate_id for _, e in store.events(rid, kinds=["candidate_proposed"]) if e.origin == "demos"}
+    events = [e for _, e in store.events(rid)]
+    start = next(i for i, e in enumerate(events) if e.kind == "candidate_proposed" and e.origin == "demos") - 1
+    scored = [e for e in events[start - 2:] if e.kind == "candidate_scored" and e.split == "dev"]
+    assert sets and {e.candidate_id for e in scored} >= sets
+    subsets = {tuple(sorted(e.example_ids)) for e in scored}
+    assert len(subsets) == 1 and len(next(iter(subsets))) == 4  # the base and every set: the same 4 examples
+    assert split_prompt(res.best_prompt)[1] or res.best_id not in sets
