@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,9 @@ from .evaluate import Evaluator
 from .events import StepDone
 from .llm import LLMError
 from .lm import Completion
+from .methods.demos import Steps, then_demo_search
 from .methods.demos import fitted as fitted_demo_search
 from .methods.demos import share as demo_search_share
-from .methods.demos import then_demo_search
 from .report import ReportReserve, score_splits
 from .task import Task
 
@@ -148,7 +149,9 @@ class _DryModel:
         k = self.calls
         body = f"Follow this instruction, variant {k}, carefully."
         last = (messages[-1].get("content") or "") if messages else ""
-        reply = f"<INS>{body}</INS>" if "<INS>" in last else f"<START>{body}<END>"
+        rule = re.search(r'(Answer "[^"]+" only when)\s*$', last)  # a rule request (methods.rules): a rule
+        reply = (f"{rule.group(1)} variant {k} holds." if rule else
+                 f"<INS>{body}</INS>" if "<INS>" in last else f"<START>{body}<END>")
         return Completion(reply, "stop", len(text_in) // 4, 12)
 
 
@@ -177,14 +180,19 @@ def dry_run(optimizer: str, params: dict[str, Any], task: Task, splits: Splits, 
     best = initial_prompt
     stopped = capped = False
     last: list[StepDone] = []
-    events = opt.run() if demo_search is None else then_demo_search(
-        opt, ctx, demo_search, lambda: last[-1] if last else None, reserve.release_extra)
+    events = Steps(opt.run() if demo_search is None else then_demo_search(
+        opt, ctx, demo_search, lambda: last[-1] if last else None, reserve.release_extra))
     try:
         for ev in events:
             if isinstance(ev, StepDone):
                 last.append(ev)
                 best = ctx.candidates[ev.best_id].text if ev.best_id in ctx.candidates else initial_prompt
-                reserve.after_step(best)
+                try:
+                    reserve.after_step(best)
+                except BudgetExceeded as e:
+                    if not reserve.extra:
+                        raise
+                    events.stop(e)  # as the runner does: the demo search starts
     except BudgetExceeded:
         stopped = True
     except _Capped:

@@ -28,9 +28,9 @@ from .data import Splits
 from .evaluate import EvalResult, Evaluator
 from .events import CandidateScored, Error, Event, RoleServed, RunFinished, RunStarted, StepDone, Usage
 from .llm import LLM, EndpointDown, LLMError, open_cache
+from .methods.demos import Steps, then_demo_search
 from .methods.demos import fitted as fitted_demo_search
 from .methods.demos import share as demo_search_share
-from .methods.demos import then_demo_search
 from .report import ReportReserve, score_splits
 from .result import RunResult, Score, Spend
 from .status import HEARTBEAT_S, RunStatus
@@ -229,8 +229,8 @@ class Runner:
                 index = 1  # RunStarted is stored already
                 put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, resumed=True,
                                roles=roles, call_allowance=ctx.call_allowance, demo_search=demo_params), False)
-            events = opt.run() if demo_params is None else then_demo_search(
-                opt, ctx, demo_params, lambda: last_step, reserve.release_extra)
+            events = Steps(opt.run() if demo_params is None else then_demo_search(
+                opt, ctx, demo_params, lambda: last_step, reserve.release_extra))
             for ev in events:
                 replaying = index < len(stored)
                 put(ev, True)
@@ -238,8 +238,14 @@ class Runner:
                     last_step = ev
                     if not replaying:
                         put(_usage_event(meter, ev.step), False)
-                    reserve.after_step(ctx.candidates[ev.best_id].text if ev.best_id in ctx.candidates
-                                       else cfg.initial_prompt)
+                    try:
+                        reserve.after_step(ctx.candidates[ev.best_id].text if ev.best_id in ctx.candidates
+                                           else cfg.initial_prompt)
+                    except BudgetExceeded as e:
+                        if not reserve.extra:
+                            raise
+                        events.stop(e)  # the new best's report leaves the optimizer no more: the demo search
+                        # starts on the share held for it (it was ended with the run before: measured)
                 if self.store.stop_requested(run_id):
                     raise _Stopped()
         except BudgetExceeded as e:

@@ -132,13 +132,14 @@ def _splits() -> Splits:
     return Splits(toy_examples(12, start=1), toy_examples(10, seed=1, start=101), toy_examples(10, seed=2, start=201))
 
 
-def _run(tmp_path, optimizer: str, budget: Budget, demo_search: dict | None, responder: DemoResponder):
+def _run(tmp_path, optimizer: str, budget: Budget, demo_search: dict | None, responder: DemoResponder,
+         report_splits: tuple[str, ...] = ("test",), params: dict | None = None):
     task = _task(layout="system")
-    cfg = RunConfig(optimizer=optimizer, params={}, initial_prompt="Classify the text.", task=task,
+    cfg = RunConfig(optimizer=optimizer, params=params or {}, initial_prompt="Classify the text.", task=task,
                     data=DataConfig(name="toy", input_cols=["text"], label_col="label"), seed=5,
                     task_endpoint={"model": "stub-task"}, optimizer_endpoint={"model": "stub-opt"},
                     budget=budget, max_concurrency=2, cache_dir=str(tmp_path / "cache"), demo_search=demo_search,
-                    report_splits=["test"])
+                    report_splits=list(report_splits))
     with StubServer(responder) as stub:
         def backend(c):
             return Backend(Endpoint(stub.base_url, "k", max_retries=1, patience=5, max_concurrency=2, timeout=5),
@@ -307,3 +308,34 @@ def test_a_dev_subset_scores_the_instruction_and_each_set_on_the_same_examples(t
     subsets = {tuple(sorted(e.example_ids)) for e in scored}
     assert len(subsets) == 1 and len(next(iter(subsets))) == 4  # the base and every set: the same 4 examples
     assert split_prompt(res.best_prompt)[1] or res.best_id not in sets
+
+
+def test_an_optimizer_stopped_between_steps_hands_over_to_the_demo_search(tmp_path):
+    """What the runner does when a new best's report no longer fits beside the demo search's held share: the
+    optimizer is stopped there (Steps.stop) and the search runs on its share; before, the run ended without it."""
+    from optimizers.budget import BudgetExceeded
+    from optimizers.events import StepDone
+    from optimizers.methods.demos import Steps, then_demo_search
+    from optimizers.methods.gpo import GPO
+    from tests.conftest import make_ctx
+
+    released: list[bool] = []
+    with StubServer(DemoResponder()) as stub:
+        ctx = make_ctx(stub, train=_splits().train, dev=_splits().dev, initial_prompt="Classify the text.",
+                       task=_task(layout="system"))
+        last: list[StepDone] = []
+        events = Steps(then_demo_search(GPO(ctx, {"epochs": 3, "num_candidates": 2, "rule_start": 0}), ctx,
+                                        {"k": 2, "trials": 2}, lambda: last[-1] if last else None,
+                                        lambda: released.append(True)))
+        seen = []
+        for ev in events:
+            seen.append(ev)
+            if isinstance(ev, StepDone):
+                last.append(ev)
+                if ev.step == 1 and not released:
+                    events.stop(BudgetExceeded("the rest of the budget pays for the best prompt's report"))
+    kinds_after = [e.kind for e in seen[seen.index(last[1]) + 1:]]
+    assert released == [True]
+    assert "edit_budget" not in kinds_after  # no GPO step after the stop
+    demos = [e for e in seen if e.kind == "candidate_proposed" and e.origin == "demos"]
+    assert len(demos) == 2 and all(e.step >= 2 for e in demos)

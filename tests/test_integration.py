@@ -103,7 +103,8 @@ def test_gpo_retrieves_by_embeddings_from_the_embedded_server(env, tmp_path):
     out = tmp_path / "out"
     r = cli(env, "run", "--data", "sentiment", "--optimizer", "gpo", "--max-train", "6", "--max-dev", "4",
             "--max-test", "4", "--max-calls", "60", "--seed", "2", "--param", "optimizer_max_tokens=120",
-            "--param", "similarity=embeddings", "--param", "epochs=3", "--out", str(out), "--json")
+            "--param", "similarity=embeddings", "--param", "epochs=3", "--param", "rule_start=0", "--no-then-demos",
+            "--out", str(out), "--json")  # the budget for GPO's steps, whose retrieval this is about
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "result.json").read_text())
     assert res["status"] in ("done", "budget"), res["reason"]

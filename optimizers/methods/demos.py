@@ -152,3 +152,23 @@ def fit_to_calls(params: dict | None, allowance: int, n_dev: int, min_dev: int =
     if m < n_dev:
         out["max_dev"] = m
     return out
+
+
+class Steps:
+    """An optimizer's events as the runner drives them: `stop(exc)` makes the next event come from the optimizer
+    stopped by `exc` (inside then_demo_search: the demo search starts on its held share)."""
+
+    def __init__(self, events: Iterator[Event]):
+        self.events, self.exc = events, None
+
+    def __iter__(self) -> Steps:
+        return self
+
+    def __next__(self) -> Event:
+        if self.exc is not None:
+            exc, self.exc = self.exc, None
+            return self.events.throw(exc)  # type: ignore[attr-defined]
+        return next(self.events)
+
+    def stop(self, exc: BaseException) -> None:
+        self.exc = exc
