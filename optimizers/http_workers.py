@@ -21,10 +21,13 @@ command line, environment, a file or a log.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import pickle
+import sys
 import threading
+import types
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,11 +49,30 @@ class _Slot:
         self.outcome: tuple = ()
 
 
+_MAIN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_main():
+    """Spawn re-runs the parent's __main__ file in the child unless it was started with -m; a worker needs none of
+    it, and a script's main may not be importable twice (measured: after Streamlit's AppTest ran a page, the child
+    ran that page and died). The child gets an empty __main__ instead."""
+    with _MAIN_LOCK:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+
+
 class _Worker:
     def __init__(self, client_args: dict[str, Any]):
         mine, theirs = _CTX.Pipe(duplex=True)
         self.proc = _CTX.Process(target=_serve, args=(theirs, client_args), daemon=True, name="promptopt-http")
-        self.proc.start()
+        with _no_main():
+            self.proc.start()
         theirs.close()
         self.conn = mine
         self.pending: dict[int, _Slot] = {}

@@ -152,3 +152,24 @@ def test_the_key_is_in_no_worker_command_line_or_environment(monkeypatch, tmp_pa
         for f in (tmp_path / "cache").rglob("*"):
             if f.is_file():
                 assert SECRET.encode() not in f.read_bytes(), f
+
+
+def test_a_worker_never_runs_the_parents_main_script(tmp_path, monkeypatch):
+    """Spawn re-runs the parent's __main__ file in the child; after Streamlit's AppTest ran a page, that was the
+    page, which died on import and took every worker with it. Here __main__ is a script that fails on import."""
+    import sys
+    import types
+
+    script = tmp_path / "page.py"
+    script.write_text("raise SystemExit('a page script must not run in an HTTP worker')\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    with StubServer(lambda r: "fine") as stub:
+        ep = Endpoint(stub.base_url, "k", max_retries=0, patience=0, max_concurrency=1, processes=1)
+        llm = LLM(ep, "stub-task", meter=Meter(), cache=ResponseCache(tmp_path / "cache"))
+        try:
+            assert llm.complete(MSG).text == "fine"
+        finally:
+            ep.close()
+    assert sys.modules["__main__"] is main  # put back
