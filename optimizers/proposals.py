@@ -14,6 +14,9 @@ seen in one run:
   on an urgent / normal task), so every reply misses the label set;
 - meta_reference: it points at material only the meta-prompt holds (APE's "input-output pairs" from "a friend",
   "the given output"), which the task model never sees, so it cannot be followed;
+- invented_example: it carries a question of its own: two or more lines that each start with an option label and
+  go on with text ("(A) The car broke down" / "(B) The engine broke down"), the options of one made-up input (word
+  labels are exempt: "urgent: the customer is blocked" lines define the labels);
 - format_echo: it carries the meta-prompt's scaffolding: a "Field:" line with nothing or only a number after it
   ("Score: 80", "Label:", "Output:"), or a placeholder in angle brackets ("<Prompt>", "<INS>").
 
@@ -23,6 +26,8 @@ A copied example is caught by `base.Context` (it needs the data). The initial pr
 from __future__ import annotations
 
 import re
+from collections import Counter
+from dataclasses import dataclass
 
 from .task import normalize
 
@@ -74,6 +79,11 @@ def instruction_problem(text: str, labels: list[str] | None = None) -> str | Non
     if _CASE.search(t):
         return "reasoning_trace"
     if labels:
+        # option letters only: for word labels, "urgent: the customer is blocked" lines define the labels
+        starts = [re.escape(lab) for lab in labels if len(_key(lab)) == 1]
+        option_line = re.compile(r"(?m)^\s*(?:" + "|".join(starts) + r")[ \t]*[:.)-]?[ \t]+\w.*$")
+        if starts and len(option_line.findall(t)) >= 2:
+            return "invented_example"
         keys = {_key(lab) for lab in labels}
         if any(opts and not any(_key(o) in keys for o in opts) for opts in _options(t)):
             return "wrong_labels"
@@ -86,17 +96,40 @@ def instruction_problem(text: str, labels: list[str] | None = None) -> str | Non
     return None
 
 
-def example_inputs(examples) -> set[str]:
-    """The examples' inputs of 40+ characters, normalised for echoes_example."""
-    return {" ".join(str(v).lower().split()) for ex in examples for v in ex.fields.values() if len(str(v).strip()) >= 40}
+_RUN = 8  # words: a run this long shared with one input is a copy, not a phrase of the task's own wording
 
 
-def echoes_example(text: str, inputs: set[str]) -> bool:
-    """A proposal that copies a whole input (40+ characters) verbatim, or is itself a 40+ character piece cut from
-    one: small optimizer models often return an example, a line of one (one of a BBH question's options), or text
-    injected into the data, instead of an instruction; it would leak into every call."""
+def _runs(text: str) -> set[tuple[str, ...]]:
+    w = text.split()
+    return {tuple(w[i:i + _RUN]) for i in range(len(w) - _RUN + 1)}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The examples' inputs as echoes_example compares them: the whole ones of 40+ characters, and the runs of 8
+    words that few inputs share (a preamble every input repeats, such as BBH's question, is the task's wording)."""
+
+    texts: frozenset[str]
+    rare: frozenset[tuple[str, ...]]
+
+
+def example_inputs(examples, max_examples: int = 5000) -> Inputs:
+    """The examples' inputs, normalised for echoes_example."""
+    norm = [" ".join(str(v).lower().split()) for ex in list(examples)[:max_examples] for v in ex.fields.values()]
+    counts = Counter(r for t in norm for r in _runs(t))
+    limit = max(1, len(norm) // 5)
+    return Inputs(frozenset(t for t in norm if len(t) >= 40), frozenset(r for r, c in counts.items() if c <= limit))
+
+
+def echoes_example(text: str, inputs: Inputs) -> bool:
+    """A proposal that copies a whole input (40+ characters) verbatim, is itself a 40+ character piece cut from one,
+    or carries a run of 8 words from one (that not every fifth input shares): small optimizer models often return an
+    example, a line of one (one of a BBH question's options), an example's options pasted under the instruction, or
+    text injected into the data, instead of an instruction; it would leak into every call."""
     t = " ".join((text or "").lower().split())
-    return any(i in t for i in inputs) or (len(t) >= 40 and any(t in i for i in inputs))
+    if any(i in t for i in inputs.texts) or (len(t) >= 40 and any(t in i for i in inputs.texts)):
+        return True
+    return bool(_runs(t) & inputs.rare)
 
 
 def prompt_form(instruction: str, labels: list[str] | None, examples) -> str:

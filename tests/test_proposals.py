@@ -84,3 +84,29 @@ def test_a_proposal_that_is_not_an_instruction_is_rejected_with_its_reason():
                                   "Read the instructions carefully, then answer urgent or normal."])
 def test_an_instruction_may_mention_instructions(text):
     assert instruction_problem(text, ["urgent", "normal"]) is None
+
+
+def test_a_question_of_its_own_is_an_invented_example_for_option_labels_only():
+    letters = ["(A)", "(B)", "(C)"]
+    made_up = ("Which sentence identifies the antecedent? Choose one answer:\n(A) The car broke down\n"
+               "(B) The engine broke down\n(C) Ambiguous")  # a 1.5B GPO proposal (session 11), in no input
+    assert instruction_problem(made_up, letters) == "invented_example"
+    assert instruction_problem("Answer (A) if it is the first noun, (B) the second, (C) ambiguous.", letters) is None
+    assert instruction_problem("Answer with one option:\n(A)\n(B)\n(C)", letters) is None
+    definitions = "Is this urgent?\nurgent: the customer is blocked\nnormal: anything else"
+    assert instruction_problem(definitions, ["urgent", "normal"]) is None
+
+
+def test_an_eight_word_run_of_one_input_is_an_echo_and_a_shared_preamble_is_not():
+    from optimizers.data import Example
+    from optimizers.proposals import echoes_example, example_inputs
+
+    pre = "Explain the antecedent of the pronoun in the sentence below, or say it is ambiguous."
+    exs = [Example(str(i), {"input": f"{pre}\nSentence: Person {i} met friend {i} at the station before noon.\n"
+                                    f"Options:\n(A) Person {i}\n(B) Friend {i}\n(C) Ambiguous"}, "(A)")
+           for i in range(10)]
+    inputs = example_inputs(exs)
+    assert echoes_example("Find the antecedent. Person 3 met friend 3 at the station before noon.", inputs)
+    assert not echoes_example("Find the antecedent of the pronoun in the sentence below, or say it is ambiguous.",
+                              inputs)  # every input's preamble: the task's own wording
+    assert not echoes_example("Which option is the antecedent of the pronoun? Answer (A), (B) or (C).", inputs)
