@@ -285,7 +285,7 @@ def test_fit_to_calls_takes_at_most_half_of_what_the_report_leaves():
 
 def test_a_fitted_search_is_stored_at_the_first_start_stays_inside_the_cap_and_scores_a_dev_subset(tmp_path):
     responder = DemoResponder()
-    cap = 100  # report on test 2 x 10 -> 80 left: the search gets 40 (1 set on a dev subset ... or 3 on 10)
+    cap = 100  # the report on test takes 2 x 10: 80 left, of which the search gets half (40)
     res, store, rid, billed = _run(tmp_path, "gpo", Budget(max_calls=cap), {"fit_budget": True, "k": 4}, responder)
     assert billed <= cap and res.calls == billed
     started = [e for _, e in store.events(rid, kinds=["run_started"])]

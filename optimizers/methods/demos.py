@@ -88,8 +88,8 @@ class DemoSearch(Optimizer):
 
 def share(ctx: Context, params: dict | None, meter: Meter, model: str, max_tokens: int) -> dict[str, Amount]:
     """The worst case of a demo search after another optimizer: every trial (and the chosen instruction) scored on
-    all of dev (or max_dev of it), with the longest instruction allowed and the longest train examples as demonstrations; held on the
-    meter from the start so the first optimizer leaves it."""
+    all of dev (or max_dev of it), with the longest instruction allowed and the longest train examples as
+    demonstrations; held on the meter from the start so the first optimizer leaves it."""
     p = DemoParams(**(params or {}))
     longest = sorted(ctx.train, key=lambda e: -sum(len(v) for v in e.fields.values()))[:p.k]
     filler = "x" * max(len(ctx.initial_prompt), 8 * p.max_prompt_words)  # an instruction at the word limit
