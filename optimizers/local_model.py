@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +35,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LLAMA_CPP_REQUIREMENT = "llama-cpp-python[server]==0.3.36"
+# As in requirements.txt: a portable AVX2 build rather than -march=native, which on a CPU with AMX tiles compiled
+# kernels that crash the server on its first reply (seen on a Xeon with amx_int8: SIGSEGV in libggml-cpu)
+LLAMA_CPP_BUILD = ("--config-settings=cmake.args=-DLLAVA_BUILD=OFF --config-settings=cmake.define.GGML_NATIVE=OFF "
+                   "--config-settings=cmake.define.GGML_AVX2=ON --config-settings=cmake.define.GGML_FMA=ON "
+                   "--config-settings=cmake.define.GGML_F16C=ON")
 GGUF_MAGIC = b"GGUF"
 DISK_MARGIN = 128 * 1024 * 1024  # room left for everything else once the model is written
 _BLOCK = 8 * 1024 * 1024
@@ -349,7 +355,7 @@ def _require_runtime() -> None:
         if importlib.util.find_spec(mod) is None:
             raise ModelError(
                 f"The embedded model needs llama-cpp-python with its server extra ({mod} is missing). Install it with:"
-                f"\n  pip install \"{LLAMA_CPP_REQUIREMENT}\"\n(it compiles llama.cpp: a C++ compiler and cmake >= "
+                f"\n  pip install \"{LLAMA_CPP_REQUIREMENT}\" {LLAMA_CPP_BUILD}\n(it compiles llama.cpp: a C++ compiler and cmake >= "
                 f"3.21, about 10 minutes) or set OPENAI_BASE_URL to use a remote endpoint.")
 
 
@@ -458,6 +464,7 @@ class LocalServer:
                 raise ModelError(f"The local model server for {self.model_alias} exited with code {code} while "
                                  f"loading {path}. Last lines of {self.log_path}:\n{tail}")
             if _ready(base):
+                self._first_reply(base, path)
                 self.base_url, self.port = base, port
                 return
             if time.monotonic() > deadline:
@@ -466,6 +473,32 @@ class LocalServer:
                 raise ModelError(f"The local model server for {self.model_alias} was not ready after the time limit. "
                                  f"Last lines of {self.log_path}:\n{tail}")
             time.sleep(0.1)
+
+    def _first_reply(self, base: str, path: Path) -> None:
+        """One token before the server counts as ready: a build whose kernels do not run on this CPU loads the model
+        and then dies on its first reply, which a run would otherwise see as a dead endpoint, retried for minutes."""
+        body = json.dumps({"model": self.model_alias, "max_tokens": 1, "temperature": 0,
+                           "messages": [{"role": "user", "content": "Hi"}]}).encode()
+        req = urllib.request.Request(f"{base}/chat/completions", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60):
+                return
+        except (OSError, urllib.error.URLError) as e:
+            try:
+                code = self._proc.wait(5) if self._proc else None
+            except subprocess.TimeoutExpired:
+                code = None
+            if code is None:  # alive and refusing: not a crash, the run's own requests will say why
+                log.warning("local model %s: first reply failed (%s); going on", self.model_alias, e)
+                return
+            tail = _tail(self.log_path)
+            self._proc = None
+            how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+            raise ModelError(
+                f"The local model server for {self.model_alias} loaded {path} and {how} on its first reply: the "
+                f"installed llama-cpp-python build does not run on this CPU. Rebuild it with\n  pip install "
+                f"--no-cache-dir --force-reinstall --no-deps \"{LLAMA_CPP_REQUIREMENT}\" {LLAMA_CPP_BUILD}\n"
+                f"or set OPENAI_BASE_URL to use a remote endpoint. Last lines of {self.log_path}:\n{tail}") from None
 
     def stop(self, grace: float = 5.0) -> None:
         with self._lock:
@@ -491,6 +524,13 @@ class LocalServer:
     def __repr__(self) -> str:
         state = self.base_url if self.alive() else "stopped"
         return f"LocalServer({self.model_alias!r}, {state})"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 class _PortTaken(Exception):

@@ -310,3 +310,49 @@ def test_shared_server_is_one_per_process_and_restarts_after_a_crash(monkeypatch
     finally:
         lm._stop_shared()
     assert not a.alive()
+
+
+# A stand-in child with the server's startup behaviour and a build that cannot run here: it lists its model, then dies
+# of SIGSEGV on the first completion (as llama-cpp-python built with -march=native did on a CPU with AMX tiles).
+_CRASHES_ON_FIRST_REPLY = """\
+import json, os, signal, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": "broken"}]}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        print("ggml: about to run the first kernel", flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_a_server_that_dies_on_its_first_reply_fails_at_start_with_the_rebuild_command(tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python[server]==0.3.36 not installed")
+    fake = tmp_path / "broken.gguf"
+    fake.write_bytes(b"GGUF" + bytes(4096))
+
+    class Crashing(LocalServer):
+        def _command(self, path, port):
+            return [sys.executable, "-c", _CRASHES_ON_FIRST_REPLY, str(port)]
+
+    server = Crashing(fake, log_path=tmp_path / "server.log")
+    t0 = time.monotonic()
+    with pytest.raises(ModelError) as e:
+        server.start(timeout=60)
+    assert time.monotonic() - t0 < 30  # at start, not after a run's minutes of retries
+    msg = str(e.value)
+    assert "killed by SIGSEGV on its first reply" in msg and "does not run on this CPU" in msg
+    assert "--force-reinstall" in msg and "GGML_NATIVE=OFF" in msg  # the command that fixes it
+    assert "about to run the first kernel" in msg  # the child's log tail
+    assert not server.alive() and server.base_url is None
+
+
+def test_the_rebuild_command_matches_requirements_txt():
+    line = next(ln for ln in (Path(__file__).resolve().parents[1] / "requirements.txt").read_text().splitlines()
+                if ln.startswith("llama-cpp-python"))
+    assert line == f"{lm.LLAMA_CPP_REQUIREMENT} {lm.LLAMA_CPP_BUILD}"
