@@ -476,10 +476,10 @@ class LocalServer:
 
     def _first_reply(self, base: str, path: Path) -> None:
         """One token before the server counts as ready: a build whose kernels do not run on this CPU loads the model
-        and then dies on its first reply, which a run would otherwise see as a dead endpoint, retried for minutes."""
-        body = json.dumps({"model": self.model_alias, "max_tokens": 1, "temperature": 0,
-                           "messages": [{"role": "user", "content": "Hi"}]}).encode()
-        req = urllib.request.Request(f"{base}/chat/completions", body, {"Content-Type": "application/json"})
+        and then dies on its first reply, which a run would otherwise see as a dead endpoint, retried for minutes.
+        A plain completion, so the server's log counts the run's chat requests alone."""
+        body = json.dumps({"model": self.model_alias, "max_tokens": 1, "temperature": 0, "prompt": "Hi"}).encode()
+        req = urllib.request.Request(f"{base}/completions", body, {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=60):
                 return
