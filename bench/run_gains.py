@@ -34,6 +34,8 @@ MODEL = "qwen2.5-coder-1.5b"  # the embedded default for both roles
 ALL_ARMS = "baseline,demos,ape,ape+demos,protegi,protegi+demos,opro,opro+demos,pe2,pe2+demos,gpo,gpo+demos"
 TASKS = {"support_triage": ALL_ARMS, "bbh_disambiguation_qa": ALL_ARMS}
 DSPY = ("copro", "miprov2", "miprov2-demos", "gepa")  # bench_dspy.py, at the same 300 optimization calls
+# the headroom rows' replies, committed like the arms' records: the tables regenerate from a clean clone, no server
+HEADROOM = RECORDS / "headroom.jsonl"
 DSPY_PYTHON = os.environ.get("PROMPTOPT_DSPY_PYTHON", "/work/venv-dspy/bin/python")  # see bench/requirements-dspy.txt
 
 
@@ -179,7 +181,7 @@ def main() -> None:
              "temperature 0 for the task. Regenerate: `python bench/run_gains.py --out bench/results` "
              "(resumes; `--table-only` rewrites this file from what was run).\n",
              "## Headroom (what was there to find)\n",
-             sh(["bench/bench_headroom.py", "--models", MODEL, "--tasks", ",".join(tasks),
+             sh(["bench/bench_headroom.py", "--models", MODEL, "--tasks", ",".join(tasks), "--cache", str(HEADROOM),
                  *(["--cached-only"] if a.table_only else [])]).strip(), ""]
     scores = {}
     for task in tasks:

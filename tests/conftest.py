@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,16 @@ def scripted(optimizer_reply: Callable[[dict[str, Any]], str | StubReply],
 ROLE_ENV = ("PROMPTOPT_OPTIMIZER_BASE_URL", "PROMPTOPT_OPTIMIZER_API_KEY", "PROMPTOPT_OPTIMIZER_MODEL",
             "PROMPTOPT_OPTIMIZER_MODEL_EMBEDDED", "PROMPTOPT_EMBEDDED_URL", "PROMPTOPT_EMBEDDED_ALIAS",
             "PROMPTOPT_OPTIMIZER_EMBEDDED_URL", "PROMPTOPT_OPTIMIZER_EMBEDDED_ALIAS")
+
+
+def pytest_configure(config):
+    """A SIGTERM (a timeout's kill) becomes an interrupt, so fixture teardown still stops the servers, Streamlit apps
+    and workers the tests started instead of leaving them to take the CPU from whatever runs next."""
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(autouse=True)
