@@ -129,19 +129,39 @@ def arm_record(out: Path, arm: str) -> dict | None:
     return data
 
 
+def constant_answer(prepared) -> tuple[str, dict[str, bool]]:
+    """The train split's most frequent label, and whether answering it to every test example is right: a "gain"
+    that this constant matches is a new favourite label, not a better reading of the task."""
+    counts = Counter(e.label for e in prepared.splits.train)
+    label = max(prepared.task.labels or counts, key=lambda x: counts.get(x, 0))
+    return label, {e.id: e.label == label for e in prepared.splits.test}
+
+
+def vs_constant(best: dict[str, bool], prepared) -> str:
+    """'gained / lost, p' of a best prompt against answering the train majority label always (paired on test)."""
+    label, const = constant_answer(prepared)
+    ids = sorted(set(best) & set(const))
+    if not ids:
+        return ""
+    t = mcnemar([best[i] for i in ids], [const[i] for i in ids])
+    return f"{sum(const[i] for i in ids) / len(ids):.3f}: {t['a_only']} / {t['b_only']}, p {t['p_value']:.2g}"
+
+
 def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
-    rows = ["| arm | best prompt (instruction; demos) | form | test initial | test best [95% CI] | gained / lost | "
-            "McNemar p | best's top answer (share) | calls | wall |", "|---|---|---|---:|---|---|---:|---|---:|---:|"]
     prepared = _prepared(a)
+    label = constant_answer(prepared)[0]
+    rows = ["| arm | best prompt (instruction; demos) | form | test initial | test best [95% CI] | gained / lost | "
+            f"McNemar p | best's top answer (share) | vs always {label} | calls | wall |",
+            "|---|---|---|---:|---|---|---:|---|---|---:|---:|"]
     for arm in arms:
         r = arm_record(out, arm)
         if r is None:
-            rows.append(f"| {arm} | not run (or not finished) | | | | | | | | |")
+            rows.append(f"| {arm} | not run (or not finished) | | | | | | | | | |")
             continue
         init, best = r["initial_test"], r["best_test"]
         ids = sorted(set(init) & set(best))
         if not ids:
-            rows.append(f"| {arm} | {r['status']}: no test report | | | | | | | {r.get('calls')} | |")
+            rows.append(f"| {arm} | {r['status']}: no test report | | | | | | | | {r.get('calls')} | |")
             continue
         ia, ba = [init[i][0] for i in ids], [best[i][0] for i in ids]
         t = mcnemar(ba, ia)
@@ -154,7 +174,8 @@ def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
         form = prompt_form(instr, prepared.task.labels, prepared.splits.train + prepared.splits.dev)
         rows.append(f"| {arm} | {shown}; {len(demos)} demos | {form} | {sum(ia) / len(ids):.3f} | {k / len(ids):.3f} "
                     f"[{lo:.2f}, {hi:.2f}] | {t['a_only']} / {t['b_only']} | {t['p_value']:.2g} | {top} "
-                    f"({n_top / len(ids):.2f}) | {r['calls']} | {r['wall_time_s'] / 60:.0f} min |")
+                    f"({n_top / len(ids):.2f}) | {vs_constant({i: best[i][0] for i in ids}, prepared)} | {r['calls']} | "
+                    f"{r['wall_time_s'] / 60:.0f} min |")
     return "\n".join(rows)
 
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from bench_gain import RECORDS, _prepared, arm_record  # noqa: E402
+from bench_gain import RECORDS, _prepared, arm_record, constant_answer, vs_constant  # noqa: E402
 from run_all import render_png  # noqa: E402
 
 from optimizers.metrics import mcnemar, wilson  # noqa: E402
@@ -107,15 +107,16 @@ def dspy_table(out: Path, gpo_arms: dict[str, dict[str, bool]], prepared=None) -
     rows = dspy_rows(out)
     if not rows:
         return "DSPy rows: not run (needs the DSPy venv, see bench/requirements-dspy.txt)."
+    label = constant_answer(prepared)[0] if prepared else "?"
     head = ["| DSPy optimizer | best prompt (instruction; demos) | form | test initial | test best [95% CI] | "
-            "gained / lost | McNemar p | best's top answer (share) | opt. calls | status |",
-            "|---|---|---|---:|---|---|---:|---|---:|---|"]
+            f"gained / lost | McNemar p | best's top answer (share) | vs always {label} | opt. calls | status |",
+            "|---|---|---|---:|---|---|---:|---|---|---:|---|"]
     vs = []
     for r in rows:
         init, best = r["initial_correct"], r.get("best_correct") or {}
         ids = sorted(set(init) & set(best))
         if not ids:
-            head.append(f"| {r['optimizer']} | {r['status']} {r.get('reason', '')[:60]} | | | | | | | "
+            head.append(f"| {r['optimizer']} | {r['status']} {r.get('reason', '')[:60]} | | | | | | | | "
                         f"{r['usage']['calls']} | {r['status']} |")
             continue
         t = mcnemar([best[i] for i in ids], [init[i] for i in ids])
@@ -128,7 +129,8 @@ def dspy_table(out: Path, gpo_arms: dict[str, dict[str, bool]], prepared=None) -
         form = prompt_form(instr, prepared.task.labels, prepared.splits.train + prepared.splits.dev) if prepared else "-"
         head.append(f"| {r['optimizer']} | {shown}; {len(demos)} demos | {form} | {sum(init[i] for i in ids) / len(ids):.3f} "
                     f"| {k / len(ids):.3f} [{lo:.2f}, {hi:.2f}] | {t['a_only']} / {t['b_only']} | {t['p_value']:.2g} "
-                    f"| {top} ({n_top / len(ids):.2f}) | {r['usage']['calls']} | {r['status']} |")
+                    f"| {top} ({n_top / len(ids):.2f}) | {vs_constant({i: best[i] for i in ids}, prepared) if prepared else ''} "
+                    f"| {r['usage']['calls']} | {r['status']} |")
         for arm, corr in gpo_arms.items():
             both = sorted(set(corr) & set(best))
             if both:
