@@ -190,3 +190,24 @@ def test_dspy_forwarder_counts_caps_and_passes_the_output_cap_as_max_tokens():
     assert len(sent) == 2 and all(q["max_tokens"] == 32 and "max_completion_tokens" not in q for q in sent)
     snap = counter.snapshot()
     assert snap["calls"] == 2 and snap["refused"] == 1 and snap["repeats"] == 1
+
+
+def test_gains_rows_are_paired_against_answering_the_train_majority_label_always():
+    """A best prompt that answers the majority label to everything must read as no gain over that constant."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from types import SimpleNamespace
+
+    from bench_gain import constant_answer, vs_constant
+
+    from optimizers.data import Example
+
+    train = [Example(str(i), {"q": "x"}, lab) for i, lab in enumerate(["(A)", "(B)", "(B)", "(C)", "(B)"])]
+    test = [Example(f"t{i}", {"q": "x"}, lab) for i, lab in enumerate(["(B)"] * 4 + ["(A)"] * 6)]
+    prepared = SimpleNamespace(task=SimpleNamespace(labels=["(A)", "(B)", "(C)"]),
+                               splits=SimpleNamespace(train=train, test=test))
+    label, const = constant_answer(prepared)
+    assert label == "(B)" and sum(const.values()) == 4
+    always_b = {e.id: e.label == "(B)" for e in test}
+    assert vs_constant(always_b, prepared) == "0.400: 0 / 0, p 1"
+    all_right = {e.id: True for e in test}
+    assert vs_constant(all_right, prepared) == "0.400: 6 / 0, p 0.031"
