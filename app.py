@@ -24,11 +24,11 @@ st.set_page_config(page_title="PromptOpt", layout="wide")
 # labels follow a rule the initial prompt leaves unsaid, the instruction as the system message, and a demo search,
 # the lever the small local model responds to most (BENCHMARKS.md, headroom and gains).
 QUICK_DATA = "support_triage"
-QUICK_CAPS = {"max_train": 48, "max_dev": 20, "max_test": 60}
+QUICK_CAPS = {"max_train": 48, "max_dev": 12, "max_test": 60}
 QUICK_LAYOUT = "system"
 QUICK_OPTIMIZER = "demos"
-QUICK_PARAMS = {"k": 6, "trials": 4}
-QUICK_BUDGET = 240  # calls: (trials + 1) x dev 20 + the test report 2 x 60, with room to spare
+QUICK_PARAMS = {"k": 6, "trials": 2}
+QUICK_BUDGET = 180  # calls: (trials + 1) x dev 12 + the test report 2 x 60, with room to spare
 QUICK_REPORT = ["dev", "test"]  # dev is free (the search scored both prompts there); train would not fit the budget
 
 

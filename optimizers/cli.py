@@ -192,7 +192,8 @@ def _print_result(r: RunResult, as_json: bool) -> None:
         i, b = r.scores["initial"].get(split), r.scores["best"].get(split)
         if i and b:
             print(f"  {split:5} initial {i.score:.3f} [{i.ci[0]:.2f}, {i.ci[1]:.2f}]  ->  best {b.score:.3f}"
-                  f" [{b.ci[0]:.2f}, {b.ci[1]:.2f}]  (n={b.n})")
+                  f" [{b.ci[0]:.2f}, {b.ci[1]:.2f}]  (n={b.n})"
+                  + (f"; {r.paired[split].describe()}" if split in r.paired else ""))
     if r.report_error:
         print(f"report incomplete: {r.report_error}")
     print(f"calls {r.calls} (optimization {r.optimization_usage.calls}, report {r.report_usage.calls}; budget "

@@ -19,6 +19,17 @@ class Score(BaseModel):
     n: int
 
 
+class Paired(BaseModel):
+    """Best against initial on the same examples of one split: an exact McNemar test. Two 95% intervals that overlap
+    do not say the prompts score the same, nor do disjoint ones say they differ on a shared split."""
+    gained: int  # examples only the best prompt gets right
+    lost: int  # examples only the initial prompt gets right
+    p: float  # two-sided exact McNemar p-value
+
+    def describe(self) -> str:
+        return f"{self.gained} gained / {self.lost} lost, McNemar p = {self.p:.2g}"
+
+
 class Spend(BaseModel):
     calls: int = 0
     cache_hits: int = 0
@@ -42,6 +53,7 @@ class RunResult(BaseModel):
     best_selection_score: float | None = None
     selection_split: str | None = None
     scores: dict[Literal["initial", "best"], dict[str, Score]]  # which prompt -> split -> score
+    paired: dict[str, Paired] = {}  # split -> best against initial, where both were scored and differ
     report_error: str | None = None
     report_skipped: list[str] = []  # splits the budget could not pay to report on (test is kept first)
     # the run's total spend: optimization and report, every execution of the run

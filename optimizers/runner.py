@@ -31,8 +31,9 @@ from .llm import LLM, EndpointDown, LLMError, open_cache
 from .methods.demos import Steps, then_demo_search
 from .methods.demos import fitted as fitted_demo_search
 from .methods.demos import share as demo_search_share
+from .metrics import mcnemar
 from .report import ReportReserve, score_splits
-from .result import RunResult, Score, Spend
+from .result import Paired, RunResult, Score, Spend
 from .status import HEARTBEAT_S, RunStatus
 from .store import Store
 
@@ -305,11 +306,13 @@ class Runner:
         step = last_step.step if last_step else 0
         ids = {"initial": init_id, "best": best_id}
         scores: dict[str, dict[str, Score]] = {"initial": {}, "best": {}}
+        correct: dict[str, dict[str, list[bool]]] = {"initial": {}, "best": {}}
 
         def on_scored(which: str, split: str, res: EvalResult) -> None:
             put(CandidateScored.from_eval(res, step=step, candidate_id=ids[which], split=split, purpose="report"),
                 False)
             scores[which][split] = Score(score=res.score, ci=[res.ci_low, res.ci_high], n=res.n)
+            correct[which][split] = res.correct
 
         prompts = {"initial": cfg.initial_prompt} if best_id == init_id else {"initial": cfg.initial_prompt,
                                                                                "best": best_text}
@@ -327,12 +330,17 @@ class Runner:
                                                 f"{', '.join(skipped)}")
         meter.release_hold()
         phases = meter.phases()
+        paired = {}
+        for split, b in correct["best"].items():
+            if split in correct["initial"]:
+                m = mcnemar(b, correct["initial"][split])
+                paired[split] = Paired(gained=m["a_only"], lost=m["b_only"], p=m["p_value"])
         return RunResult(
             run_id=run_id, status=status, reason=reason, optimizer=cfg.optimizer,
             initial_prompt=cfg.initial_prompt, best_prompt=best_text, best_id=best_id,
             best_selection_score=last_step.best_score if last_step else None,
             selection_split=last_step.best_split if last_step else None,
-            scores=scores, report_error=report_error, report_skipped=skipped,
+            scores=scores, paired=paired, report_error=report_error, report_skipped=skipped,
             **meter.snapshot().as_dict(),
             optimization_usage=Spend(**phases.get("optimization", {})), report_usage=Spend(**phases.get("report", {})),
             by_role={r: Spend(**c) for r, c in meter.roles().items()},

@@ -8,6 +8,7 @@ stopped / paused / failed run resumes by spawning a worker again (the replay is 
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pandas as pd
 import streamlit as st
@@ -40,6 +41,7 @@ st.set_page_config(page_title="PromptOpt: Optimize", layout="wide")
 connection_sidebar()
 st.title("Optimize")
 
+YOUNG_RUN_S = 60.0  # polled every second until then
 PREFERRED = ["protegi", "opro", "ape", "pe2", "gpo", "demos", "baseline"]
 STATUS_TEXT = {"created": "waiting for the worker", "running": "running", "done": "finished",
                "budget": "budget reached", "stopped": "stopped by the user", "paused": "paused (endpoint down)",
@@ -270,6 +272,9 @@ def _report_view(run: dict) -> None:
     if any(r["test"] or r["train"] for r in rows):
         st.subheader("Report (initial vs best, scored once after the run; test is held out)")
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        for split, pair in res.paired.items():
+            st.caption(f"Best against initial on the same {split} examples: {pair.describe()}"
+                       + (" (beyond chance at 5%)" if pair.p < 0.05 else " (within chance at 5%)"))
     if res.report_error:
         st.warning(f"The report is incomplete: {res.report_error}")
     if res.best_prompt:
@@ -331,7 +336,10 @@ def run_view(rid: str) -> None:
     st.caption(f"created {dt.datetime.fromtimestamp(run['created']):%Y-%m-%d %H:%M:%S}, seed {run['seed']}")
     render_roles(roles_view(S.last_event(rid, "run_started"), cfg))
     run_link(rid, label="Link to this run (share or bookmark)")
-    interval = 1 if observed_status(run).live else None
+    # every second while a run is young (something moves at once), then every 3 s: each redraw costs CPU that a
+    # local model on the same cores needs, and one scoring call takes seconds there
+    young = time.time() - run["created"] < YOUNG_RUN_S
+    interval = (1 if young else 3) if observed_status(run).live else None
 
     @st.fragment(run_every=interval)
     def live() -> None:
@@ -342,6 +350,8 @@ def run_view(rid: str) -> None:
         status = observed_status(r)
         if interval and not status.live:
             st.rerun(scope="app")  # finished or crashed: draw the final view once, and stop polling
+        if young and time.time() - r["created"] >= YOUNG_RUN_S:
+            st.rerun(scope="app")  # the slower polling from now on
         text = STATUS_TEXT.get(status, status)
         reason = r.get("reason") or ""
         msg = f"Status: **{text}**" + (f": {reason}" if reason and reason != text else "")

@@ -82,10 +82,10 @@ def test_quick_start_runs_and_opens_optimize(env):  # noqa: F811
     assert len(runs) == 1
     run = runs[0]
     assert run["optimizer"] == "demos" and run["data_name"] == "support_triage"
-    assert run["config"]["budget"]["max_calls"] == 240 and run["config"]["params"] == {"k": 6, "trials": 4}
+    assert run["config"]["budget"]["max_calls"] == 180 and run["config"]["params"] == {"k": 6, "trials": 2}
     assert run["config"]["task"]["layout"] == "system"
     sizes = env["store"].load_splits(run["id"]).sizes()
-    assert sizes == {"train": 48, "dev": 20, "test": 60}
+    assert sizes == {"train": 48, "dev": 12, "test": 60}
     assert at.session_state["po_data"].name == "support_triage"
     assert run["status"] in ("done", "budget")
     # switched to the Optimize page with ?run=<id>

@@ -87,6 +87,9 @@ def test_full_run_stores_events_and_reports(tmp_path):
         assert res.scores["best"]["test"].score == 1.0
         lo, hi = res.scores["best"]["test"].ci
         assert lo < 1.0 == hi
+        # paired on the same 10 test examples: the 5 negatives gained, none lost; exact McNemar p = 2 / 2**5
+        pair = res.paired["test"]
+        assert (pair.gained, pair.lost) == (5, 0) and pair.p == pytest.approx(0.0625)
         kinds = [e.kind for _, e in store.events(rid)]
         assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
         assert kinds.count("step_done") == 5 and kinds.count("meta_prompt") == 4

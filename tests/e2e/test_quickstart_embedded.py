@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration]
 pytest.importorskip("llama_cpp")
 
 FIRST_SIGN_LIMIT_S = 120.0  # a generous limit, not a speed claim: bench/bench_ui.py --embedded measures the time
-RUN_LIMIT_S = 900.0
+RUN_LIMIT_S = 1800.0  # measured 7.5 min from the CLI on an idle 2-core machine (BENCHMARKS.md); CI is slower
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +63,12 @@ def test_quick_start_on_the_embedded_model_moves_at_once_and_reports_on_test(bro
         shot(page, "quickstart-embedded-report")
         init, best = res["scores"]["initial"]["test"], res["scores"]["best"]["test"]
         assert init["n"] == best["n"] == 60
-        # measured on this machine: 0.500 -> 0.717 (22 gained / 9 lost, McNemar p 0.029; BENCHMARKS.md, with the CLI
-        # command that gives the same run); temperature 0 and seeded, so the gain is the model's, not chance's
+        # measured: 0.500 -> 0.733 (23 gained / 9 lost, McNemar p 0.02; BENCHMARKS.md, with the CLI command that
+        # gives the same run); temperature 0 and seeded, so the gain is the model's, not chance's
         assert best["score"] > init["score"], (init, best)
+        pair = res["paired"]["test"]
+        assert pair["gained"] > pair["lost"]
+        assert f"{pair['gained']} gained / {pair['lost']} lost, McNemar p" in main_text(page)  # the page says it
         assert "Best prompt" in main_text(page)
         print(f"quick start: first progress after {first_sign:.1f} s; test {init['score']:.3f} -> {best['score']:.3f}")
     finally:
