@@ -29,6 +29,7 @@ from ui.sweeps import (
     finished,
     grid_summary,
     leaderboard_table,
+    runs_at_once,
     state,
     sweep_yaml,
     unfinished,
@@ -68,7 +69,7 @@ def _from_upload() -> None:
 
 def launch_section() -> None:
     if "sw_text" not in ss:
-        ss["sw_text"] = sweep_yaml(**EXAMPLE, endpoints=_endpoints())
+        ss["sw_text"] = sweep_yaml(**{**EXAMPLE, "parallel": runs_at_once(_endpoints())}, endpoints=_endpoints())
     text_tab, form_tab = st.tabs(["YAML / JSON", "Form"])
     with form_tab:
         opts = registered_optimizers()
@@ -82,7 +83,7 @@ def launch_section() -> None:
             c[1].number_input("Calls per run", 10, 1_000_000, EXAMPLE["calls"], 10, key="sw_form_calls")
             c[2].number_input("Cap for the sweep (calls, 0 = none)", 0, 100_000_000, EXAMPLE["total"], 100,
                               key="sw_form_total")
-            c[3].number_input("Runs at once", 1, 16, EXAMPLE["parallel"], key="sw_form_parallel")
+            c[3].number_input("Runs at once", 1, 16, runs_at_once(_endpoints()), key="sw_form_parallel")
             st.form_submit_button("Write the sweep", on_click=_from_form)
         st.caption("The form writes the sweep on the YAML / JSON tab: check it, edit it (knob values as lists make "
                    "a grid) and start it there.")

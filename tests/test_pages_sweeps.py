@@ -251,3 +251,14 @@ def test_cells_on_a_ray_cluster_from_the_page_a_dead_head_is_one_message(monkeyp
     at.radio(key="sw_executor").set_value("on this machine").run()
     at.button(key="sw_start").click().run()
     assert len(spawned) == 2 and spawned[1]["executor"] == "local"
+
+
+def test_on_the_embedded_model_a_sweep_runs_one_cell_at_a_time_by_default_and_the_check_says_why():
+    from ui.sweeps import EXAMPLE, grid_summary, runs_at_once, sweep_yaml
+
+    assert runs_at_once({}) == 1 and runs_at_once({"base_url": "http://127.0.0.1:9/v1"}) == EXAMPLE["parallel"] > 1
+    embedded = sweep_yaml(**{**EXAMPLE, "parallel": 2})
+    assert "evict each other's cached prompt prefix" in grid_summary(embedded)
+    assert "evict" not in grid_summary(sweep_yaml(**{**EXAMPLE, "parallel": 1}))
+    on_endpoint = sweep_yaml(**{**EXAMPLE, "parallel": 2}, endpoints={"base_url": "http://127.0.0.1:9/v1"})
+    assert "evict" not in grid_summary(on_endpoint)
