@@ -18,7 +18,7 @@ from tests.test_pages_inspect import make_baseline_run, make_runner, toy_splits
 
 OLD_RUN = Path(__file__).parent / "stored" / "run-0.1.0.json"  # config and result as stored by version 0.1.0
 CONTRACT_KEYS = ["run_id", "status", "reason", "optimizer", "initial_prompt", "best_prompt", "best_id",
-                 "best_selection_score", "selection_split", "scores", "report_error", "report_skipped", "calls",
+                 "best_selection_score", "selection_split", "scores", "paired", "report_error", "report_skipped", "calls",
                  "cache_hits", "prompt_tokens", "completion_tokens", "errors", "cost", "saved_tokens", "saved_cost",
                  "unmetered_calls", "optimization_usage", "report_usage", "by_role", "seed", "wall_time_s", "config",
                  "candidates", "version"]
