@@ -4,10 +4,12 @@ and the bench read it back; its JSON keys are the CLI's `--json` contract."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from .metrics import mcnemar
 from .status import RunStatus
 
 SCORE_DIGITS = 3  # how every reader shows a score (the CLI's tables and JSON, the pages)
@@ -25,6 +27,11 @@ class Paired(BaseModel):
     gained: int  # examples only the best prompt gets right
     lost: int  # examples only the initial prompt gets right
     p: float  # two-sided exact McNemar p-value
+
+    @classmethod
+    def of(cls, best: Sequence[bool], initial: Sequence[bool]) -> Paired:
+        m = mcnemar(best, initial)
+        return cls(gained=m["a_only"], lost=m["b_only"], p=m["p_value"])
 
     def describe(self) -> str:
         return f"{self.gained} gained / {self.lost} lost, McNemar p = {self.p:.2g}"

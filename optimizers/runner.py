@@ -31,7 +31,6 @@ from .llm import LLM, EndpointDown, LLMError, open_cache
 from .methods.demos import Steps, then_demo_search
 from .methods.demos import fitted as fitted_demo_search
 from .methods.demos import share as demo_search_share
-from .metrics import mcnemar
 from .report import ReportReserve, score_splits
 from .result import Paired, RunResult, Score, Spend
 from .status import HEARTBEAT_S, RunStatus
@@ -330,11 +329,8 @@ class Runner:
                                                 f"{', '.join(skipped)}")
         meter.release_hold()
         phases = meter.phases()
-        paired = {}
-        for split, b in correct["best"].items():
-            if split in correct["initial"]:
-                m = mcnemar(b, correct["initial"][split])
-                paired[split] = Paired(gained=m["a_only"], lost=m["b_only"], p=m["p_value"])
+        paired = {split: Paired.of(b, correct["initial"][split]) for split, b in correct["best"].items()
+                  if split in correct["initial"]}
         return RunResult(
             run_id=run_id, status=status, reason=reason, optimizer=cfg.optimizer,
             initial_prompt=cfg.initial_prompt, best_prompt=best_text, best_id=best_id,

@@ -69,7 +69,8 @@ def _from_upload() -> None:
 
 def launch_section() -> None:
     if "sw_text" not in ss:
-        ss["sw_text"] = sweep_yaml(**{**EXAMPLE, "parallel": runs_at_once(_endpoints())}, endpoints=_endpoints())
+        eps = _endpoints()
+        ss["sw_text"] = sweep_yaml(**{**EXAMPLE, "parallel": runs_at_once(eps)}, endpoints=eps)
     text_tab, form_tab = st.tabs(["YAML / JSON", "Form"])
     with form_tab:
         opts = registered_optimizers()
