@@ -47,6 +47,10 @@ def goto(page, app, path: str = "", **query: str) -> None:
     if query:
         url += "?" + "&".join(f"{k}={v}" for k, v in query.items())
     page.goto(url)
+    # the page's shell comes before its first script run: wait for content, or a check can read an empty page
+    page.wait_for_function(
+        "() => { const m = document.querySelector('[data-testid=\"stMain\"]'); return m && m.innerText.trim() }",
+        timeout=30_000)
     settle(page)
 
 
@@ -203,6 +207,7 @@ def test_two_browser_sessions_do_not_share_data(browser, app, tmp_path):
     try:
         load_reviews(a, app, tmp_path)
         goto(b, app, "Optimize")
+        b.get_by_role("button", name=re.compile("Load the bundled sentiment set")).wait_for()
         assert "Load the bundled sentiment set" in main_text(b)  # b has no data of its own
         b.get_by_role("button", name=re.compile("Load the bundled sentiment set")).click()
         settle(b)
