@@ -153,12 +153,19 @@ def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
     rows = ["| arm | best prompt (instruction; demos) | form | test initial | test best [95% CI] | gained / lost | "
             f"McNemar p | best's top answer (share) | vs always {label} | calls | wall |",
             "|---|---|---|---:|---|---|---:|---|---|---:|---:|"]
+    records = {arm: arm_record(out, arm) for arm in arms}
+    ref = reference_answers([r for r in records.values() if r])
+    other = []
     for arm in arms:
-        r = arm_record(out, arm)
+        r = records[arm]
         if r is None:
             rows.append(f"| {arm} | not run (or not finished) | | | | | | | | | |")
             continue
         init, best = r["initial_test"], r["best_test"]
+        differ = sum(ref.get(i, v[1]) != v[1] for i, v in init.items())
+        if differ > 0.05 * len(init):  # one or two replies can differ between machines on one build (measured)
+            other.append(f"{arm} ({differ} of {len(init)})")
+            arm = f"{arm} †"
         ids = sorted(set(init) & set(best))
         if not ids:
             rows.append(f"| {arm} | {r['status']}: no test report | | | | | | | | {r.get('calls')} | |")
@@ -176,7 +183,21 @@ def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
                     f"[{lo:.2f}, {hi:.2f}] | {t['a_only']} / {t['b_only']} | {t['p_value']:.2g} | {top} "
                     f"({n_top / len(ids):.2f}) | {vs_constant({i: best[i][0] for i in ids}, prepared)} | {r['calls']} | "
                     f"{r['wall_time_s'] / 60:.0f} min |")
+    if other:
+        rows.append(f"\n† The initial prompt's test answers differ from the other arms' on {', '.join(other)}: run on "
+                    "another llama.cpp build (at temperature 0 one build answers the same prompt the same way, bar a "
+                    "reply or two between machines), so read those rows against their own initial, not the others.")
     return "\n".join(rows)
+
+
+def reference_answers(records: list[dict]) -> dict[str, str | None]:
+    """Test example -> the initial prompt's answer most arms recorded: at temperature 0 it fingerprints the task
+    model's build, so an arm run on another build shows as one whose initial answers differ."""
+    votes: dict[str, Counter] = {}
+    for r in records:
+        for i, (_, answer) in r["initial_test"].items():
+            votes.setdefault(i, Counter())[answer] += 1
+    return {i: c.most_common(1)[0][0] for i, c in votes.items()}
 
 
 def _prepared(a: argparse.Namespace):

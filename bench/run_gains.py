@@ -1,10 +1,14 @@
 """The effectiveness benchmark in one command: for every bundled task with measured headroom, the headroom rows
 (bench_headroom.py: the initial prompt, the best of three fixed expert instructions, the same with 8 demonstrations)
 and each arm's run (bench_gain.py: an optimizer, with or without a demo search, 300 optimization calls, the test report
-on top), each tested against the initial prompt on the same test examples. Writes gains.md and gains.png.
+on top), each tested against the initial prompt on the same test examples. Writes one section per task
+(gains-<task>.md with its figure gains-<task>.png) and gains.md, which joins them.
 
     nice -n 10 python bench/run_gains.py --out bench/results            # runs what is missing, resumes, then writes
     python bench/run_gains.py --out bench/results --table-only          # only the tables, from what was run
+    python bench/run_gains.py --tasks bbh_disambiguation_qa --table-only --rewrite   # one task's section
+
+A section is kept when --table-only finds arms without a record (runs whose records were not kept), unless --rewrite.
 
 Every step resumes (bench_gain keeps each arm's run id; bench_headroom caches every reply).
 """
@@ -169,49 +173,61 @@ def figure(scores: dict[str, dict[str, dict]], png: Path) -> str | None:
     return render_png(fig, png, 1220, 540)
 
 
+def task_section(task: str, a: argparse.Namespace) -> tuple[str, dict[str, dict]]:
+    """One task's part of gains.md (its headroom rows, its arms, DSPy at the same calls) and its bars' scores."""
+    out = ROOT / "bench" / "runs" / f"gain-{task}"
+    head = sh(["bench/bench_headroom.py", "--models", MODEL, "--tasks", task, "--cache", str(HEADROOM.relative_to(ROOT)),
+               *(["--cached-only"] if a.table_only else [])]).strip()
+    argv = ["bench/bench_gain.py", "--task", task, "--arms", TASKS.get(task, "demos,gpo+demos"), "--model", MODEL,
+            "--optimizer-model", MODEL, "--out", str(out.relative_to(ROOT))]
+    parts = [f"## {task}\n", f"### {task}: headroom (what was there to find)\n", head, "",
+             sh(argv + (["--table-only"] if a.table_only else [])).strip(), ""]
+    scores = arm_scores(out, TASKS.get(task, "demos,gpo+demos").split(","))
+    if not a.table_only and not a.no_dspy:
+        run_dspy(task, out)
+    gpo = {arm: {i: c for i, (c, _) in correct_of(out, arm).items()} for arm in ("gpo", "gpo+demos")}
+    prepared = _prepared(argparse.Namespace(task=task, max_train=126, max_dev=40, max_test=126))
+    parts += [f"### {task}: DSPy at the same calls\n", dspy_table(out, {k: v for k, v in gpo.items() if v}, prepared),
+              ""]
+    for r in dspy_rows(out):
+        if r.get("best_correct"):
+            b, i0 = r["best_correct"], r["initial_correct"]
+            ids = sorted(set(b) & set(i0))
+            k, ki = sum(b[i] for i in ids), sum(i0[i] for i in ids)
+            scores[r["optimizer"]] = {"best": k / len(ids), "best_ci": wilson(k, len(ids)), "initial": ki / len(ids),
+                                      "initial_ci": wilson(ki, len(ids))}
+    return "\n".join(parts), scores
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--tasks", default=",".join(TASKS),
+                    help="the tasks to (re)write; gains.md keeps the other tasks' sections as last written")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--rewrite", action="store_true",
+                    help="with --table-only, rewrite a task's section even when some of its arms have no record")
     ap.add_argument("--no-dspy", action="store_true", help="skip running DSPy's optimizers (their tables still show)")
     a = ap.parse_args()
-    tasks = [t for t in a.tasks.split(",") if t]
+    a.out.mkdir(parents=True, exist_ok=True)
     runs = ROOT / "bench" / "runs"
+    for task in [t for t in a.tasks.split(",") if t]:
+        section = a.out / f"gains-{task}.md"
+        missing = [arm for arm in TASKS.get(task, "").split(",") if arm and not arm_record(runs / f"gain-{task}", arm)]
+        if a.table_only and missing and section.exists() and not a.rewrite:
+            print(f"# {task}: kept {section.name} (no record of {', '.join(missing)}; --rewrite shows them as not run)",
+                  file=sys.stderr)
+            continue
+        text, scores = task_section(task, a)
+        png = figure({task: scores}, a.out / f"gains-{task}.png")
+        (a.out / f"gains-{task}.md").write_text(text + (f"\n![gains of {task}]({png})\n" if png else ""))
     parts = ["# Gains on the tasks with headroom\n",
              f"Task and optimizer model: `{MODEL}` (the embedded default), instruction as the system message, "
              "temperature 0 for the task. Regenerate: `python bench/run_gains.py --out bench/results` "
-             "(resumes; `--table-only` rewrites this file from what was run).\n",
-             "## Headroom (what was there to find)\n",
-             sh(["bench/bench_headroom.py", "--models", MODEL, "--tasks", ",".join(tasks), "--cache", str(HEADROOM),
-                 *(["--cached-only"] if a.table_only else [])]).strip(), ""]
-    scores = {}
-    for task in tasks:
-        out = runs / f"gain-{task}"
-        argv = ["bench/bench_gain.py", "--task", task, "--arms", TASKS.get(task, "demos,gpo+demos"), "--model", MODEL,
-                "--optimizer-model", MODEL, "--out", str(out)]
-        parts += [f"## {task}\n", sh(argv + (["--table-only"] if a.table_only else [])).strip(), ""]
-        arms = TASKS.get(task, "demos,gpo+demos").split(",")
-        scores[task] = arm_scores(out, arms)
-        if not a.table_only and not a.no_dspy:
-            run_dspy(task, out)
-        gpo = {arm: {i: c for i, (c, _) in correct_of(out, arm).items()} for arm in ("gpo", "gpo+demos")}
-        prepared = _prepared(argparse.Namespace(task=task, max_train=126, max_dev=40, max_test=126))
-        parts += [f"### {task}: DSPy at the same calls\n",
-                  dspy_table(out, {k: v for k, v in gpo.items() if v}, prepared), ""]
-        for r in dspy_rows(out):
-            if r.get("best_correct"):
-                b, i0 = r["best_correct"], r["initial_correct"]
-                ids = sorted(set(b) & set(i0))
-                k, ki = sum(b[i] for i in ids), sum(i0[i] for i in ids)
-                scores[task][r["optimizer"]] = {"best": k / len(ids), "best_ci": wilson(k, len(ids)),
-                                                "initial": ki / len(ids), "initial_ci": wilson(ki, len(ids))}
-    a.out.mkdir(parents=True, exist_ok=True)
-    png = figure(scores, a.out / "gains.png")
-    if png:
-        parts += [f"![gains]({png})", ""]
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "gains.md").write_text("\n".join(parts) + "\n")
+             "(resumes; `--table-only` rewrites the tables from what was run; `--tasks T` rewrites one task's section, "
+             "kept in gains-T.md, and leaves the others as they were last written).\n"]
+    parts += [(a.out / f"gains-{t}.md").read_text() for t in TASKS if (a.out / f"gains-{t}.md").exists()]
+    (a.out / "gains.md").write_text("\n".join(parts))
     print(f"wrote {a.out / 'gains.md'}", file=sys.stderr)
 
 
