@@ -211,3 +211,34 @@ def test_gains_rows_are_paired_against_answering_the_train_majority_label_always
     assert vs_constant(always_b, prepared) == "0.400: 0 / 0, p 1"
     all_right = {e.id: True for e in test}
     assert vs_constant(all_right, prepared) == "0.400: 6 / 0, p 0.031"
+
+
+def test_gains_table_flags_an_arm_whose_initial_answers_show_another_build(tmp_path, monkeypatch):
+    """At temperature 0 the initial prompt's test answers fingerprint the task model's build: an arm recorded on
+    another build is marked, one or two differing replies (seen between machines on one build) are not."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import argparse
+
+    import bench_gain
+
+    from optimizers.base import candidate_id
+
+    a = argparse.Namespace(task="bbh_disambiguation_qa", max_train=126, max_dev=40, max_test=126)
+    test_ids = [e.id for e in bench_gain._prepared(a).splits.test]
+    initial = "Which option is the antecedent of the pronoun? Answer (A), (B) or (C)."
+
+    def record(arm: str, differ: int) -> None:
+        init = {i: [False, "(A)" if n < differ else "(B)"] for n, i in enumerate(test_ids)}
+        rec = {"run_id": arm, "status": "done", "initial_prompt": initial, "best_prompt": initial,
+               "best_id": candidate_id(initial), "calls": 1, "wall_time_s": 60.0,
+               "initial_test": init, "best_test": init}
+        (tmp_path / "gain-x" / f"{arm}.json").write_text(json.dumps(rec))
+
+    (tmp_path / "gain-x").mkdir()
+    monkeypatch.setattr(bench_gain, "RECORDS", tmp_path)
+    for arm, differ in (("baseline", 0), ("demos", 0), ("gpo", 1), ("opro", 20)):
+        record(arm, differ)
+    text = bench_gain.table(a, ["baseline", "demos", "gpo", "opro"], tmp_path / "runs" / "gain-x")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "opro †" in rows and "gpo" in rows and "gpo †" not in rows
+    assert f"on opro (20 of {len(test_ids)})" in text
