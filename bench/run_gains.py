@@ -40,6 +40,7 @@ TASKS = {"support_triage": ALL_ARMS, "bbh_disambiguation_qa": ALL_ARMS}
 DSPY = ("copro", "miprov2", "miprov2-demos", "gepa")  # bench_dspy.py, at the same 300 optimization calls
 # the headroom rows' replies, committed like the arms' records: the tables regenerate from a clean clone, no server
 HEADROOM = RECORDS / "headroom.jsonl"
+RUNS = ROOT / "bench" / "runs"  # each task's run store and caches (not committed: large)
 DSPY_PYTHON = os.environ.get("PROMPTOPT_DSPY_PYTHON", "/work/venv-dspy/bin/python")  # see bench/requirements-dspy.txt
 
 
@@ -175,7 +176,7 @@ def figure(scores: dict[str, dict[str, dict]], png: Path) -> str | None:
 
 def task_section(task: str, a: argparse.Namespace) -> tuple[str, dict[str, dict]]:
     """One task's part of gains.md (its headroom rows, its arms, DSPy at the same calls) and its bars' scores."""
-    out = ROOT / "bench" / "runs" / f"gain-{task}"
+    out = RUNS / f"gain-{task}"
     head = sh(["bench/bench_headroom.py", "--models", MODEL, "--tasks", task, "--cache", str(HEADROOM.relative_to(ROOT)),
                *(["--cached-only"] if a.table_only else [])]).strip()
     argv = ["bench/bench_gain.py", "--task", task, "--arms", TASKS.get(task, "demos,gpo+demos"), "--model", MODEL,
@@ -210,10 +211,9 @@ def main() -> None:
     ap.add_argument("--no-dspy", action="store_true", help="skip running DSPy's optimizers (their tables still show)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    runs = ROOT / "bench" / "runs"
     for task in [t for t in a.tasks.split(",") if t]:
         section = a.out / f"gains-{task}.md"
-        missing = [arm for arm in TASKS.get(task, "").split(",") if arm and not arm_record(runs / f"gain-{task}", arm)]
+        missing = [arm for arm in TASKS.get(task, "").split(",") if arm and not arm_record(RUNS / f"gain-{task}", arm)]
         if a.table_only and missing and section.exists() and not a.rewrite:
             print(f"# {task}: kept {section.name} (no record of {', '.join(missing)}; --rewrite shows them as not run)",
                   file=sys.stderr)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -72,6 +72,10 @@ class Context:
         # billed calls this optimization may spend (None: no call cap); the runner sets it once per run so that
         # methods whose paper defaults cost more than the cap can size a complete search to it (see events.Plan)
         self.call_allowance: int | None = None
+        # whether `calls` more billed calls fit beside what is held for the report, for a search whose stream ends
+        # when the answer is no (the runner answers a replayed one from the stored stream); methods.demos uses it
+        # to spend what the optimizer before it left unspent
+        self.go_on: Callable[[int], bool] = lambda calls: False
 
     # --- optimizer model ----------------------------------------------------------------------------------------
     def ask(self, purpose: str, messages: list[dict[str, str]], *, step: int, ref: str | None = None,

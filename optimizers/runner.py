@@ -219,6 +219,15 @@ class Runner:
                       recoverable=True, where="budget"), False)
         roles = {role: RoleServed(model=b.model, endpoint=b.describe())
                  for role, b in (("task", backends.task), ("optimizer", backends.optimizer))}
+        def go_on(calls: int) -> bool:
+            """Replaying, the stored stream answers: the run went on there since events follow (the meter starts at
+            the run's latest total, and the report's cached requests change what it holds)."""
+            if index < len(stored):
+                return True
+            left = meter.call_allowance()
+            return left is None or left >= calls
+
+        ctx.go_on = go_on
         ctx.call_allowance = meter.call_allowance() if not stored else _stored_allowance(
             self.store.last_event(run_id, "run_started"))
         try:
@@ -248,6 +257,9 @@ class Runner:
                         # starts on the share held for it (it was ended with the run before: measured)
                 if self.store.stop_requested(run_id):
                     raise _Stopped()
+            if index < len(stored):
+                raise ReplayDiverged(f"resume could not replay the stored run: the optimizer ended after {index} of "
+                                     f"its {len(stored)} stored events (was the response cache cleared?)")
         except BudgetExceeded as e:
             status, reason = RunStatus.BUDGET, f"budget reached: {e}"
         except _Stopped:

@@ -276,9 +276,10 @@ def test_fit_to_calls_takes_at_most_half_of_what_the_report_leaves():
     from optimizers.methods.demos import fit_to_calls, fitted
 
     assert fit_to_calls({}, 1000, 40) == {"trials": 6}  # 7 x 40 = 280 <= 500: as asked
-    assert fit_to_calls({"k": 4}, 200, 40) == {"k": 4, "trials": 1}  # fewer sets first: 2 x 40 <= 100
-    assert fit_to_calls({}, 60, 120) == {"trials": 1, "max_dev": 15}  # then a dev subset: 2 x 15 <= 30
-    assert fit_to_calls({}, 10, 120) == {"trials": 1, "max_dev": 15}  # never below 15: the cap still stops it
+    # fewer sets first (2 x 40 <= 100), and up to the 6 asked for from what the optimizer leaves unspent
+    assert fit_to_calls({"k": 4}, 200, 40) == {"k": 4, "trials": 1, "extend_to": 6}
+    assert fit_to_calls({}, 60, 120) == {"trials": 1, "extend_to": 6, "max_dev": 15}  # then a dev subset: 2 x 15 <= 30
+    assert fit_to_calls({}, 10, 120) == {"trials": 1, "extend_to": 6, "max_dev": 15}  # never below 15: the cap stops it
     assert fitted({"trials": 3}, 60, 120) == {"trials": 3}  # sized only when asked to
     assert fitted({"fit_budget": True}, None, 120) == {"fit_budget": True}  # no call cap: as asked
 
@@ -289,12 +290,74 @@ def test_a_fitted_search_is_stored_at_the_first_start_stays_inside_the_cap_and_s
     res, store, rid, billed = _run(tmp_path, "gpo", Budget(max_calls=cap), {"fit_budget": True, "k": 4}, responder)
     assert billed <= cap and res.calls == billed
     started = [e for _, e in store.events(rid, kinds=["run_started"])]
-    assert started[0].demo_search == {"fit_budget": True, "k": 4, "trials": 3}  # (3 + 1) x 10 <= 40
+    assert started[0].demo_search == {"fit_budget": True, "k": 4, "trials": 3, "extend_to": 6}  # (3 + 1) x 10 <= 40
     proposed = [e for _, e in store.events(rid, kinds=["candidate_proposed"]) if e.origin == "demos"]
-    assert 1 <= len(proposed) <= 3
+    assert 1 <= len(proposed) <= 6
     est = dry_run("gpo", {}, _task(layout="system"), _splits(), "Classify the text.", seed=5,
                   budget=Budget(max_calls=cap), report_splits=["test"], demo_search={"fit_budget": True, "k": 4})
     assert est.calls <= cap
+
+
+def _demo_steps(store, rid) -> int:
+    """Demonstration sets the search drew (each one step: proposed, or rejected as a duplicate)."""
+    return len({e.step for _, e in store.events(rid, kinds=["candidate_proposed", "candidate_rejected"])
+                if e.origin == "demos"})
+
+
+FITTED = {"fit_budget": True, "k": 4}
+
+
+def test_calls_an_optimizer_leaves_unspent_go_to_more_demo_sets_inside_the_cap(tmp_path):
+    """Baseline spends one dev pass of its half; the search, sized to 2 sets, draws sets while a whole one fits
+    beside the report, up to the 6 asked for (before, the calls were left unused)."""
+    cap = 80  # the report on test holds 2 x 10: 60 left, the search's half 30 = (2 + 1) x 10 dev calls
+    res, store, rid, billed = _run(tmp_path, "baseline", Budget(max_calls=cap), FITTED, DemoResponder())
+    started = next(e for _, e in store.events(rid, kinds=["run_started"]))
+    assert started.demo_search["trials"] == 2 and started.demo_search["extend_to"] == 6
+    assert _demo_steps(store, rid) > 2
+    assert billed <= cap and res.calls == billed
+    assert cap - billed < 10 + 10, "a whole set of 10 dev calls was still affordable beside the report"
+    assert res.status.value == "done"
+
+
+class _Crash(BaseException):
+    """A process killed mid-run: nothing after it runs (no report), the run stays "running"."""
+
+
+def test_a_run_killed_after_its_extra_demo_sets_resumes_to_the_uninterrupted_result(tmp_path):
+    """On resume the meter starts at the run's latest total: replayed decisions to draw another set are read from
+    the stored stream, not from that total (which would say no at once: the replay ended early and diverged)."""
+    cap = 80
+    whole, s1, r1, _ = _run(tmp_path / "a", "baseline", Budget(max_calls=cap), FITTED, DemoResponder())
+    steps = _demo_steps(s1, r1)
+    assert steps >= 4  # two planned sets, then sets from unspent calls
+
+    cfg = RunConfig(optimizer="baseline", initial_prompt="Classify the text.", task=_task(layout="system"),
+                    data=DataConfig(name="toy", input_cols=["text"], label_col="label"), seed=5,
+                    task_endpoint={"model": "stub-task"}, optimizer_endpoint={"model": "stub-opt"},
+                    budget=Budget(max_calls=cap), max_concurrency=2, cache_dir=str(tmp_path / "b" / "cache"),
+                    demo_search=FITTED, report_splits=["test"])
+    with StubServer(DemoResponder()) as stub:
+        def backend(c):
+            return Backend(Endpoint(stub.base_url, "k", max_retries=1, patience=5, max_concurrency=2, timeout=5),
+                           False, "stub-task", "stub")
+
+        store = Store(tmp_path / "b" / "runs.sqlite")
+        runner = Runner(store, backend_factory=backend)
+        rid = runner.create(cfg, _splits())
+
+        def crash_at_the_last_set(seq, ev):
+            if ev.kind == "usage" and ev.step == steps + 1:  # its last set stored, and the spend after it
+                raise _Crash()
+
+        with pytest.raises(_Crash):
+            runner.execute(rid, on_event=crash_at_the_last_set)
+        assert store.get_run(rid)["status"] == "running"
+        resumed = runner.execute(rid)
+        billed = stub.billed
+    assert resumed.status.value == "done", resumed.reason
+    assert resumed.best_prompt == whole.best_prompt and resumed.scores == whole.scores
+    assert _demo_steps(store, rid) == steps and billed <= cap
 
 
 def test_a_dev_subset_scores_the_instruction_and_each_set_on_the_same_examples(tmp_path):

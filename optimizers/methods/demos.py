@@ -28,6 +28,10 @@ class DemoParams(Params):
                                                         "examples (one fixed random subset; empty: all of dev)")
     fit_budget: bool = Field(False, description="After another optimizer, under a call cap: size the search to half "
                                                 "of the calls the report leaves (fewer sets, then a dev subset)")
+    extend_to: int | None = Field(None, ge=1, le=200, description="Draw more sets, up to this many in all, while "
+                                                                  "the calls the optimizer left unspent pay for a "
+                                                                  "whole set (set by fit_budget; DSPy's searches "
+                                                                  "stop at their planned size)")
 
 
 @register
@@ -70,7 +74,9 @@ class DemoSearch(Optimizer):
         best = base
         yield self._done(step, best, scores)
         instruction = instruction_of(base.text)
-        for _ in range(p.trials):
+        tried = 0
+        while tried < p.trials or (tried < (p.extend_to or 0) and ctx.go_on(len(dev))):
+            tried += 1
             step += 1
             demos = draw_demos(ctx.train, p.k, ctx.rng)
             cand = yield from ctx.propose(join_prompt(instruction, demos), step=step, parents=[base.id],
@@ -139,7 +145,8 @@ def fitted(params: dict | None, allowance: int | None, n_dev: int) -> dict | Non
 def fit_to_calls(params: dict | None, allowance: int, n_dev: int, min_dev: int = 15) -> dict:
     """A demo search that follows an optimizer, sized to take at most half of `allowance` (the calls the cap leaves
     after the report): as many sets as the parameters ask for on all of dev when that fits; else fewer sets (down
-    to one), then a dev subset (down to min_dev); the optimizer keeps the other half."""
+    to one), then a dev subset (down to min_dev); the optimizer keeps the other half. A search cut below the sets
+    asked for may draw more, up to them, from calls the optimizer leaves unspent (extend_to)."""
     p = DemoParams(**(params or {}))
     half = max(allowance // 2, 0)
     m = min(p.max_dev or n_dev, n_dev)
@@ -149,6 +156,8 @@ def fit_to_calls(params: dict | None, allowance: int, n_dev: int, min_dev: int =
     while m > min(min_dev, n_dev) and (trials + 1) * m > half:
         m -= 1
     out = {**(params or {}), "trials": trials}
+    if trials < p.trials:
+        out["extend_to"] = p.trials
     if m < n_dev:
         out["max_dev"] = m
     return out
