@@ -133,7 +133,9 @@ def _splits() -> Splits:
 
 
 def _run(tmp_path, optimizer: str, budget: Budget, demo_search: dict | None, responder: DemoResponder,
-         report_splits: tuple[str, ...] = ("test",), params: dict | None = None):
+         report_splits: tuple[str, ...] = ("test",), params: dict | None = None,
+         execute=lambda runner, store, rid: runner.execute(rid)):
+    """One run over real HTTP to the scripted server; `execute` drives it (a crash, then a resume)."""
     task = _task(layout="system")
     cfg = RunConfig(optimizer=optimizer, params=params or {}, initial_prompt="Classify the text.", task=task,
                     data=DataConfig(name="toy", input_cols=["text"], label_col="label"), seed=5,
@@ -148,7 +150,7 @@ def _run(tmp_path, optimizer: str, budget: Budget, demo_search: dict | None, res
         store = Store(tmp_path / "runs.sqlite")
         runner = Runner(store, backend_factory=backend)
         rid = runner.create(cfg, _splits())
-        res = runner.execute(rid)
+        res = execute(runner, store, rid)
         billed = stub.billed
     return res, store, rid, billed
 
@@ -332,20 +334,7 @@ def test_a_run_killed_after_its_extra_demo_sets_resumes_to_the_uninterrupted_res
     steps = _demo_steps(s1, r1)
     assert steps >= 4  # two planned sets, then sets from unspent calls
 
-    cfg = RunConfig(optimizer="baseline", initial_prompt="Classify the text.", task=_task(layout="system"),
-                    data=DataConfig(name="toy", input_cols=["text"], label_col="label"), seed=5,
-                    task_endpoint={"model": "stub-task"}, optimizer_endpoint={"model": "stub-opt"},
-                    budget=Budget(max_calls=cap), max_concurrency=2, cache_dir=str(tmp_path / "b" / "cache"),
-                    demo_search=FITTED, report_splits=["test"])
-    with StubServer(DemoResponder()) as stub:
-        def backend(c):
-            return Backend(Endpoint(stub.base_url, "k", max_retries=1, patience=5, max_concurrency=2, timeout=5),
-                           False, "stub-task", "stub")
-
-        store = Store(tmp_path / "b" / "runs.sqlite")
-        runner = Runner(store, backend_factory=backend)
-        rid = runner.create(cfg, _splits())
-
+    def crash_then_resume(runner, store, rid):
         def crash_at_the_last_set(seq, ev):
             if ev.kind == "usage" and ev.step == steps + 1:  # its last set stored, and the spend after it
                 raise _Crash()
@@ -353,8 +342,10 @@ def test_a_run_killed_after_its_extra_demo_sets_resumes_to_the_uninterrupted_res
         with pytest.raises(_Crash):
             runner.execute(rid, on_event=crash_at_the_last_set)
         assert store.get_run(rid)["status"] == "running"
-        resumed = runner.execute(rid)
-        billed = stub.billed
+        return runner.execute(rid)
+
+    resumed, store, rid, billed = _run(tmp_path / "b", "baseline", Budget(max_calls=cap), FITTED, DemoResponder(),
+                                       execute=crash_then_resume)
     assert resumed.status.value == "done", resumed.reason
     assert resumed.best_prompt == whole.best_prompt and resumed.scores == whole.scores
     assert _demo_steps(store, rid) == steps and billed <= cap
