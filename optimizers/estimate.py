@@ -53,6 +53,9 @@ class Estimate:
     stopped_by_budget: bool
     capped: bool  # the dry run hit MAX_DRY_CALLS: the real run makes at least this many
     report_skipped: list[str]  # splits the budget cannot pay to report on
+    # the dry run's best differs from the initial prompt, so its report scores two prompts: the dry model's answers
+    # decide this, a real run's may not agree (the report is then one prompt's scoring off)
+    best_changed: bool = False
 
     @property
     def calls(self) -> int:
@@ -206,4 +209,5 @@ def dry_run(optimizer: str, params: dict[str, Any], task: Task, splits: Splits, 
                                    {"initial": initial_prompt, "best": best}, lambda *a: None)
         except (BudgetExceeded, _Capped):
             pass
-    return Estimate(roles=tally, stopped_by_budget=stopped, capped=capped, report_skipped=skipped)
+    return Estimate(roles=tally, stopped_by_budget=stopped, capped=capped, report_skipped=skipped,
+                    best_changed=best != initial_prompt)

@@ -90,7 +90,11 @@ def test_the_estimate_is_within_ten_percent_of_the_bill(tmp_path, name):
     budget = Budget(max_calls=60)
     res, (calls, _, _), _, _ = run(tmp_path, name, budget)
     est = dry_run(name, {}, TOY_TASK, splits(), "Classify the text.", seed=3, budget=budget)
-    assert abs(est.calls - calls) <= 0.1 * calls, (est.calls, calls)
+    # the report scores the best too when it changed; the dry model's random answers decide that for the estimate,
+    # so where the two disagree they may be one prompt's report apart
+    one_report = sum(len(x) for x in (splits().train, splits().dev, splits().test))
+    slack = 0.1 * calls + (one_report if est.best_changed != (res.best_prompt != res.initial_prompt) else 0)
+    assert abs(est.calls - calls) <= slack, (est.calls, calls, est.best_changed)
 
 
 def test_a_cap_too_small_for_the_report_says_so_and_does_not_overspend(tmp_path):

@@ -141,3 +141,23 @@ def test_gpo_plans_its_steps_and_its_schedule_spans_them(tmp_path):
     assert len(gens) == s["steps"] * s["candidates_per_step"]
     sizes = {e.n for e in of(events, "candidate_scored") if e.split == "dev" and e.purpose != "report"}
     assert sizes == {s["selection_examples"]}
+
+
+def test_pe2_plans_a_complete_search_instead_of_spending_the_cap_on_its_first_error_scan(tmp_path):
+    res, billed, events = run(tmp_path, "pe2", Budget(max_calls=150))
+    assert billed <= 150
+    (plan,) = of(events, "plan")
+    s = plan.settings
+    assert plan.estimated_calls <= plan.allowance == of(events, "run_started")[0].call_allowance
+    assert (s["steps"], s["n_parents"], s["proposals_per_parent"]) != (3, 4, 4)  # the paper's sizes did not fit
+    scans = {e.n for e in of(events, "candidate_scored") if e.purpose == "errors"}
+    assert scans == {s["train_sample"]}
+    asked = [e for e in of(events, "meta_prompt") if e.purpose == "pe2.propose"]
+    assert 1 <= len(asked) <= s["steps"] * s["n_parents"] * s["proposals_per_parent"]
+    assert max(e.step for e in asked) == s["steps"]  # every planned step ran
+    assert res.status == "done", res.reason
+
+
+def test_pe2_fit_budget_off_is_cut_by_the_cap(tmp_path):
+    res, billed, events = run(tmp_path, "pe2", Budget(max_calls=150), {"fit_budget": False})
+    assert not of(events, "plan") and billed <= 150 and res.status == "budget"

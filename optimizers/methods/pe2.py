@@ -11,6 +11,11 @@ our own words. Step size, optimization history and a tutorial were tried in the 
 method: they are knobs here, off by default. Ours: proposals over the length cap are rejected (`enforce_length`; the
 paper only instructs), ties in dev score go to the older candidate, and a parent without errors on train falls back
 to a random train batch (recorded on the proposal and on each example shown).
+
+With a call cap (ours, `fit_budget`): when the search's worst case costs more than the run's call allowance, the
+run plans the largest complete search it pays for (most proposals, then most steps): a smaller train sample to find
+each parent's errors, then fewer parents and proposals a step, then fewer steps; the plan is an event. Before, the
+first parent's error scan on all of train could take the whole allowance and leave no proposal.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pydantic import Field
 from ..base import Candidate, Gen, Optimizer, Params, register
 from ..data import Example, render_template
 from ..evaluate import Prediction
-from ..events import EditBudget, Event, Reasoning, Selection
+from ..events import EditBudget, Event, Plan, Reasoning, Selection
 from . import parsing
 from .induction import INDUCE_PROMPT, demo_block
 from .text import Signature, input_text, render, word_distance
@@ -189,6 +194,12 @@ class PE2(Optimizer):
         temperature: float = Field(0.7, ge=0.0, le=2.0, description="Optimizer-model temperature of the new prompt "
                                                                    "(and of the history summary)")
         proposal_max_tokens: int = Field(300, ge=16, description="Max tokens of the new-prompt reply")
+        fit_budget: bool = Field(True, description="With a call cap, plan the largest complete search it pays for "
+                                                   "(a smaller error-scan sample, then fewer parents and proposals, "
+                                                   "then fewer steps) instead of being cut mid-step")
+        min_steps: int = Field(2, ge=1, description="With fit_budget: steps kept before proposals a step are cut")
+        min_error_sample: int = Field(20, ge=1, description="With fit_budget: the smallest train sample scanned for "
+                                                            "a parent's errors")
 
     p: PE2.Params
 
@@ -200,6 +211,10 @@ class PE2(Optimizer):
         self._order: list[str] = []  # candidates in creation order (ties go to the older one)
         self._ref_no = 0
         self.split = "dev" if ctx.dev else "train"  # ours: without a dev split, select on train
+        plan = self.plan()
+        if plan is not None:
+            yield plan
+            self.p = p = p.model_copy(update=plan.settings)
         pool = ctx.train
         if p.train_sample is not None and p.train_sample < len(ctx.train):
             pool = ctx.sample(ctx.train, p.train_sample)
@@ -225,6 +240,53 @@ class PE2(Optimizer):
                         yield from self.score_dev(child, step=step, purpose="selection")
             parents = yield from self.select(step)
             yield ctx.step_done(step, self.best(), self.split, parents)
+
+    # --- the plan under a call cap ---------------------------------------------------------------------------------
+    def cost(self, steps: int, n_parents: int, per_parent: int, sample: int) -> tuple[int, int]:
+        """(worst-case calls, proposals) of a search: the baseline and induced starts on the selection split, then
+        per step each parent's error scan (as if every parent were new) and its proposals (two requests, a third
+        with the history summary, a random batch when it has no errors, the child on the selection split)."""
+        p, n = self.p, len(self.ctx.dev if self.split == "dev" else self.ctx.train)
+        calls, cands, proposals = n + p.induced_start * (1 + n), 1 + p.induced_start, 0
+        each = 2 + (1 if p.use_history else 0) + p.batch_size + n
+        for _ in range(steps):
+            parents = min(n_parents, cands)
+            calls += parents * (sample + per_parent * each)
+            cands += parents * per_parent
+            proposals += parents * per_parent
+        return calls, proposals
+
+    def plan(self) -> Plan | None:
+        ctx, p = self.ctx, self.p
+        full_sample = min(p.train_sample or len(ctx.train), len(ctx.train))
+        sizes = (p.steps, p.n_parents, p.proposals_per_parent, full_sample)
+        if ctx.call_allowance is None or not p.fit_budget or p.steps == 0 or self.cost(*sizes)[0] <= ctx.call_allowance:
+            return None
+        allowance, floor = ctx.call_allowance, min(p.min_error_sample, full_sample)
+        min_steps = min(p.min_steps, p.steps)
+        best, key = None, None
+        for steps in range(1, p.steps + 1):
+            for par in range(1, p.n_parents + 1):
+                for m in range(1, p.proposals_per_parent + 1):
+                    for sample in range(full_sample, floor - 1, -1):
+                        calls, n_prop = self.cost(steps, par, m, sample)
+                        if calls <= allowance:
+                            k = (steps >= min_steps, n_prop, steps, sample, -par)  # no idle parents
+                            if key is None or k > key:
+                                best, key = (steps, par, m, sample), k
+                            break  # the largest sample that fits at these sizes
+        if best is None:  # not even one proposal fits: the smallest search, which the cap cuts
+            best = (1, 1, 1, floor)
+        steps, par, m, sample = best
+        calls = self.cost(*best)[0]
+        return Plan(step=0, allowance=allowance,
+                    defaults={"steps": p.steps, "n_parents": p.n_parents, "proposals_per_parent": p.proposals_per_parent,
+                              "train_sample": full_sample},
+                    settings={"steps": steps, "n_parents": par, "proposals_per_parent": m, "train_sample": sample},
+                    estimated_calls=calls,
+                    note=f"the paper's sizes need about {self.cost(*sizes)[0]} calls, the allowance is {allowance}: "
+                         f"{steps} step(s) of {par} parent(s) x {m} proposal(s), each parent's errors found on "
+                         f"{sample} train examples")
 
     def induce_one(self, i: int) -> Generator[Event, None, Candidate | None]:
         """One induced starting prompt (forward-mode induction on a fresh train sample, as APE does)."""
