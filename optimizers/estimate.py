@@ -180,7 +180,7 @@ def dry_run(optimizer: str, params: dict[str, Any], task: Task, splits: Splits, 
                                                                 task.max_tokens)
     reserve = ReportReserve(task_llm, meter, task, splits, report_splits, initial_prompt, share)
     ctx.call_allowance = meter.call_allowance()  # as the runner plans it
-    ctx.go_on = lambda calls: (meter.call_allowance() or 0) >= calls
+    ctx.go_on = lambda calls: (left := meter.call_allowance()) is None or left >= calls  # as the runner answers
     best = initial_prompt
     stopped = capped = False
     last: list[StepDone] = []

@@ -219,6 +219,7 @@ class Runner:
                       recoverable=True, where="budget"), False)
         roles = {role: RoleServed(model=b.model, endpoint=b.describe())
                  for role, b in (("task", backends.task), ("optimizer", backends.optimizer))}
+
         def go_on(calls: int) -> bool:
             """Replaying, the stored stream answers: the run went on there since events follow (the meter starts at
             the run's latest total, and the report's cached requests change what it holds)."""
