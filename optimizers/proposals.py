@@ -6,6 +6,9 @@ seen in one run:
 - chat_reply: it speaks to the person who asked (acknowledges, or talks about itself in the first person) instead of
   to the task model;
 - commentary: it talks about a prompt or an instruction as its object (an instruction does not mention itself);
+- edit_report: it opens by reporting what was done, in the past tense ("Corrected the secretary by understanding the
+  problem.", "Added a rule for ..."): an optimizer model's summary of its edit, which tells the task model nothing to
+  do (an opener such as "Based on the sentence, ..." is a participle, not a report, and passes);
 - reasoning_trace: it works on particular examples (refers to them by position or number, or states a verdict on
   one) instead of saying how to treat any input;
 - bare_label: it is a label of the task, or little more;
@@ -48,6 +51,26 @@ _CASE = re.compile(r"\b((the )?(first|second|third|fourth|fifth|last|previous|ne
                    r"so the answer is|therefore,? the answer)\b", re.I)
 
 
+# The first sentence opens with a verb in the past tense and then its object: a report of an edit, not an instruction.
+# Regular pasts end in -ed (base verbs that do too, and "provided" / "based", which open conditions, are exempt), plus
+# a few common irregular pasts that are never imperatives; the object must start with a determiner or a pronoun, so
+# an adjective opener ("Detailed instructions: ...", "Required format: ...") is not taken for a report.
+_NOT_PAST = {"proceed", "succeed", "exceed", "embed", "shred", "bleed", "speed", "breed", "provided", "based"}
+_PAST_IRREGULAR = {"made", "wrote", "rewrote", "gave", "took", "kept", "found", "chose", "brought", "thought",
+                   "began", "became", "sought", "taught", "understood", "built", "sent", "spent", "told"}
+_OBJECT = {"the", "a", "an", "this", "that", "these", "those", "it", "its", "them", "their", "some", "more", "each",
+           "all", "any", "my", "our", "his", "her"}
+
+
+def _reports_an_edit(first: str) -> bool:
+    words = re.findall(r"[A-Za-z][A-Za-z'-]*", first)
+    if len(words) < 2 or first.rstrip().endswith("?"):
+        return False
+    verb, obj = words[0].lower(), words[1].lower()
+    past = verb in _PAST_IRREGULAR or (verb.endswith("ed") and len(verb) > 4 and verb not in _NOT_PAST)
+    return past and obj in _OBJECT
+
+
 _WORD = r"[\"'“‘(]*[\w-]+[)\"'”’]*"
 _OPTIONS = re.compile(rf"\b(?:answer|respond|reply|output|label it|classify it)\s+(?:only\s+)?(?:with\s+)?"
                       rf"(?:either\s+)?(?:the\s+word\s+)?({_WORD}(?:\s*,\s*{_WORD})*\s*,?\s+or\s+{_WORD})", re.I)
@@ -72,6 +95,8 @@ def instruction_problem(text: str, labels: list[str] | None = None) -> str | Non
         return "chat_reply"  # an opener in the first person that addresses "you" is an instruction
     if _META.search(t):
         return "commentary"
+    if _reports_an_edit(first):
+        return "edit_report"
     if _MATERIAL.search(t):
         return "meta_reference"
     if _SCAFFOLD.search(t):

@@ -26,6 +26,11 @@ INSTRUCTIONS = [
     "Respond with either \"urgent\" or \"normal\" only.",
     "Answer urgent or not urgent.",
     "Answer A, B or C.",
+    "Based on the sentence, which option is the antecedent? Answer (A), (B) or (C).",
+    "Provided the customer is blocked, answer urgent; otherwise answer normal.",
+    "Detailed instructions: read the ticket, then answer urgent or normal.",
+    "Required format: one word, urgent or normal.",
+    "Focused on the pronoun, pick (A), (B) or (C).",
 ]
 NOT_INSTRUCTIONS = {
     "Sure, I'd be happy to help with this prompt engineering problem. Please send me the reference.": "chat_reply",
@@ -47,6 +52,11 @@ NOT_INSTRUCTIONS = {
     "Write an output for every input provided in the pairs.": "meta_reference",
     "Is this support ticket urgent? Please answer yes or no.": "wrong_labels",
     "Is this support ticket urgent? Answer with 'high', 'medium' or 'low'.": "wrong_labels",
+    # an edit summary (ProTeGi's kept instruction on bbh_disambiguation_qa, session 16), and others of its form
+    "Corrected the secretary by understanding the problem.": "edit_report",
+    "Added a rule about blocked customers. Answer urgent or normal.": "edit_report",
+    "Clarified the task and the label set.": "edit_report",
+    "Made it clearer which tickets are urgent.": "edit_report",
     "and": "fragment",
     "Subject: Bug": "fragment",
     "urgent": "bare_label",
