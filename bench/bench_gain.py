@@ -112,13 +112,16 @@ def arm_record(out: Path, arm: str) -> dict | None:
     there when it does not (bench/runs/ is not committed: its caches are large)."""
     rec = RECORDS / out.name / f"{arm}.json"
     f, db = out / arm / "result.json", out / "runs.sqlite"
-    if f.exists() and db.exists() and (not rec.exists() or rec.stat().st_mtime < f.stat().st_mtime):
+    # rewritten when the run is newer, or the record predates the proposal counts
+    if f.exists() and db.exists() and (not rec.exists() or rec.stat().st_mtime < f.stat().st_mtime
+                                       or '"proposals"' not in rec.read_text()):
         r = json.loads(f.read_text())
         store = Store(db)
         init = _correct(store, r["run_id"], _cid(r["initial_prompt"]))
         best = _correct(store, r["run_id"], r["best_id"]) if r["best_id"] != _cid(r["initial_prompt"]) else init
         keep = ("run_id", "status", "reason", "initial_prompt", "best_prompt", "best_id", "calls", "wall_time_s")
-        data = {**{k: r.get(k) for k in keep}, "initial_test": init, "best_test": best}
+        data = {**{k: r.get(k) for k in keep}, "proposals": proposal_counts(store, r["run_id"]), "initial_test": init,
+                "best_test": best}
         rec.parent.mkdir(parents=True, exist_ok=True)
         rec.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     if not rec.exists():
@@ -127,6 +130,32 @@ def arm_record(out: Path, arm: str) -> dict | None:
     for k in ("initial_test", "best_test"):
         data[k] = {i: (bool(c), p) for i, (c, p) in data[k].items()}
     return data
+
+
+def proposal_counts(store: Store, run_id: str) -> dict[str, dict[str, int]]:
+    """What the optimizer wrote, from the run's own events: instructions proposed (by origin; demo sets apart) and
+    proposals rejected (by reason), so a table row says why an arm kept what it kept."""
+    proposed: Counter = Counter()
+    rejected: Counter = Counter()
+    for _, ev in store.events(run_id, kinds=("candidate_proposed", "candidate_rejected")):
+        if ev.kind == "candidate_rejected":
+            rejected[ev.reason] += 1
+        elif ev.origin != "initial":
+            proposed[ev.origin] += 1
+    return {"proposed": dict(proposed), "rejected": dict(rejected.most_common())}
+
+
+def proposals_cell(r: dict) -> str:
+    """'8 proposed / 5 rejected (3 echoes_example, 2 unchanged)' (instructions only), or '' for a record that
+    predates the count."""
+    if "proposals" not in r:
+        return ""
+    p = r["proposals"]
+    n = sum(v for k, v in p["proposed"].items() if k != "demos")
+    rej = p["rejected"]
+    why = ", ".join(f"{v} {k}" for k, v in list(rej.items())[:3]) + (", ..." if len(rej) > 3 else "")
+    sets = p["proposed"].get("demos", 0)
+    return (f"{n} / {sum(rej.values())}" + (f" ({why})" if why else "") + (f"; {sets} demo sets" if sets else ""))
 
 
 def constant_answer(prepared) -> tuple[str, dict[str, bool]]:
@@ -151,15 +180,16 @@ def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
     prepared = _prepared(a)
     label = constant_answer(prepared)[0]
     rows = ["| arm | best prompt (instruction; demos) | form | test initial | test best [95% CI] | gained / lost | "
-            f"McNemar p | best's top answer (share) | vs always {label} | calls | wall |",
-            "|---|---|---|---:|---|---|---:|---|---|---:|---:|"]
+            f"McNemar p | best's top answer (share) | vs always {label} | instructions proposed / rejected (why) | calls | "
+            "wall |",
+            "|---|---|---|---:|---|---|---:|---|---|---|---:|---:|"]
     records = {arm: arm_record(out, arm) for arm in arms}
     ref = reference_answers([r for r in records.values() if r])
     other = []
     for arm in arms:
         r = records[arm]
         if r is None:
-            rows.append(f"| {arm} | not run (or not finished) | | | | | | | | | |")
+            rows.append(f"| {arm} | not run (or not finished) | | | | | | | | | | |")
             continue
         init, best = r["initial_test"], r["best_test"]
         differ = sum(ref.get(i, v[1]) != v[1] for i, v in init.items())
@@ -168,7 +198,7 @@ def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
             arm = f"{arm} †"
         ids = sorted(set(init) & set(best))
         if not ids:
-            rows.append(f"| {arm} | {r['status']}: no test report | | | | | | | | {r.get('calls')} | |")
+            rows.append(f"| {arm} | {r['status']}: no test report | | | | | | | | | {r.get('calls')} | |")
             continue
         ia, ba = [init[i][0] for i in ids], [best[i][0] for i in ids]
         t = mcnemar(ba, ia)
@@ -181,8 +211,8 @@ def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
         form = prompt_form(instr, prepared.task.labels, prepared.splits.train + prepared.splits.dev)
         rows.append(f"| {arm} | {shown}; {len(demos)} demos | {form} | {sum(ia) / len(ids):.3f} | {k / len(ids):.3f} "
                     f"[{lo:.2f}, {hi:.2f}] | {t['a_only']} / {t['b_only']} | {t['p_value']:.2g} | {top} "
-                    f"({n_top / len(ids):.2f}) | {vs_constant({i: best[i][0] for i in ids}, prepared)} | {r['calls']} | "
-                    f"{r['wall_time_s'] / 60:.0f} min |")
+                    f"({n_top / len(ids):.2f}) | {vs_constant({i: best[i][0] for i in ids}, prepared)} | "
+                    f"{proposals_cell(r)} | {r['calls']} | {r['wall_time_s'] / 60:.0f} min |")
     if other:
         rows.append(f"\n† The initial prompt's test answers differ from the other arms' on {', '.join(other)}: run on "
                     "another llama.cpp build (at temperature 0 one build answers the same prompt the same way, bar a "

@@ -242,3 +242,29 @@ def test_gains_table_flags_an_arm_whose_initial_answers_show_another_build(tmp_p
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "opro †" in rows and "gpo" in rows and "gpo †" not in rows
     assert f"on opro (20 of {len(test_ids)})" in text
+
+
+def test_gains_rows_count_what_the_optimizer_wrote_from_the_runs_events(tmp_path):
+    """Each arm's record says how many instructions its optimizer proposed and why the rest were rejected, read from
+    the run's stored events (a real SQLite store): the table's reason for a kept initial prompt."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_gain import proposal_counts, proposals_cell
+
+    from optimizers.events import CandidateProposed, CandidateRejected
+    from optimizers.store import Store
+
+    store = Store(tmp_path / "runs.sqlite")
+    rid = store.create_run({}, optimizer="gpo", seed=0, data_name="x")
+    events = [CandidateProposed(step=0, candidate_id="c0", text="Classify.", origin="initial"),
+              CandidateProposed(step=1, candidate_id="c1", text="Classify it.", origin="generated"),
+              CandidateRejected(step=1, text="Sure! ...", reason="chat_reply", origin="generated"),
+              CandidateRejected(step=1, text="Q: ...", reason="echoes_example", origin="generated"),
+              CandidateRejected(step=2, text="Q: ...", reason="echoes_example", origin="generated"),
+              CandidateProposed(step=3, candidate_id="c2", text="Classify.\n\n<<demonstrations>>", origin="demos")]
+    for ev in events:
+        store.append_event(rid, ev)
+    counts = proposal_counts(store, rid)
+    assert counts == {"proposed": {"generated": 1, "demos": 1},
+                      "rejected": {"echoes_example": 2, "chat_reply": 1}}
+    assert proposals_cell({"proposals": counts}) == "1 / 3 (2 echoes_example, 1 chat_reply); 1 demo sets"
+    assert proposals_cell({}) == ""  # a record written before the count: blank, not zero
