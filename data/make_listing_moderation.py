@@ -18,12 +18,10 @@ off-platform move decides the label. Every fragment below was written by hand fo
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import random
-import sys
 from pathlib import Path
+
+from make_support_triage import cli  # the shared write / --check command line (run as a script from data/)
 
 OUT = Path(__file__).resolve().parent / "listing_moderation.csv"
 ROWS_PER_LABEL = 240
@@ -154,26 +152,8 @@ def generate(seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
-def to_csv(rows: list[tuple[str, str]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["text", "label"])
-    w.writerows(rows)
-    return buf.getvalue()
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--check", action="store_true", help="fail if the committed file differs from a regeneration")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
-    text = to_csv(generate(a.seed))
-    if a.check:
-        same = OUT.exists() and OUT.read_text() == text
-        print("listing_moderation.csv matches its generator" if same else "listing_moderation.csv differs")
-        sys.exit(0 if same else 1)
-    OUT.write_text(text)
-    print(f"wrote {OUT} ({text.count(chr(10)) - 1} rows)")
+    cli(__doc__, OUT, generate)
 
 
 if __name__ == "__main__":

@@ -340,10 +340,11 @@ def to_csv(rows: list[tuple[str, str]]) -> str:
     return buf.getvalue()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def cli(doc: str, out: Path, generate) -> None:
+    """The command line every generated set shares: write the file, or --check it against a regeneration."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=out)
     ap.add_argument("--check", action="store_true", help="fail if the file on disk differs from a regeneration")
     a = ap.parse_args()
     text = to_csv(generate(a.seed))
@@ -352,7 +353,11 @@ def main() -> None:
         print("up to date" if same else f"{a.out} differs from a regeneration with seed {a.seed}")
         sys.exit(0 if same else 1)
     a.out.write_text(text, encoding="utf-8")
-    print(f"wrote {a.out} ({text.count(chr(10)) - 1} lines incl. multi-line tickets)")
+    print(f"wrote {a.out} ({text.count(chr(10)) - 1} lines incl. multi-line rows)")
+
+
+def main() -> None:
+    cli(__doc__, OUT, generate)
 
 
 if __name__ == "__main__":
