@@ -18,6 +18,7 @@ from optimizers.data import BUNDLED, build_examples, load_bundled, split_example
 ROOT = Path(__file__).resolve().parent.parent
 # the split each set's entry in optimizers/data.py (description) and data/README.md names
 NEW_SETS = {"support_triage": (0.5, 0.25, 0.25), "listing_moderation": (0.5, 0.25, 0.25),
+            "product_reviews": (0.5, 0.25, 0.25),
             "bbh_disambiguation_qa": (0.4, 0.2, 0.4)}
 
 
@@ -37,7 +38,8 @@ def test_new_set_loads_balanced_with_100_test_rows(name):
 
 
 @pytest.mark.parametrize("name,counts", [("support_triage", {"urgent": 240, "normal": 240}),
-                                         ("listing_moderation", {"remove": 240, "keep": 240})])
+                                         ("listing_moderation", {"remove": 240, "keep": 240}),
+                                         ("product_reviews", {"positive": 240, "negative": 240})])
 def test_a_written_set_is_its_generator_output_and_balanced_exactly(name, counts):
     r = subprocess.run([sys.executable, str(ROOT / "data" / f"make_{name}.py"), "--check"],
                        capture_output=True, text=True)
@@ -55,6 +57,21 @@ def test_listing_moderation_tone_does_not_give_the_label_away():
     for cue in (r"[A-Z]{5,}.*[A-Z]{5,}", r"!!", r"(?i)pathetic|clown|get a grip|waste my time", r"(?i)act fast|hurry|last chance|serious buyers"):
         share = df.assign(hit=df["text"].str.contains(cue)).groupby("label")["hit"].mean()
         assert abs(share["remove"] - share["keep"]) <= 0.10, (cue, share.to_dict())
+
+
+def test_product_reviews_loud_parts_do_not_give_the_label_away():
+    """Only the product verdict decides: shouting, exclamation marks, a closing line about the seller and the
+    review's length are as common under either label (within 10 points), and most reviews under each label are mixed
+    (they praise the delivery or seller when the product is bad, and the reverse), as the generator's docstring says."""
+    df, _ = load_bundled("product_reviews")
+    seller_good = r"(?i)delivery was super fast|lovely|beautifully packaged|were amazing|quick and the tracking|" \
+                  r"friendly|free gift|earlier than promised|updated at every|was excellent|not a scratch|best delivery"
+    for cue in (r"[A-Z]{5,}.*[A-Z]{5,}", r"!", r"(?i)never ordering|avoid this seller|zero stars|furious|shambles|"
+                r"order from .* again|five stars for the seller|thank you, |great service|top marks", r"^.{120,}$"):
+        share = df.assign(hit=df["text"].str.contains(cue)).groupby("label")["hit"].mean()
+        assert abs(share["positive"] - share["negative"]) <= 0.10, (cue, share.to_dict())
+    praise = df.assign(hit=df["text"].str.contains(seller_good)).groupby("label")["hit"].mean()
+    assert praise["negative"] > 0.5 > praise["positive"], praise.to_dict()  # mixed: a bad product, a lovely seller
 
 
 def _bench():
