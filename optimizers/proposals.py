@@ -3,8 +3,9 @@ split can make it look better than the prompt it replaces (measured: GPO kept "t
 improved by ...", which gained on dev and lost on test). Each rule names a kind of text by its form, not by phrases
 seen in one run:
 
-- chat_reply: it speaks to the person who asked (acknowledges, or talks about itself in the first person) instead of
-  to the task model;
+- chat_reply: it speaks to the person who asked (acknowledges, talks about itself in the first person, or asks for
+  the input to work on: "Please provide a sentence to analyze.") instead of to the task model, which is given its
+  input by the template;
 - commentary: it talks about a prompt or an instruction as its object (an instruction does not mention itself);
 - edit_report: it opens by reporting what was done, in the past tense ("Corrected the secretary by understanding the
   problem.", "Added a rule for ..."): an optimizer model's summary of its edit, which tells the task model nothing to
@@ -42,6 +43,20 @@ _META = re.compile(r"\b(prompts?|(original|current|new|improved|revised|updated|
                    r" instructions?|(this|the) instructions? (can|could|should|lacks|does|is|was|were|needs|fails|"
                    r"would))\b",
                    re.I)
+# A request for the input: "provide / give / send ... a sentence to analyze", "the text you want me to classify"; an
+# object that is the model's own output ("provide a one-word answer to classify ...") is an instruction.
+_ASKS_INPUT = re.compile(r"\b(?:provide|give|send|share|paste|enter|type|supply)\s+(?:me\s+)?(?:with\s+)?"
+                         r"(?:a|an|the|your|some)\s+((?:[\w-]+\s+){0,3}?)(?:to|for me to|(?:that\s+)?you(?:'d| would)?"
+                         r"\s+(?:like|want)\s+me\s+to)\s+(?:analy[sz]e|classify|evaluate|check|review|label|answer|"
+                         r"assess|examine|solve|triage|moderate|rate|categori[sz]e|process)\b", re.I)
+_OUTPUT_WORD = re.compile(r"\b(answer|label|response|reply|word|explanation|verdict|classification|rating|reason|"
+                          r"reasoning|output)s?\b", re.I)
+
+
+def _asks_for_input(text: str) -> bool:
+    return any(not _OUTPUT_WORD.search(m.group(1)) for m in _ASKS_INPUT.finditer(text))
+
+
 _MATERIAL = re.compile(r"\b(input[- ]output pairs?|(the|these|those|each) pairs\b|(your|my|a|the) friend|"
                        r"(the|these|those) (given|provided|above|listed) (outputs?|pairs?|answers?|labels?)|"
                        r"(the|these|those) (outputs?|pairs?) (given|provided|above|listed|shown))", re.I)
@@ -91,7 +106,8 @@ def instruction_problem(text: str, labels: list[str] | None = None) -> str | Non
     if not t:
         return None  # empty is judged by the caller (OPRO may start from it)
     first = re.split(r"(?<=[.!?])\s|\n", t, maxsplit=1)[0]
-    if _ACK.match(first) or (_SELF.match(first) and not re.search(r"\byou(r)?\b", first, re.I)):
+    if _ACK.match(first) or (_SELF.match(first) and not re.search(r"\byou(r)?\b", first, re.I)) \
+            or _asks_for_input(t):
         return "chat_reply"  # an opener in the first person that addresses "you" is an instruction
     if _META.search(t):
         return "commentary"

@@ -31,12 +31,19 @@ INSTRUCTIONS = [
     "Detailed instructions: read the ticket, then answer urgent or normal.",
     "Required format: one word, urgent or normal.",
     "Focused on the pronoun, pick (A), (B) or (C).",
+    "Provide a one-word answer to classify the ticket: urgent or normal.",
+    "Give the label that best describes the ticket: urgent or normal.",
+    "Read the sentence you are given, then answer (A), (B) or (C).",
 ]
 NOT_INSTRUCTIONS = {
     "Sure, I'd be happy to help with this prompt engineering problem. Please send me the reference.": "chat_reply",
     "Certainly! Classify the ticket as urgent or normal.": "chat_reply",
     "Here is the improved version: Classify the ticket.": "chat_reply",
     "I think the rule about blocked customers is missing.": "chat_reply",
+    # a request for the input, which the template gives (GPO's step-1 suffix on bbh_disambiguation_qa, session 18)
+    "Which option is the antecedent? Answer (A), (B) or (C). Please provide a sentence to analyze.": "chat_reply",
+    "Send me the ticket you want me to triage.": "chat_reply",
+    "Please share the review you'd like me to classify, then I will answer urgent or normal.": "chat_reply",
     "Is this ticket urgent? This prompt can be improved by adding more specific criteria for urgency.": "commentary",
     "The original instruction does not define urgency; add a definition.": "commentary",
     "In the first example the customer is blocked, so the answer is urgent.": "reasoning_trace",
