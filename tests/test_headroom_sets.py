@@ -18,7 +18,7 @@ from optimizers.data import BUNDLED, build_examples, load_bundled, split_example
 ROOT = Path(__file__).resolve().parent.parent
 # the split each set's entry in optimizers/data.py (description) and data/README.md names
 NEW_SETS = {"support_triage": (0.5, 0.25, 0.25), "listing_moderation": (0.5, 0.25, 0.25),
-            "product_reviews": (0.5, 0.25, 0.25),
+            "product_reviews": (0.5, 0.25, 0.25), "request_routing": (0.5, 0.25, 0.25),
             "bbh_disambiguation_qa": (0.4, 0.2, 0.4)}
 
 
@@ -39,7 +39,8 @@ def test_new_set_loads_balanced_with_100_test_rows(name):
 
 @pytest.mark.parametrize("name,counts", [("support_triage", {"urgent": 240, "normal": 240}),
                                          ("listing_moderation", {"remove": 240, "keep": 240}),
-                                         ("product_reviews", {"positive": 240, "negative": 240})])
+                                         ("product_reviews", {"positive": 240, "negative": 240}),
+                                         ("request_routing", {"finance": 240, "tech": 240})])
 def test_a_written_set_is_its_generator_output_and_balanced_exactly(name, counts):
     r = subprocess.run([sys.executable, str(ROOT / "data" / f"make_{name}.py"), "--check"],
                        capture_output=True, text=True)
@@ -72,6 +73,20 @@ def test_product_reviews_loud_parts_do_not_give_the_label_away():
         assert abs(share["positive"] - share["negative"]) <= 0.10, (cue, share.to_dict())
     praise = df.assign(hit=df["text"].str.contains(seller_good)).groupby("label")["hit"].mean()
     assert praise["negative"] > 0.5 > praise["positive"], praise.to_dict()  # mixed: a bad product, a lovely seller
+
+
+def test_request_routing_money_words_appear_under_both_labels():
+    """Invoices, amounts and payment words are in most tech requests too (two in three are about paying for software
+    or devices), and the same sentence frames ("the ... invoice for $450 is due on Friday, can someone pay it?") occur
+    under both labels: only what the money is for decides."""
+    df, _ = load_bundled("request_routing")
+    money = r"(?i)invoice|\$|EUR|GBP|\bpay|charged|budget|price|quote|buy|order|cost"
+    share = df.assign(hit=df["text"].str.contains(money)).groupby("label")["hit"].mean()
+    assert share["tech"] > 0.5 and share["finance"] > 0.5, share.to_dict()
+    for frame in (r"invoice .*for .* is due on Friday, can someone pay it", r"price increase notice",
+                  r"(?i)can we cancel", r"get approval to"):
+        labels = set(df[df["text"].str.contains(frame)]["label"])
+        assert labels == {"finance", "tech"}, (frame, labels)
 
 
 def _bench():
