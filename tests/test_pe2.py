@@ -327,7 +327,7 @@ def test_length_cap_line_and_rejection():
         return Opt(propose=lambda parent, i: replies[i])
 
     events, *_ = run(opt(), steps=1, n_parents=1, proposals_per_parent=3, prompt_length_limit=10,
-                     enforce_length=True)
+                     enforce_length=True, regenerate=0)
     assert all("* The whole prompt must be shorter than 10 words." in m.messages[-1]["content"]
                for m in metas(events, "propose"))
     rej = kinds(events, "candidate_rejected")
@@ -411,10 +411,31 @@ def test_parse_the_whole_reply_defensively():
 def test_bad_proposals_are_rejected_with_a_reason():
     replies = {1: "", 2: "Mark the sentiment.", 3: "Mark the sentiment.", 4: INITIAL,
                5: StubReply("Mark the sentiment of the review and then", "length")}
-    events, *_ = run(Opt(propose=lambda parent, i: replies[i]), steps=1, n_parents=1, proposals_per_parent=5)
+    events, *_ = run(Opt(propose=lambda parent, i: replies[i]), steps=1, n_parents=1, proposals_per_parent=5,
+                     regenerate=0)
     assert [(r.reason, r.origin) for r in kinds(events, "candidate_rejected")] == [
         ("empty", "pe2_edit"), ("duplicate", "pe2_edit"), ("unchanged", "pe2_edit"), ("truncated", "pe2_edit")]
     assert [e.text for e in kinds(events, "candidate_proposed")] == [INITIAL, "Mark the sentiment."]
+
+
+def test_a_rejected_rewrite_is_asked_for_again_with_the_same_reasoning():
+    """(ours) The 1.5B returned the prompt unchanged for 3 proposals in 4 on support_triage, which left PE2's plan
+    with nothing to score and 210 of 540 calls spent. A rejected rewrite is asked for again (a new reply to the same
+    rewrite turn, so no new reasoning request), up to `regenerate` times; none at temperature 0."""
+    replies = {1: INITIAL, 2: INITIAL, 3: "Mark the sentiment."}
+    events, reqs, err, _ = run(Opt(propose=lambda parent, i: replies[i]), steps=1, n_parents=1,
+                               proposals_per_parent=1)
+    assert err is None
+    assert [r.reason for r in kinds(events, "candidate_rejected")] == ["unchanged", "unchanged"]
+    assert [e.text for e in kinds(events, "candidate_proposed")] == [INITIAL, "Mark the sentiment."]
+    assert len(opt_reqs(reqs, "reasoning")) == 1 and len(opt_reqs(reqs, "propose")) == 3
+    rewrites = [json.dumps(r["messages"]) for r in opt_reqs(reqs, "propose")]
+    assert len(set(rewrites)) == 1  # the same turn each time: only the sample differs
+    for params in ({"regenerate": 0}, {"temperature": 0.0}):
+        events, reqs, *_ = run(Opt(propose=lambda parent, i: INITIAL), steps=1, n_parents=1,
+                               proposals_per_parent=1, **params)
+        assert len(opt_reqs(reqs, "propose")) == 1 and len(kinds(events, "candidate_rejected")) == 1
+    assert PE2.presets["paper"]["regenerate"] == 0
 
 
 # --- budget and determinism --------------------------------------------------------------------------------------

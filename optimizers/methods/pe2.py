@@ -155,8 +155,9 @@ def _short(text: str, limit: int = 1500) -> str:
 
 @register
 class PE2(Optimizer):
-    presets = {"paper": {"prompt_length_limit": 50, "enforce_length": False, "induced_start": 0},
-               "paper (induction tasks)": {"prompt_length_limit": 50, "enforce_length": False, "induced_start": 5}}
+    presets = {"paper": {"prompt_length_limit": 50, "enforce_length": False, "induced_start": 0, "regenerate": 0},
+               "paper (induction tasks)": {"prompt_length_limit": 50, "enforce_length": False, "induced_start": 5,
+                                           "regenerate": 0}}
     name = "pe2"
     title = "PE2 (prompt engineering a prompt engineer)"
     paper = "Ye, Axmed, Pryzant, Khani, Prompt Engineering a Prompt Engineer, Findings of ACL 2024"
@@ -194,6 +195,9 @@ class PE2(Optimizer):
         temperature: float = Field(0.7, ge=0.0, le=2.0, description="Optimizer-model temperature of the new prompt "
                                                                    "(and of the history summary)")
         proposal_max_tokens: int = Field(300, ge=16, description="Max tokens of the new-prompt reply")
+        regenerate: int = Field(2, ge=0, description="Ours: new replies to the rewrite turn (same reasoning) for a "
+                                                     "rejected proposal, so a step is not left with nothing to score "
+                                                     "(the 1.5B returned the prompt unchanged 3 times in 4); 0: off")
         fit_budget: bool = Field(True, description="With a call cap, plan the largest complete search it pays for "
                                                    "(a smaller error-scan sample, then fewer parents and proposals, "
                                                    "then fewer steps) instead of being cut mid-step")
@@ -248,7 +252,7 @@ class PE2(Optimizer):
         with the history summary, a random batch when it has no errors, the child on the selection split)."""
         p, n = self.p, len(self.ctx.dev if self.split == "dev" else self.ctx.train)
         calls, cands, proposals = n + p.induced_start * (1 + n), 1 + p.induced_start, 0
-        each = 2 + (1 if p.use_history else 0) + p.batch_size + n
+        each = 2 + self.retries() + (1 if p.use_history else 0) + p.batch_size + n
         for _ in range(steps):
             parents = min(n_parents, cands)
             calls += parents * (sample + per_parent * each)
@@ -402,6 +406,10 @@ class PE2(Optimizer):
             step_size_line=render(STEP_SIZE_LINE, step_size=p.step_size) if p.step_size else "",
             length_line=render(LENGTH_LINE, limit=p.prompt_length_limit) if p.prompt_length_limit else "")
 
+    def retries(self) -> int:
+        """Extra rewrite replies a rejected proposal may get: none at temperature 0, where a new one is the same."""
+        return self.p.regenerate if self.p.temperature > 0 else 0
+
     def max_words(self) -> int:
         p = self.p
         if p.enforce_length and p.prompt_length_limit:
@@ -423,13 +431,16 @@ class PE2(Optimizer):
                                   for ex, pr in shown], info={"batch_source": source})
         msgs = msgs + [{"role": "assistant", "content": analysis},
                        {"role": "user", "content": self.rewrite_turn(parent)}]
-        comp = yield from ctx.ask("pe2.propose", msgs, step=step, ref=ref, temperature=p.temperature,
-                                  max_tokens=p.proposal_max_tokens)
-        text, how = REWRITE.parse(comp.text)
-        info = {"parent": parent.id, "step": step, "batch": [ex.id for ex, _ in shown], "batch_source": source,
-                "ref": ref, "parsed": how, "reasoning_truncated": reasoning.truncated}
-        child = yield from ctx.propose(text, step=step, parents=[parent.id], origin="pe2_edit",
-                                       max_words=self.max_words(), truncated=comp.truncated, info=info)
+        for attempt in range(1 + self.retries()):  # (ours) a rejected rewrite is asked for again, same reasoning
+            comp = yield from ctx.ask("pe2.propose", msgs, step=step, ref=ref if not attempt else f"{ref}.r{attempt}",
+                                      temperature=p.temperature, max_tokens=p.proposal_max_tokens)
+            text, how = REWRITE.parse(comp.text)
+            info = {"parent": parent.id, "step": step, "batch": [ex.id for ex, _ in shown], "batch_source": source,
+                    "ref": ref, "parsed": how, "reasoning_truncated": reasoning.truncated, "attempt": attempt}
+            child = yield from ctx.propose(text, step=step, parents=[parent.id], origin="pe2_edit",
+                                           max_words=self.max_words(), truncated=comp.truncated, info=info)
+            if child is not None:
+                break
         if p.step_size is not None:
             d = word_distance(parent.text, text)
             yield EditBudget(step=step, budget_words=p.step_size, schedule="fixed",
