@@ -9,8 +9,10 @@ every candidate: at each step the `n` best by dev score among ALL candidates so 
 No official code exists (the authors used the guidance toolkit); the meta-prompt follows the paper's Appendix F.4 in
 our own words. Step size, optimization history and a tutorial were tried in the paper and left out of the final
 method: they are knobs here, off by default. Ours: proposals over the length cap are rejected (`enforce_length`; the
-paper only instructs), ties in dev score go to the older candidate, and a parent without errors on train falls back
-to a random train batch (recorded on the proposal and on each example shown).
+paper only instructs), ties in dev score go to the older candidate, a parent without errors on train falls back
+to a random train batch (recorded on the proposal and on each example shown), and a rejected rewrite is asked for
+again, same reasoning, up to `regenerate` times (off in the paper presets): a small optimizer model that returns the
+prompt unchanged otherwise leaves a planned step with nothing to score.
 
 With a call cap (ours, `fit_budget`): when the search's worst case costs more than the run's call allowance, the
 run plans the largest complete search it pays for (most proposals, then most steps): a smaller train sample to find
