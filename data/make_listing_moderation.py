@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from make_support_triage import cli  # the shared write / --check command line (run as a script from data/)
+from make_support_triage import cli, unique_rows  # shared generator parts (run as a script from data/)
 
 OUT = Path(__file__).resolve().parent / "listing_moderation.csv"
 ROWS_PER_LABEL = 240
@@ -139,17 +139,13 @@ def message(situation: str, rng: random.Random) -> str:
 
 def generate(seed: int = 0) -> list[tuple[str, str]]:
     rng = random.Random(seed)
-    rows, seen = [], set()
-    for label, pool in (("remove", OFF_PLATFORM), ("keep", ON_PLATFORM)):
-        made = 0
-        while made < ROWS_PER_LABEL:
-            text = message(pool[made % len(pool)] if made < len(pool) else rng.choice(pool), rng)
-            if text not in seen:
-                seen.add(text)
-                rows.append((text, label))
-                made += 1
-    rng.shuffle(rows)
-    return rows
+    pools = {"remove": OFF_PLATFORM, "keep": ON_PLATFORM}
+
+    def draw(label: str, made: int) -> str:  # every situation once, then drawn at random
+        pool = pools[label]
+        return message(pool[made % len(pool)] if made < len(pool) else rng.choice(pool), rng)
+
+    return unique_rows(rng, list(pools), ROWS_PER_LABEL, draw)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from make_support_triage import cli  # the shared write / --check command line (run as a script from data/)
+from make_support_triage import cli, cycling, unique_rows  # shared generator parts (run as a script from data/)
 
 OUT = Path(__file__).resolve().parent / "product_reviews.csv"
 ROWS_PER_LABEL = 240
@@ -166,22 +166,9 @@ def review(product_fragment: str, good: bool, kind: str, rng: random.Random) -> 
 def generate(seed: int = 0) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     kinds = [k for k, w in MIX for _ in range(w)]
-    rows, seen = [], set()
-    for label, pool in (("positive", PRODUCT_GOOD), ("negative", PRODUCT_BAD)):
-        made = 0
-        while made < ROWS_PER_LABEL:
-            order = pool[:]
-            rng.shuffle(order)
-            for fragment in order:
-                if made == ROWS_PER_LABEL:
-                    break
-                text = review(fragment, label == "positive", kinds[made % len(kinds)], rng)
-                if text not in seen:
-                    seen.add(text)
-                    rows.append((text, label))
-                    made += 1
-    rng.shuffle(rows)
-    return rows
+    pools = {"positive": cycling(PRODUCT_GOOD, rng), "negative": cycling(PRODUCT_BAD, rng)}
+    return unique_rows(rng, list(pools), ROWS_PER_LABEL, lambda label, made: review(
+        next(pools[label]), label == "positive", kinds[made % len(kinds)], rng))
 
 
 def main() -> None:

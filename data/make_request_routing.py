@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from make_support_triage import cli  # the shared write / --check command line (run as a script from data/)
+from make_support_triage import cli, unique_rows  # shared generator parts (run as a script from data/)
 
 OUT = Path(__file__).resolve().parent / "request_routing.csv"
 ROWS_PER_LABEL = 240
@@ -123,19 +123,13 @@ def request(fragment: str, rng: random.Random) -> str:
 
 def generate(seed: int = 0) -> list[tuple[str, str]]:
     rng = random.Random(seed)
-    rows, seen = [], set()
     pools = {"tech": [(TECH_MONEY, 2), (TECH_PROBLEM, 1)], "finance": [(FINANCE, 1)]}
-    for label, weighted in pools.items():
-        made = 0
-        while made < ROWS_PER_LABEL:
-            pool = rng.choices([p for p, _ in weighted], weights=[w for _, w in weighted])[0]
-            text = request(rng.choice(pool), rng)
-            if text not in seen:
-                seen.add(text)
-                rows.append((text, label))
-                made += 1
-    rng.shuffle(rows)
-    return rows
+
+    def draw(label: str, made: int) -> str:
+        weighted = pools[label]
+        return request(rng.choice(rng.choices([p for p, _ in weighted], weights=[w for _, w in weighted])[0]), rng)
+
+    return unique_rows(rng, list(pools), ROWS_PER_LABEL, draw)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import csv
 import io
 import random
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "support_triage.csv"
@@ -311,22 +312,31 @@ def ticket(situation: str, blocked: bool, rng: random.Random) -> str:
 
 def generate(seed: int = 0, per_label: int = ROWS_PER_LABEL) -> list[tuple[str, str]]:
     rng = random.Random(seed)
+    pools = {"urgent": (cycling(BLOCKED, rng), True), "normal": (cycling(NOT_BLOCKED + REQUESTS, rng), False)}
+    return unique_rows(rng, list(pools), per_label, lambda label, made: ticket(next(pools[label][0]),
+                                                                                pools[label][1], rng))
+
+
+def cycling(pool: list[str], rng: random.Random) -> Iterator[str]:
+    """The pool's fragments in a fresh shuffle, again and again: every fragment is used about equally often."""
+    while True:
+        order = pool[:]
+        rng.shuffle(order)
+        yield from order
+
+
+def unique_rows(rng: random.Random, labels: list[str], per_label: int,
+                draw: Callable[[str, int], str]) -> list[tuple[str, str]]:
+    """`per_label` distinct texts for each label in turn (`draw(label, made)` makes a candidate), then shuffled."""
     rows: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for label, pool, blocked in (("urgent", BLOCKED, True), ("normal", NOT_BLOCKED + REQUESTS, False)):
+    for label in labels:
         made = 0
         while made < per_label:
-            # every situation is used about equally often: cycle through a fresh shuffle of the pool
-            order = pool[:]
-            rng.shuffle(order)
-            for situation in order:
-                if made == per_label:
-                    break
-                t = ticket(situation, blocked, rng)
-                if t in seen:
-                    continue
-                seen.add(t)
-                rows.append((t, label))
+            text = draw(label, made)
+            if text not in seen:
+                seen.add(text)
+                rows.append((text, label))
                 made += 1
     rng.shuffle(rows)
     return rows
