@@ -24,7 +24,7 @@ import random
 from pathlib import Path
 
 from make_request_routing import CLOSINGS, GREETINGS, SIGNOFFS, _noise, _sentence  # shared ticket dressing
-from make_support_triage import cli, unique_rows  # shared generator parts (run as a script from data/)
+from make_support_triage import cli, cycling, unique_rows  # shared generator parts (run as a script from data/)
 
 OUT = Path(__file__).resolve().parent / "helpdesk_queues.csv"
 ROWS_PER_LABEL = 160
@@ -121,16 +121,19 @@ def _fill(text: str, rng: random.Random) -> str:
     return text.format(**{k: rng.choice(v) for k, v in SLOTS.items()})
 
 
-def ticket(fragment: str, rng: random.Random) -> str:
-    body = " ".join(p for p in [_sentence(_fill(fragment, rng)), rng.choice(CLOSINGS), rng.choice(SIGNOFFS)] if p)
-    greeting = rng.choice(GREETINGS)
+def ticket(fragment: str, greeting: str, closing: str, signoff: str, rng: random.Random) -> str:
+    body = " ".join(p for p in [_sentence(_fill(fragment, rng)), closing, signoff] if p)
     return _noise(f"{greeting}\n{body}" if greeting else body, rng)
 
 
 def generate(seed: int = 0) -> list[tuple[str, str]]:
     rng = random.Random(seed)
-    pools = {"atlas": ATLAS, "cobalt": COBALT, "juniper": JUNIPER}
-    return unique_rows(rng, list(pools), ROWS_PER_LABEL, lambda label, made: ticket(rng.choice(pools[label]), rng))
+    # every part cycles through its pool per label, so each queue gets every fragment and the same dressing equally
+    # often: greetings, closings and sign-offs say nothing about the queue
+    parts = {label: [cycling(pool, rng) for pool in (fragments, GREETINGS, CLOSINGS, SIGNOFFS)]
+             for label, fragments in (("atlas", ATLAS), ("cobalt", COBALT), ("juniper", JUNIPER))}
+    return unique_rows(rng, list(parts), ROWS_PER_LABEL,
+                       lambda label, made: ticket(*(next(it) for it in parts[label]), rng))
 
 
 def main() -> None:
