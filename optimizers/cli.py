@@ -154,12 +154,14 @@ def _store(a: argparse.Namespace):
 
 
 def _execute(runner, run_id: str, quiet: bool) -> RunResult:
-    from .events import CandidateScored, StepDone, Usage
+    from .events import CandidateScored, Error, StepDone, Usage
 
     bar = _progress(None, "optimizing", quiet)
     state = {"best": None, "calls": 0}
 
     def on_event(seq, ev):
+        if isinstance(ev, Error) and ev.where == "budget":  # how the cap is shared: said before the run spends it
+            bar.write(f"warning: {ev.message}", file=sys.stderr)
         if isinstance(ev, StepDone):
             state["best"] = ev.best_score
         if isinstance(ev, Usage):

@@ -235,6 +235,9 @@ class Runner:
             if not stored:
                 put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, roles=roles,
                                call_allowance=ctx.call_allowance, demo_search=demo_params), True)
+                left = report_leaves_little(meter, cfg.budget.max_calls, demo_share, splits, cfg.report_splits)
+                if left:
+                    put(Error(message=left, recoverable=True, where="budget"), False)
             else:
                 index = 1  # RunStarted is stored already
                 put(RunStarted(optimizer=cfg.optimizer, params=opt.p.model_dump(), seed=cfg.seed, resumed=True,
@@ -390,6 +393,23 @@ def spawn_sweep_worker(db_path: str, sweep_file: str, *, api_key: str | None = N
     if executor != "local":
         command += ["--executor", executor] + (["--address", address] if address else [])
     return _spawn(command, db_path, api_key, optimizer_api_key, embedded, log_path)
+
+
+def report_leaves_little(meter: Meter, cap: int | None, demo_share: Mapping[str, Any] | None, splits: Splits,
+                         report_splits: list[str]) -> str:
+    """Say so when the report's hold leaves the search under half the call cap: on a large test split a small cap
+    is mostly the report's (2 x 120 test examples of 300 calls), and a run that cannot search should not look like
+    an optimizer that found nothing."""
+    allowance = meter.call_allowance()
+    if cap is None or allowance is None:
+        return ""
+    search = allowance + sum(a.calls for a in (demo_share or {}).values())
+    if search >= cap / 2:
+        return ""
+    sizes = ", ".join(f"{len(getattr(splits, s))} {s}" for s in report_splits if getattr(splits, s))
+    return (f"the report (the initial and the best prompt on {sizes} examples) holds most of the {cap}-call cap: the "
+            f"optimization gets {search} calls. For a real search raise the cap or report on fewer examples "
+            f"(--max-test, --report-splits test)")
 
 
 def _stored_allowance(started: Event | None) -> int | None:

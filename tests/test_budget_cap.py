@@ -105,6 +105,20 @@ def test_a_cap_too_small_for_the_report_says_so_and_does_not_overspend(tmp_path)
     assert warnings and "fewer splits" in warnings[0].message
 
 
+def test_a_cap_mostly_held_for_the_report_says_how_little_the_search_gets(tmp_path):
+    """A small cap on a large test split is mostly the report's (on helpdesk_queues 2 x 120 test examples of 300
+    calls left GPO 30): the run says so before it spends anything, with the calls the search gets, which is the
+    allowance the optimizer was told; a cap with room for the search says nothing."""
+    res, _, store, rid = run(tmp_path, "gpo", Budget(max_calls=60))
+    said = [e.message for _, e in store.events(rid, kinds=["error"]) if e.where == "budget" and "holds most" in e.message]
+    started = next(e for _, e in store.events(rid, kinds=["run_started"]))
+    assert len(said) == 1 and f"the optimization gets {started.call_allowance} calls" in said[0], said
+    assert "--max-test" in said[0] and "8 train, 8 dev, 10 test" in said[0]
+    assert res.calls <= 60
+    _, _, store, rid = run(tmp_path / "roomy", "gpo", Budget(max_calls=400))
+    assert not [e for _, e in store.events(rid, kinds=["error"]) if "holds most" in e.message]
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumed_stays_inside_the_cap(tmp_path):
     cap = 70

@@ -140,6 +140,8 @@ def test_resume_with_a_larger_budget_continues_a_run_that_reached_it(toy_csv, en
         r = cli("run", *base, "--optimizer", "gpo", "--param", "epochs=1", "--max-calls", "25", "--json", env=env)
         res = json.loads(r.stdout.strip().splitlines()[-1])
         assert res["status"] == "budget" and res["optimization_usage"]["calls"] <= 25
+        # the report holds most of 25 calls: said on stderr before the run spends them, with the way out
+        assert "warning: the report (the initial and the best prompt on" in r.stderr and "--max-test" in r.stderr
         r2 = cli("resume", res["run_id"], "--max-calls", "2000", "--json", env=env)
         res2 = json.loads(r2.stdout.strip().splitlines()[-1])
         assert r2.returncode == 0 and res2["status"] == "done", r2.stderr
