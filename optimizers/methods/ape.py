@@ -347,7 +347,7 @@ class APE(Optimizer):
                 cand = pool[a]
                 known = self._known.get((cand.id, "train"), {})
                 unseen = [ex for ex in ctx.train if ex.id not in known]
-                exs = ctx.sample(unseen, p.ucb_samples)
+                exs = ctx.stratified(unseen, p.ucb_samples)
                 yield from self.score(cand, exs, "train", step=r, purpose=f"stage{r}")
             ranked, means = self.ranked(pool, "train")
             survivors = [c for c, m in zip(ranked, means, strict=True) if m is not None][:p.final_candidates]

@@ -60,7 +60,7 @@ class DemoSearch(Optimizer):
         else:
             base = yield from ctx.propose(ctx.initial_prompt, step=step, origin="initial", allow_existing=True,
                                           allow_empty=True)
-        dev = ctx.dev if p.max_dev is None or p.max_dev >= len(ctx.dev) else ctx.sample(ctx.dev, p.max_dev)
+        dev = ctx.dev if p.max_dev is None or p.max_dev >= len(ctx.dev) else ctx.stratified(ctx.dev, p.max_dev)
         scores: dict[str, float] = {}
 
         def score(cand: Candidate):

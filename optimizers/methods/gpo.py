@@ -189,7 +189,7 @@ class GPO(Optimizer):
             self.T, self.num_candidates = plan.settings["steps"], plan.settings["candidates_per_step"]
             self.n_rules = plan.settings.get("rules", self.n_rules)
             if plan.settings["selection_examples"] < len(self.eval_set):
-                self.eval_set = ctx.sample(self.eval_set, plan.settings["selection_examples"])
+                self.eval_set = ctx.stratified(self.eval_set, plan.settings["selection_examples"])
         s0 = yield from self.evaluate(init, step=0, purpose="baseline")
         self.trajectory = [_Entry(init, s0, 0)]
         if self.n_rules:

@@ -183,7 +183,7 @@ class OPRO(Optimizer):
         if plan is not None:
             yield plan
             samples = plan.settings["samples_per_step"]
-            self.scoring = ctx.sample(ctx.train, plan.settings["score_examples"])
+            self.scoring = ctx.stratified(ctx.train, plan.settings["score_examples"])
         yield from self.score_train(init, step=0, purpose="baseline")
         yield from self.eval_dev(0)
         yield ctx.step_done(0, init, "train", self.ranked()[:p.max_num_instructions])

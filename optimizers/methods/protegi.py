@@ -404,7 +404,7 @@ class ProTeGi(Optimizer):
         n = len(pool)
 
         def pull(arms: list[int], k: int) -> Generator[Event, None, list[list[bool]]]:
-            exs = ctx.sample(ctx.train, k)  # fresh examples, shared by the arms of this round
+            exs = ctx.stratified(ctx.train, k)  # fresh examples, shared by the arms of this round
             out = []
             for a in arms:
                 preds = yield from self.score(pool[a], exs, step=step, purpose="bandit")
