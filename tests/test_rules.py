@@ -139,3 +139,37 @@ def test_under_a_tight_cap_the_rule_start_is_sized_to_fit_next_to_the_baseline()
     assert len(opt.asked) == 2
     assert len([r for r in reqs if r.get("model") == OPT_MODEL and r.get("_path", "").endswith("completions")
                 and last_user(r).startswith("Here are labelled")]) == 2
+
+
+def test_with_three_labels_the_best_rule_of_each_label_is_also_scored_joined():
+    """A rule for one of three labels says nothing about the other two: the rule start also scores the instruction
+    with each label's best rule, in label order, and it is planned for. Here each rule answers 'level k' examples
+    right and joined they add up, so the joined remits start the trajectory."""
+    three = Task(template="{prompt}\n\nText: {text}\nAnswer:", input_cols=["text"],
+                 labels=["positive", "negative", "neutral"])
+    rules = {"positive": ['Answer "positive" only when the review is level 2 warm.'],
+             "negative": ['Answer "negative" only when the review is level 3 cold.'],
+             "neutral": ['Answer "neutral" only when the review is level 1 plain.']}
+
+    def adding_levels(req):  # level_task with the levels of every rule in the instruction added up
+        text = last_user(req)
+        k = sum(int(x) for x in re.findall(r"level (\d+)", text.split("\n\nText:")[0]))
+        return level_task({**req, "messages": [{"role": "user", "content": f"level {k}\n\nText:" +
+                                                text.split("Text:")[-1]}]})
+
+    opt = RuleOpt(rules)
+    with StubServer(scripted(opt, adding_levels)) as stub:
+        ctx = make_ctx(stub, train=toy_examples(16), dev=toy_examples(8, seed=1, start=100), initial_prompt=INITIAL,
+                       task=three)
+        gpo = GPO(ctx, {"epochs": 1, "batch_size": 8, "num_candidates": 2, "rule_start": 3})
+        events = list(gpo.run())
+    joined = (f'{INITIAL} Answer "positive" only when the review is level 2 warm. Answer "negative" only when the '
+              'review is level 3 cold. Answer "neutral" only when the review is level 1 plain.')
+    proposed = [e for e in kinds(events, "candidate_proposed") if e.origin == "rule"]
+    assert [e.text for e in proposed][-1] == joined and len(proposed) == 4
+    assert proposed[-1].info["rules"] == {lab: r[0] for lab, r in rules.items()}
+    step0 = kinds(events, "step_done")[0]
+    assert step0.best_id == candidate_id(joined) and step0.best_score == 0.75  # level 6 of 8
+    # planned for: one more selection-set scoring than the rules alone; none with two labels
+    assert gpo.cost(8, 2, 0, 3) == 8 + 3 * (1 + gpo.rule_retries() + 8) + 8
+    assert not gpo.combines(1) and gpo.combines(2)

@@ -263,16 +263,23 @@ class GPO(Optimizer):
             per += 1 + p.batch_size
         if p.momentum_update == "real-time":
             per += 2
-        return m + rules * (1 + self.rule_retries() + m) + steps * per
+        return m + rules * (1 + self.rule_retries() + m) + (m if self.combines(rules) else 0) + steps * per
+
+    def combines(self, rules: int) -> bool:
+        """With three labels or more the rule start also scores the rules joined, one per label: a rule for one of
+        three labels says nothing about telling the other two apart (helpdesk_queues: each queue's remit alone kept
+        the favourite answer for the others), a remit per label is what a classification instruction is."""
+        return len(self.ctx.task.labels or []) >= 3 and rules >= 2
 
     def rule_start(self, init: Candidate) -> Generator[Event, None, None]:
         """Ours (optimizers.methods.rules): rules for each label in turn, each appended to the initial prompt and
-        scored on the selection split. The trajectory is the initial prompt, then the rules by score, so the best
+        scored on the selection split, then (three labels or more) the best rule of each label joined. The trajectory is the initial prompt, then the rules by score, so the best
         start is the current prompt (the initial one unless a rule beats it) and the others are there for retrieval."""
         ctx, p = self.ctx, self.p
         labels = list(ctx.task.labels or [])
         instruction, demos = split_prompt(init.text)
         scored: list[tuple[float, Candidate]] = []
+        best_rule: dict[str, tuple[float, str]] = {}  # label -> its best-scoring rule, for the joined candidate
         try:
             for i in range(self.n_rules):
                 target = labels[i % len(labels)]
@@ -297,6 +304,16 @@ class GPO(Optimizer):
                     continue
                 s = yield from self.evaluate(cand, step=0)
                 scored.append((s, cand))
+                if s > best_rule.get(target, (-1.0, ""))[0]:
+                    best_rule[target] = (s, rule)
+            if self.combines(self.n_rules) and len(best_rule) >= 2:
+                rules = {lab: best_rule[lab][1] for lab in labels if lab in best_rule}
+                cand = yield from ctx.propose(join_prompt(f"{instruction.rstrip()} {' '.join(rules.values())}", demos),
+                                              step=0, parents=[init.id], origin="rule", max_words=p.max_prompt_words,
+                                              info={"rules": rules}, allow_existing=True)
+                if cand is not None and all(c.id != cand.id for _, c in scored):
+                    s = yield from self.evaluate(cand, step=0)
+                    scored.append((s, cand))
         finally:  # a budget cut keeps what was scored
             first = self.trajectory[0]
             ranked = sorted(scored, key=lambda sc: sc[0])
