@@ -9,7 +9,7 @@ the report keeps the most telling ones, test first, and says which it left out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -154,6 +154,23 @@ class ReportReserve:
         """The later phase starts: its share is spent from here on, not held."""
         self.extra = {}
         plan(self.llm, self.meter, self.task, self.splits, self.report_splits, [self.initial, self.best])
+
+
+def report_leaves_little(meter: Meter, cap: int | None, demo_share: Mapping[str, Any] | None, splits: Splits,
+                         report_splits: list[str]) -> str:
+    """Say so when the report's hold leaves the search under half the call cap: on a large test split a small cap
+    is mostly the report's (2 x 120 test examples of 300 calls), and a run that cannot search should not look like
+    an optimizer that found nothing."""
+    allowance = meter.call_allowance()
+    if cap is None or allowance is None:
+        return ""
+    search = allowance + sum(a.calls for a in (demo_share or {}).values())
+    if search >= cap / 2:
+        return ""
+    sizes = ", ".join(f"{len(getattr(splits, s))} {s}" for s in report_splits if getattr(splits, s))
+    return (f"the report (the initial and the best prompt on {sizes} examples) holds most of the {cap}-call cap: the "
+            f"optimization gets {search} calls. For a real search raise the cap or report on fewer examples "
+            f"(--max-test, --report-splits test)")
 
 
 def score_splits(evaluator: Evaluator, meter: Meter, llm: ReportModel, task: Task, splits: Splits,

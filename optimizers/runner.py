@@ -31,7 +31,7 @@ from .llm import LLM, EndpointDown, LLMError, open_cache
 from .methods.demos import Steps, then_demo_search
 from .methods.demos import fitted as fitted_demo_search
 from .methods.demos import share as demo_search_share
-from .report import ReportReserve, score_splits
+from .report import ReportReserve, report_leaves_little, score_splits
 from .result import Paired, RunResult, Score, Spend
 from .status import HEARTBEAT_S, RunStatus
 from .store import Store
@@ -393,23 +393,6 @@ def spawn_sweep_worker(db_path: str, sweep_file: str, *, api_key: str | None = N
     if executor != "local":
         command += ["--executor", executor] + (["--address", address] if address else [])
     return _spawn(command, db_path, api_key, optimizer_api_key, embedded, log_path)
-
-
-def report_leaves_little(meter: Meter, cap: int | None, demo_share: Mapping[str, Any] | None, splits: Splits,
-                         report_splits: list[str]) -> str:
-    """Say so when the report's hold leaves the search under half the call cap: on a large test split a small cap
-    is mostly the report's (2 x 120 test examples of 300 calls), and a run that cannot search should not look like
-    an optimizer that found nothing."""
-    allowance = meter.call_allowance()
-    if cap is None or allowance is None:
-        return ""
-    search = allowance + sum(a.calls for a in (demo_share or {}).values())
-    if search >= cap / 2:
-        return ""
-    sizes = ", ".join(f"{len(getattr(splits, s))} {s}" for s in report_splits if getattr(splits, s))
-    return (f"the report (the initial and the best prompt on {sizes} examples) holds most of the {cap}-call cap: the "
-            f"optimization gets {search} calls. For a real search raise the cap or report on fewer examples "
-            f"(--max-test, --report-splits test)")
 
 
 def _stored_allowance(started: Event | None) -> int | None:
