@@ -11,7 +11,7 @@ import threading
 from optimizers.base import candidate_id
 from optimizers.data import Example
 from optimizers.methods.gpo import GPO
-from optimizers.methods.rules import applies, parse_rule, rule_request, with_rule
+from optimizers.methods.rules import applies, input_noun, parse_rule, rule_request, with_rule
 from optimizers.task import Task
 from tests.conftest import OPT_MODEL, kinds, last_user, make_ctx, scripted, toy_examples
 from tests.stub_server import StubServer
@@ -33,6 +33,42 @@ def test_a_reply_without_the_rule_or_about_the_examples_is_rejected():
     assert parse_rule('Answer "urgent" only when the examples label it urgent.', "urgent") == (None, "meta")
     assert parse_rule('Answer "normal" only when the instruction says so.', "normal") == (None, "meta")
     assert parse_rule('Answer "normal" only when it is calm.', "urgent") == (None, "no_rule")  # another label
+
+
+def test_a_rule_about_the_examples_is_rewritten_about_the_input():
+    """Small models answer the request with its own subject ("the examples labelled X"); the task model sees one
+    input, so the rule is rewritten about it, in the template's word for it, verb made singular."""
+    r = parse_rule('Answer "atlas" only when the examples labelled "atlas" are about locked accounts, such as '
+                   'expired invitations.', "atlas", noun="ticket", others=["cobalt", "juniper"])
+    assert r == ('Answer "atlas" only when the ticket is about locked accounts, such as expired invitations.', "ok")
+    r = parse_rule('Answer "juniper" only when the examples labelled "juniper" have in common that they involve the '
+                   'mobile app or the API.', "juniper", noun="ticket")
+    assert r.text == 'Answer "juniper" only when the ticket involves the mobile app or the API.'
+    r = parse_rule('Answer "urgent" only when all examples in the "urgent" category typically mention an outage.',
+                   "urgent")
+    assert r.text == 'Answer "urgent" only when the input typically mentions an outage.'
+    assert parse_rule('Answer "b" only when the example mentions Safari.', "b", noun="ticket").text == \
+        'Answer "b" only when the ticket mentions Safari.'
+    assert parse_rule('Answer "b" only when the tickets mention Safari.', "b", noun="ticket").text == \
+        'Answer "b" only when the tickets mention Safari.'  # about the inputs already: as written
+    # the request's last line continued, without its first word
+    assert parse_rule('juniper only when the page loads slowly.', "juniper").text == \
+        'Answer "juniper" only when the page loads slowly.'
+    # a closing clause that restates the contrast with another label is cut; one that cannot be rescued is meta
+    r = parse_rule('juniper only when the examples labelled "juniper" have issues with the dashboard, while "atlas" '
+                   'and "cobalt" lack these problems.', "juniper", noun="ticket", others=["atlas", "cobalt"])
+    assert r.text == 'Answer "juniper" only when the ticket has issues with the dashboard.'
+    assert parse_rule('Answer "juniper" only when the examples labelled "juniper" have in common that the examples '
+                      'labelled "atlas" lack.', "juniper", others=["atlas"]) == (None, "meta")
+    assert parse_rule('Answer "juniper" only when the ticket lacks what the other two categories have.',
+                      "juniper") == (None, "meta")
+
+
+def test_the_input_is_named_as_the_template_names_it():
+    assert input_noun("{prompt}\n\nTicket: {text}\nQueue:", ["text"]) == "ticket"
+    assert input_noun("{prompt}\nCustomer message: {msg}\nLabel:", ["msg"]) == "customer message"
+    assert input_noun("{prompt} {text}", ["text"]) == "input"
+    assert input_noun("Q: {question}\n{prompt}", ["question"]) == "input"  # a one-letter caption says nothing
 
 
 def test_rules_apply_to_word_labels_only():
@@ -88,7 +124,7 @@ def _run(rules, *, allowance=None, task=None, **params):
 def test_the_best_rule_starts_the_trajectory_and_a_bad_reply_is_asked_again_and_stored_as_rejected():
     rules = {"positive": ['Answer "positive" only when the review is level 6 warm.',
                           'Answer "positive" only when the review is level 2 kind.'],
-             "negative": ["I think negative reviews are negative.", 'Answer "negative" only when the examples say so.',
+             "negative": ["I think negative reviews are negative.", 'Answer "negative" only when the labels say so.',
                           'Answer "negative" only when the review is level 1 cold.']}
     events, opt, _ = _run(rules, rule_start=4)
     # positive ok; negative: no_rule, meta, then ok; positive ok; negative: the level 1 rule again (a duplicate)

@@ -43,7 +43,7 @@ from .gpo_prompts import (
     entry,
     generation_request,
 )
-from .rules import RULE, applies, rule_request, with_rule
+from .rules import RULE, applies, input_noun, rule_request, with_rule
 from .text import input_text, pred_text, render, word_distance
 
 # --- schedule -----------------------------------------------------------------------------------------------------
@@ -278,6 +278,7 @@ class GPO(Optimizer):
         ctx, p = self.ctx, self.p
         labels = list(ctx.task.labels or [])
         instruction, demos = split_prompt(init.text)
+        noun = input_noun(ctx.task.template, ctx.task.input_cols)
         scored: list[tuple[float, Candidate]] = []
         best_rule: dict[str, tuple[float, str]] = {}  # label -> its best-scoring rule, for the joined candidate
         try:
@@ -289,7 +290,8 @@ class GPO(Optimizer):
                     comp = yield from ctx.ask("gpo.rule", [{"role": "user", "content": msg}], step=0,
                                               ref=f"r{i}.{attempt}", temperature=min(p.temperature, 0.7),
                                               max_tokens=p.optimizer_max_tokens)
-                    rule, how = RULE.parse(comp.text, target=target)
+                    rule, how = RULE.parse(comp.text, target=target, noun=noun,
+                                           others=[x for x in labels if x != target])
                     if rule is not None:
                         break
                     yield CandidateRejected(step=0, text=(comp.text or "")[:2000], reason=how, parents=[init.id],

@@ -30,7 +30,8 @@ The current instruction for this task is: "{instruction}"
 What do the examples labelled "{target}" have in common that the examples labelled {others} lack? Reply with one \
 sentence, the rule, starting with: Answer "{target}" only when"""
 
-_META = re.compile(r"\b(examples?|labell?ed|labels?|instructions?|prompts?)\b", re.I)
+_META = re.compile(r"\b(examples?|labell?ed|labels?|instructions?|prompts?)\b"
+                   r"|\bother\s+(?:\w+\s+)?(?:categor(?:y|ies)|class(?:es)?)\b", re.I)
 _END = re.compile(r"(?<=[.!?])\s|\n")
 
 
@@ -44,12 +45,78 @@ def applies(labels: Sequence[str] | None) -> bool:
     return bool(labels) and 2 <= len(labels) <= 6 and all(re.search(r"[^\W\d_]{2,}", x) for x in labels)
 
 
-def parse_rule(reply: str, target: str) -> parsing.Parsed:
-    """The 'Answer "target" only when ...' sentence of the reply, up to its first sentence end.
+def input_noun(template: str | None, input_cols: Sequence[str] = ()) -> str:
+    """What the task calls its input: the caption before the first input field of the template ("Ticket: {text}" is
+    a ticket), else "input". A rule says "the ticket is about ..." in the words the task model reads."""
+    cols = [re.escape(c) for c in input_cols] or [r"\w+"]
+    m = re.search(r"([A-Za-z][A-Za-z ]{0,30}?)\s*:\s*\{(?:" + "|".join(cols) + r")\}", template or "")
+    words = m.group(1).split()[-2:] if m else []
+    return " ".join(words).lower() if words and len(words[-1]) > 1 else "input"
+
+
+_IRREGULAR = {"are": "is", "were": "was", "have": "has", "do": "does", "lack": "lacks"}
+
+
+def _singular_verb(rest: str) -> str:
+    """The plural verb that opens `rest` made singular ("are about" -> "is about", "mention" -> "mentions"), past any
+    -ly adverb; a word that is not a plain verb form is left alone."""
+    m = re.match(r"((?:\w+ly\s+)*)([a-z]+)\b", rest)
+    if not m:
+        return rest
+    adv, verb = m.group(1), m.group(2)
+    if verb in _IRREGULAR:
+        verb = _IRREGULAR[verb]
+    elif verb.endswith(("ed", "ing", "s")) or len(verb) < 3:
+        return rest
+    else:
+        verb += "es" if verb.endswith(("sh", "ch", "x", "z", "o")) else "s"
+    return adv + verb + rest[m.end():]
+
+
+def _about_the_input(body: str, target: str, noun: str) -> str:
+    """The rule with the meta-prompt's own subject replaced by the task's input. Asked what "the examples labelled
+    X" have in common, small models answer with that phrase as the subject ("Answer "atlas" only when the examples
+    labelled "atlas" are about locked accounts ..."); the task model sees one input, never the examples, so the
+    rule is rewritten about it ("... only when the ticket is about locked accounts ..."). Keyed to the words of the
+    request, not of any task; what still speaks of examples or labels after it is rejected as meta."""
+    q = r"[\"'“”]?"
+    lab = q + re.escape(target) + q
+    m = re.match(r"(?:all\s+)?(?:of\s+)?(?:the\s+)?(examples?|inputs?|items?|tickets?|texts?)\s+"
+                 r"(?:(?:labell?ed|marked|tagged|classified)\s+(?:as\s+)?" + lab + r"\s+"
+                 r"|in\s+the\s+" + lab + r"\s+(?:category|class|group)\s+|(?=\w))"
+                 r"(?:(?:all\s+)?(?:have|share)\s+in\s+common\s+(?:is\s+)?that\s+they\s+(?:all\s+)?)?",
+                 body, re.I)
+    if not m or not m.group(0).strip():
+        return body
+    rest = body[m.end():]
+    plural = m.group(1).lower().endswith("s") or "they" in m.group(0).lower()
+    if m.group(1).lower().rstrip("s") != "example" and not re.search(r"labell?ed|marked|tagged|classified|common|"
+                                                                   r"category|class|group", m.group(0), re.I):
+        return body  # "the tickets mention ..." written about the inputs already: as it stands
+    return f"the {noun} " + (_singular_verb(rest) if plural else rest)
+
+
+def _without_contrast(body: str, others: Sequence[str]) -> str:
+    """The rule up to a trailing clause that names another label (', while "atlas" and "cobalt" lack these'): the
+    request's contrast restated, which the task model cannot act on. Left whole when no such clause ends it."""
+    names = "|".join(re.escape(x) for x in others if x)
+    if not names:
+        return body
+    m = re.search(r",?\s+(?:while|whereas|but|unlike|as\s+opposed\s+to)\b(?=.*\b(?:" + names + r")\b)", body, re.I)
+    return body[:m.start()].rstrip(" ,;") if m and len(re.findall(r"\w+", body[:m.start()])) >= 2 else body
+
+
+def parse_rule(reply: str, target: str, noun: str = "input", others: Sequence[str] = ()) -> parsing.Parsed:
+    """The 'Answer "target" only when ...' sentence of the reply, up to its first sentence end; a reply that starts
+    with the sentence's rest ('"target" only when ...', the request's last line continued) counts too. A rule whose
+    subject is the request's "the examples labelled target" is rewritten about the task's input (`noun`), and a
+    closing clause that names one of the `others` labels is cut.
 
     how: "ok"; "no_rule" (no such sentence: text None); "meta" (the rule speaks of the examples, labels or the
     instruction, which the task model never sees: text None)."""
-    m = re.search(r"\banswer\s+[\"'“]?" + re.escape(target) + r"[\"'”]?\s+only\s+(?:when|if)\b", reply or "", re.I)
+    q = r"[\"'“”]?"
+    m = (re.search(r"\banswer\s+" + q + re.escape(target) + q + r"\s+only\s+(?:when|if)\b", reply or "", re.I)
+         or re.match(r"\s*" + q + re.escape(target) + q + r"\s+only\s+(?:when|if)\b", reply or "", re.I))
     if not m:
         return parsing.Parsed(None, "no_rule")
     rest = (reply or "")[m.end():]
@@ -57,6 +124,8 @@ def parse_rule(reply: str, target: str) -> parsing.Parsed:
     body = (rest[:cut.start()] if cut else rest).strip().rstrip(".,;:!?").strip()
     if len(re.findall(r"\w+", body)) < 2:
         return parsing.Parsed(None, "no_rule")
+    body = _about_the_input(body, target, noun)
+    body = _without_contrast(body, others)
     if _META.search(body):
         return parsing.Parsed(None, "meta")
     when = m.group(0).split()[-1].lower()
