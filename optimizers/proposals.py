@@ -57,7 +57,20 @@ def _asks_for_input(text: str) -> bool:
     return any(not _OUTPUT_WORD.search(m.group(1)) for m in _ASKS_INPUT.finditer(text))
 
 
-_MATERIAL = re.compile(r"\b(input[- ]output pairs?|(the|these|those|each) pairs\b|(your|my|a|the) friend|"
+# A request for more from whoever wrote the input ("Please specify the context of the ticket", "Please provide more
+# context to help the assistant ...", "Please provide a brief description of the issue"): the task model has the
+# input and nothing more to ask for. A sentence that also names the model's own output ("add more detail to your
+# answer", "give a brief description of the issue, then answer ...") is an instruction.
+_ASKS_MORE = re.compile(r"\b(?:provide|give|share|specify|clarify|supply|send|tell)\s+(?:me\s+|us\s+)?(?:with\s+)?"
+                        r"(?:some\s+|any\s+)?(?:more|additional|further|extra|the|a\s+(?:brief|short|clear))\s+"
+                        r"(?:context|details?|information|clarification|background|description)\b", re.I)
+
+
+def _asks_for_more(text: str) -> bool:
+    return any(_ASKS_MORE.search(s) and not _OUTPUT_WORD.search(s) for s in re.split(r"(?<=[.!?])\s+|\n", text))
+
+
+_MATERIAL = re.compile(r"\b(input[- ]output pairs?|(the|these|those|each) pairs\b|(your|my|the) friend|"
                        r"(the|these|those) (given|provided|above|listed) (outputs?|pairs?|answers?|labels?)|"
                        r"(the|these|those) (outputs?|pairs?) (given|provided|above|listed|shown))", re.I)
 _CASE = re.compile(r"\b((the )?(first|second|third|fourth|fifth|last|previous|next) (example|input|case|one|question|"
@@ -107,7 +120,7 @@ def instruction_problem(text: str, labels: list[str] | None = None) -> str | Non
         return None  # empty is judged by the caller (OPRO may start from it)
     first = re.split(r"(?<=[.!?])\s|\n", t, maxsplit=1)[0]
     if _ACK.match(first) or (_SELF.match(first) and not re.search(r"\byou(r)?\b", first, re.I)) \
-            or _asks_for_input(t):
+            or _asks_for_input(t) or _asks_for_more(t):
         return "chat_reply"  # an opener in the first person that addresses "you" is an instruction
     if _META.search(t):
         return "commentary"

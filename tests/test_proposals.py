@@ -34,6 +34,11 @@ INSTRUCTIONS = [
     "Provide a one-word answer to classify the ticket: urgent or normal.",
     "Give the label that best describes the ticket: urgent or normal.",
     "Read the sentence you are given, then answer (A), (B) or (C).",
+    "Give a brief description of the issue, then answer urgent or normal.",
+    "Add more detail to your explanation before the final label.",
+    # "a friend" is English; "your friend" / "the friend" echo APE's induction request
+    "Would this reviewer recommend the item to a friend? Answer yes or no.",
+    "Use the context of the ticket: answer urgent only when the customer is blocked.",
 ]
 NOT_INSTRUCTIONS = {
     "Sure, I'd be happy to help with this prompt engineering problem. Please send me the reference.": "chat_reply",
@@ -44,6 +49,13 @@ NOT_INSTRUCTIONS = {
     "Which option is the antecedent? Answer (A), (B) or (C). Please provide a sentence to analyze.": "chat_reply",
     "Send me the ticket you want me to triage.": "chat_reply",
     "Please share the review you'd like me to classify, then I will answer urgent or normal.": "chat_reply",
+    # a request to the ticket's writer for more (GPO's step suffix and ProTeGi's edit on helpdesk_queues, GEPA's
+    # proposal there, session 19-20)
+    "Which queue should handle this ticket? Answer atlas, cobalt or juniper. Please specify the context of the "
+    "ticket.": "chat_reply",
+    "Answer atlas, cobalt or juniper. Please provide more context to help the assistant better understand the "
+    "requirements.": "chat_reply",
+    "Please provide a brief description of the issue you are experiencing.": "chat_reply",
     "Is this ticket urgent? This prompt can be improved by adding more specific criteria for urgency.": "commentary",
     "The original instruction does not define urgency; add a definition.": "commentary",
     "In the first example the customer is blocked, so the answer is urgent.": "reasoning_trace",
