@@ -59,15 +59,21 @@ def _asks_for_input(text: str) -> bool:
 
 # A request for more from whoever wrote the input ("Please specify the context of the ticket", "Please provide more
 # context to help the assistant ...", "Please provide a brief description of the issue"): the task model has the
-# input and nothing more to ask for. A sentence that also names the model's own output ("add more detail to your
-# answer", "give a brief description of the issue, then answer ...") is an instruction.
+# input and nothing more to ask for. A sentence that also names the model's own output ("give more detail in your
+# answer", "give a brief description of the issue, then answer ...") is an instruction; "... to receive an accurate
+# response" is the writer's.
 _ASKS_MORE = re.compile(r"\b(?:provide|give|share|specify|clarify|supply|send|tell)\s+(?:me\s+|us\s+)?(?:with\s+)?"
                         r"(?:some\s+|any\s+)?(?:more|additional|further|extra|the|a\s+(?:brief|short|clear))\s+"
                         r"(?:context|details?|information|clarification|background|description)\b", re.I)
 
 
+_OWN_OUTPUT = re.compile(r"\b(?:your|the final|the)\s+(?:[\w-]+\s+)?(?:answer|label|response|reply|explanation|"
+                         r"reasoning|output|verdict|classification)s?\b|\bthen\s+(?:answer|label|classify|respond|"
+                         r"reply|choose|pick|decide)\b|\bbefore\s+(?:answering|you answer|giving)\b", re.I)
+
+
 def _asks_for_more(text: str) -> bool:
-    return any(_ASKS_MORE.search(s) and not _OUTPUT_WORD.search(s) for s in re.split(r"(?<=[.!?])\s+|\n", text))
+    return any(_ASKS_MORE.search(s) and not _OWN_OUTPUT.search(s) for s in re.split(r"(?<=[.!?])\s+|\n", text))
 
 
 _MATERIAL = re.compile(r"\b(input[- ]output pairs?|(the|these|those|each) pairs\b|(your|my|the) friend|"

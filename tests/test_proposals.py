@@ -35,7 +35,8 @@ INSTRUCTIONS = [
     "Give the label that best describes the ticket: urgent or normal.",
     "Read the sentence you are given, then answer (A), (B) or (C).",
     "Give a brief description of the issue, then answer urgent or normal.",
-    "Add more detail to your explanation before the final label.",
+    "Give more details in your explanation before the final label.",
+    "Provide the details that decide it, then answer urgent or normal.",
     # "a friend" is English; "your friend" / "the friend" echo APE's induction request
     "Would this reviewer recommend the item to a friend? Answer yes or no.",
     "Use the context of the ticket: answer urgent only when the customer is blocked.",
@@ -56,6 +57,8 @@ NOT_INSTRUCTIONS = {
     "Answer atlas, cobalt or juniper. Please provide more context to help the assistant better understand the "
     "requirements.": "chat_reply",
     "Please provide a brief description of the issue you are experiencing.": "chat_reply",
+    "Answer atlas, cobalt or juniper. Please provide more details about the ticket and your needs to receive an "
+    "accurate response.": "chat_reply",
     "Is this ticket urgent? This prompt can be improved by adding more specific criteria for urgency.": "commentary",
     "The original instruction does not define urgency; add a definition.": "commentary",
     "In the first example the customer is blocked, so the answer is urgent.": "reasoning_trace",
