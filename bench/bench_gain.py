@@ -11,6 +11,10 @@ Resumable: each arm's run id is written as soon as the CLI names it; an arm with
 a run id is resumed (`python -m optimizers resume`, replay through the response cache), so a killed benchmark
 continues where it stopped. Each arm has its own response cache, so none is paid for by another. Every arm's optimization gets --opt-calls calls; the report on test (initial and best
 prompt, 2 x n_test) is paid on top from the same hard cap, as bench_optimizers.py does.
+
+The arms expert1-3 score the task's three hand-written expert instructions (bench/expert_prompts.json, fixed before
+any run) in the arms' own layout and split, on the same test examples, and test each against the initial prompt as
+the baseline arm scored it: the headroom the optimizers are read against, measured exactly as they are.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_headroom import BBH_SPLIT, DEFAULT_SPLIT, SPLITS  # noqa: E402  (the headroom rows' test examples)
+from bench_headroom import BBH_SPLIT, DEFAULT_SPLIT, EXPERTS_FILE, SPLITS  # noqa: E402  (the headroom rows' split)
 
 from optimizers.config import SplitConfig  # noqa: E402
 from optimizers.metrics import mcnemar, wilson  # noqa: E402
@@ -53,6 +57,18 @@ ARMS["gpo-feedback"] = ["--optimizer", "gpo", "--param", "gradient=feedback", "-
 for _name in ("ape", "protegi", "opro", "pe2", "gpo", "gpo-feedback"):
     ARMS[f"{_name}+demos"] = [*ARMS[_name], "--then-demos"]
     ARMS[_name] = [*ARMS[_name], "--no-then-demos"]  # 0-shot: the embedded default would add a demo search
+EXPERTS = ("expert1", "expert2", "expert3")  # the task's expert instructions, scored as the baseline arm scores
+for _name in EXPERTS:
+    ARMS[_name] = ["--optimizer", "baseline"]
+
+
+def expert_prompt(task: str, arm: str) -> str:
+    """The expert instruction an expert arm scores (bench/expert_prompts.json, in its order)."""
+    experts = json.loads(EXPERTS_FILE.read_text()).get(task) or []
+    i = EXPERTS.index(arm)
+    if i >= len(experts):
+        sys.exit(f"{EXPERTS_FILE.name} has no expert {i + 1} for {task}")
+    return experts[i]
 
 
 def fractions(task: str) -> tuple[float, float, float]:
@@ -78,6 +94,8 @@ def run_arm(a: argparse.Namespace, arm: str, n_test: int, out: Path) -> None:
             arm == "demos" or arm.endswith("+demos")) else []
         if arm == "demos":  # alone: as many sets as the optimization's calls pay for on dev (one is the initial's)
             demo = ["--param", f"trials={max(1, a.opt_calls // a.max_dev - 1)}", "--param", f"k={a.k}"]
+        if arm in EXPERTS:
+            demo = ["--initial-prompt", expert_prompt(a.task, arm)]
         cmd = [sys.executable, "-m", "optimizers", "run", "--data", a.task, *ARMS[arm], *demo,
                "--max-calls", str(a.opt_calls + 2 * n_test), "--report-splits", "test", "--seed", str(a.seed),
                "--layout", a.layout, "--max-train", str(a.max_train), "--max-dev", str(a.max_dev),
@@ -150,6 +168,8 @@ def proposals_cell(r: dict) -> str:
     predates the count."""
     if "proposals" not in r:
         return ""
+    if r["proposals"] is None:
+        return "hand-written"
     p = r["proposals"]
     n = sum(v for k, v in p["proposed"].items() if k != "demos")
     rej = p["rejected"]
@@ -184,7 +204,13 @@ def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
             "wall |",
             "|---|---|---|---:|---|---|---:|---|---|---|---:|---:|"]
     records = {arm: arm_record(out, arm) for arm in arms}
-    ref = reference_answers([r for r in records.values() if r])
+    ref = reference_answers([r for arm, r in records.items() if r and arm not in EXPERTS])
+    base = records.get("baseline") or arm_record(out, "baseline")
+    for arm in EXPERTS:  # the expert's answers are its "best"; its "initial" is the initial prompt's, from baseline
+        r = records.get(arm)
+        if r is not None:
+            records[arm] = {**r, "best_test": r["initial_test"], "best_prompt": r["initial_prompt"],
+                            "initial_test": base["initial_test"] if base else {}, "proposals": None}
     other = []
     for arm in arms:
         r = records[arm]
@@ -198,7 +224,8 @@ def table(a: argparse.Namespace, arms: list[str], out: Path) -> str:
             arm = f"{arm} †"
         ids = sorted(set(init) & set(best))
         if not ids:
-            rows.append(f"| {arm} | {r['status']}: no test report | | | | | | | | | {r.get('calls')} | |")
+            why = "needs the baseline arm (the initial prompt's answers)" if arm in EXPERTS else "no test report"
+            rows.append(f"| {arm} | {r['status']}: {why} | | | | | | | | | {r.get('calls')} | |")
             continue
         ia, ba = [init[i][0] for i in ids], [best[i][0] for i in ids]
         t = mcnemar(ba, ia)

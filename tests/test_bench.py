@@ -244,6 +244,41 @@ def test_gains_table_flags_an_arm_whose_initial_answers_show_another_build(tmp_p
     assert f"on opro (20 of {len(test_ids)})" in text
 
 
+def test_an_expert_arm_is_tested_against_the_initial_prompt_as_the_baseline_arm_scored_it(tmp_path, monkeypatch):
+    """An expert arm's own run scores only the expert instruction (it is that run's initial prompt); its row pairs
+    those answers with the baseline arm's answers of the real initial prompt, on the same test examples."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import argparse
+
+    import bench_gain
+
+    from optimizers.base import candidate_id
+
+    a = argparse.Namespace(task="helpdesk_queues", max_train=126, max_dev=40, max_test=126)
+    test_ids = [e.id for e in bench_gain._prepared(a).splits.test]
+    assert bench_gain.expert_prompt("helpdesk_queues", "expert3").startswith("Queues: atlas = accounts")
+
+    def record(arm: str, prompt: str, right: int) -> None:
+        answers = {i: [n < right, "atlas"] for n, i in enumerate(test_ids)}
+        rec = {"run_id": arm, "status": "done", "initial_prompt": prompt, "best_prompt": prompt,
+               "best_id": candidate_id(prompt), "calls": 160, "wall_time_s": 60.0,
+               "proposals": {"proposed": {}, "rejected": {}},
+               "initial_test": answers, "best_test": answers}
+        (tmp_path / "gain-x" / f"{arm}.json").write_text(json.dumps(rec))
+
+    (tmp_path / "gain-x").mkdir()
+    monkeypatch.setattr(bench_gain, "RECORDS", tmp_path)
+    record("baseline", "Which queue?", 40)
+    record("expert1", bench_gain.expert_prompt("helpdesk_queues", "expert1"), 70)
+    text = bench_gain.table(a, ["baseline", "expert1", "expert2"], tmp_path / "runs" / "gain-x")
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| arm")}
+    n = len(test_ids)
+    assert rows["expert1"][3] == f"{40 / n:.3f}" and rows["expert1"][4].startswith(f"{70 / n:.3f}")
+    assert rows["expert1"][5] == "30 / 0" and "hand-written" in rows["expert1"][9]
+    assert rows["expert2"][1] == "not run (or not finished)"
+
+
 def test_gains_rows_count_what_the_optimizer_wrote_from_the_runs_events(tmp_path):
     """Each arm's record says how many instructions its optimizer proposed and why the rest were rejected, read from
     the run's stored events (a real SQLite store): the table's reason for a kept initial prompt."""
