@@ -33,6 +33,7 @@ sentence, the rule, starting with: Answer "{target}" only when"""
 _META = re.compile(r"\b(examples?|labell?ed|labels?|instructions?|prompts?)\b"
                    r"|\bother\s+(?:\w+\s+)?(?:categor(?:y|ies)|class(?:es)?)\b", re.I)
 _END = re.compile(r"(?<=[.!?])\s|\n")
+_Q = r"[\"'“”]?"  # a label as the model quotes it, or not
 
 
 def _quoted(labels: Sequence[str]) -> str:
@@ -79,8 +80,7 @@ def _about_the_input(body: str, target: str, noun: str) -> str:
     labelled "atlas" are about locked accounts ..."); the task model sees one input, never the examples, so the
     rule is rewritten about it ("... only when the ticket is about locked accounts ..."). Keyed to the words of the
     request, not of any task; what still speaks of examples or labels after it is rejected as meta."""
-    q = r"[\"'“”]?"
-    lab = q + re.escape(target) + q
+    lab = _Q + re.escape(target) + _Q
     m = re.match(r"(?:all\s+)?(?:of\s+)?(?:the\s+)?(examples?|inputs?|items?|tickets?|texts?)\s+"
                  r"(?:(?:labell?ed|marked|tagged|classified)\s+(?:as\s+)?" + lab + r"\s+"
                  r"|in\s+the\s+" + lab + r"\s+(?:category|class|group)\s+|(?=\w))"
@@ -114,9 +114,8 @@ def parse_rule(reply: str, target: str, noun: str = "input", others: Sequence[st
 
     how: "ok"; "no_rule" (no such sentence: text None); "meta" (the rule speaks of the examples, labels or the
     instruction, which the task model never sees: text None)."""
-    q = r"[\"'“”]?"
-    m = (re.search(r"\banswer\s+" + q + re.escape(target) + q + r"\s+only\s+(?:when|if)\b", reply or "", re.I)
-         or re.match(r"\s*" + q + re.escape(target) + q + r"\s+only\s+(?:when|if)\b", reply or "", re.I))
+    said = _Q + re.escape(target) + _Q + r"\s+only\s+(?:when|if)\b"
+    m = re.search(r"\banswer\s+" + said, reply or "", re.I) or re.match(r"\s*" + said, reply or "", re.I)
     if not m:
         return parsing.Parsed(None, "no_rule")
     rest = (reply or "")[m.end():]
