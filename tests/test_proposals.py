@@ -40,6 +40,8 @@ INSTRUCTIONS = [
     # "a friend" is English; "your friend" / "the friend" echo APE's induction request
     "Would this reviewer recommend the item to a friend? Answer yes or no.",
     "Use the context of the ticket: answer urgent only when the customer is blocked.",
+    "Read the whole ticket details carefully. Answer urgent or normal.",
+    "Give the ticket details that decide it in your answer, then answer urgent or normal.",
 ]
 NOT_INSTRUCTIONS = {
     "Sure, I'd be happy to help with this prompt engineering problem. Please send me the reference.": "chat_reply",
@@ -59,6 +61,11 @@ NOT_INSTRUCTIONS = {
     "Please provide a brief description of the issue you are experiencing.": "chat_reply",
     "Answer atlas, cobalt or juniper. Please provide more details about the ticket and your needs to receive an "
     "accurate response.": "chat_reply",
+    # words between "the" and what is asked for (GPO's step-1 sample in the Done-when command on helpdesk_queues,
+    # session 21)
+    "Which queue should handle this ticket? Answer atlas, cobalt, or juniper. Please provide the ticket details and a "
+    "brief description of the urgent issue.": "chat_reply",
+    "Please share the exact error details.": "chat_reply",
     "Is this ticket urgent? This prompt can be improved by adding more specific criteria for urgency.": "commentary",
     "The original instruction does not define urgency; add a definition.": "commentary",
     "In the first example the customer is blocked, so the answer is urgent.": "reasoning_trace",
