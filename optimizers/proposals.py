@@ -22,7 +22,8 @@ seen in one run:
   go on with text ("(A) The car broke down" / "(B) The engine broke down"), the options of one made-up input (word
   labels are exempt: "urgent: the customer is blocked" lines define the labels);
 - format_echo: it carries the meta-prompt's scaffolding: a "Field:" line with nothing or only a number after it
-  ("Score: 80", "Label:", "Output:"), or a placeholder in angle brackets ("<Prompt>", "<INS>").
+  ("Score: 80", "Label:", "Output:"), or with a label of the task after it ending the line ("... urgent? Label:
+  normal": an example's answer slot, filled), or a placeholder in angle brackets ("<Prompt>", "<INS>").
 
 A copied example is caught by `base.Context` (it needs the data). The initial prompt and demonstrations are exempt.
 """
@@ -121,6 +122,12 @@ def _options(text: str) -> list[list[str]]:
 _SCAFFOLD = re.compile(r"(?im)^\s*([A-Za-z][A-Za-z ]{0,20}:\s*)+(-?\d+(\.\d+)?%?)?\s*$|<\s*/?\s*[A-Z][A-Za-z_ ]{0,20}>")
 
 
+# An answer slot filled with one of the task's labels, ending its sentence or line ("... urgent? Label: normal"): an
+# example's scaffold copied with its answer, which steers the model to that label.
+_FILLED = re.compile(r"(?:^|(?<=[.!?])[ \t]+)(?:label|answer|output|category|class|result|classification|prediction|"
+                     r"response)[ \t]*:[ \t]*([^\s\"'.,;]+(?:[ \t]+[^\s\"'.,;]+)?)[ \t]*\.?[ \t]*$", re.I | re.M)
+
+
 def instruction_problem(text: str, labels: list[str] | None = None) -> str | None:
     """The reason `text` is not an instruction (one of the kinds above), or None."""
     t = (text or "").strip()
@@ -153,6 +160,8 @@ def instruction_problem(text: str, labels: list[str] | None = None) -> str | Non
         keys = {normalize(lab) for lab in labels}
         if normalize(t) in keys or (len(words) <= 3 and any(k in normalize(t) for k in keys)):
             return "bare_label"
+        if any(normalize(m.group(1)) in keys for m in _FILLED.finditer(t)):
+            return "format_echo"
     if len(re.findall(r"\w+", t)) <= 2:
         return "fragment"
     return None

@@ -42,6 +42,10 @@ INSTRUCTIONS = [
     "Use the context of the ticket: answer urgent only when the customer is blocked.",
     "Read the whole ticket details carefully. Answer urgent or normal.",
     "Give the ticket details that decide it in your answer, then answer urgent or normal.",
+    # a field name followed by more than a label is a definition or a rule, not a filled slot
+    "Is the customer blocked? Answer: urgent if so, otherwise normal.",
+    "Label: urgent when the customer is blocked; otherwise normal.",
+    'Reply in the form "Label: urgent".',
 ]
 NOT_INSTRUCTIONS = {
     "Sure, I'd be happy to help with this prompt engineering problem. Please send me the reference.": "chat_reply",
@@ -72,6 +76,9 @@ NOT_INSTRUCTIONS = {
     "Example 3 was mislabelled because the tone was calm.": "reasoning_trace",
     "The correct answer is (B) because the pronoun refers to the nurse.": "reasoning_trace",
     "Is this support ticket urgent? Answer urgent or normal.\nScore: 80": "format_echo",
+    # an answer slot filled with a label (PE2's kept edit in the support_triage PE2-then-demos arm, session 21)
+    "Is this support ticket urgent? Label: normal": "format_echo",
+    "Classify the ticket.\nAnswer: urgent": "format_echo",
     "Is this ticket urgent? If so, give the level.\nLabel: Output:": "format_echo",
     "Rewrite <INS> so that it is clearer.": "format_echo",
     "Based on the input-output pairs provided, it appears that the instruction was:": "commentary",
