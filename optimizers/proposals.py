@@ -60,10 +60,9 @@ def _asks_for_input(text: str) -> bool:
 
 # A request for more from whoever wrote the input ("Please specify the context of the ticket", "Please provide more
 # context to help the assistant ...", "Please provide a brief description of the issue", "Please provide the ticket
-# details"): the task model has the
-# input and nothing more to ask for. A sentence that also names the model's own output ("give more detail in your
-# answer", "give a brief description of the issue, then answer ...") is an instruction; "... to receive an accurate
-# response" is the writer's.
+# details"): the task model has the input and nothing more to ask for. A sentence that also names the model's own
+# output ("give more detail in your answer", "give a brief description of the issue, then answer ...") is an
+# instruction; "... to receive an accurate response" is the writer's.
 _ASKS_MORE = re.compile(r"\b(?:provide|give|share|specify|clarify|supply|send|tell)\s+(?:me\s+|us\s+)?(?:with\s+)?"
                         r"(?:some\s+|any\s+)?(?:more|additional|further|extra|the|a\s+(?:brief|short|clear))\s+"
                         r"(?:[\w-]+\s+){0,2}?(?:context|details?|information|clarification|background|description)\b",
