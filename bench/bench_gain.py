@@ -54,7 +54,9 @@ ARMS = {
 # the generating request) and 4 samples a step, so 300 calls pay for more than one step on a 40-example dev set
 ARMS["gpo-feedback"] = ["--optimizer", "gpo", "--param", "gradient=feedback", "--param", "update_method=generate",
                         "--param", "num_candidates=4"]
-for _name in ("ape", "protegi", "opro", "pe2", "gpo", "gpo-feedback"):
+# GPO whose rule start shows minimal pairs (each target example beside the nearest-worded one of each other label)
+ARMS["gpo-contrast"] = ["--optimizer", "gpo", "--param", "rule_examples=contrast"]
+for _name in ("ape", "protegi", "opro", "pe2", "gpo", "gpo-feedback", "gpo-contrast"):
     ARMS[f"{_name}+demos"] = [*ARMS[_name], "--then-demos"]
     ARMS[_name] = [*ARMS[_name], "--no-then-demos"]  # 0-shot: the embedded default would add a demo search
 EXPERTS = ("expert1", "expert2", "expert3")  # the task's expert instructions, scored as the baseline arm scores

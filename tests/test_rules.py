@@ -92,6 +92,35 @@ def test_the_request_shows_train_examples_grouped_by_label_and_names_the_others(
     assert with_rule("Decide.", 'Answer "a" only when x.', "a", ["a", "b", "c"]) == 'Decide. Answer "a" only when x.'
 
 
+def test_with_contrast_each_other_label_shows_the_nearest_worded_example_of_each_target_one():
+    # each urgent ticket has a normal twin in the same tone and dressing; the loud ones are spread over both labels
+    def ex(i, text, label):
+        return Example(id=str(i), fields={"text": text}, label=label)
+    urgent = [ex(1, "HIGH PRIORITY!!! I cannot log in at all, locked out since Monday", "urgent"),
+              ex(2, "hi, our whole site is down, just an error page. thanks, Ravi", "urgent"),
+              ex(3, "Payment page crashes every time so nobody can pay us. Pls advise", "urgent")]
+    normal = [ex(11, "HIGH PRIORITY!!! I would like a dark mode at some point", "normal"),
+              ex(12, "hi, could you add a CSV export to the site? thanks, Ravi", "normal"),
+              ex(13, "The invoice font is a bit small. Pls advise", "normal"),
+              ex(14, "Do you offer a nonprofit discount?", "normal")]
+    labels = ["urgent", "normal"]
+    msg = rule_request(INITIAL, urgent + normal, labels, "urgent", random.Random(0), per_label=3, contrast=True)
+    shown_normal = msg.split('Examples labelled "normal":')[1].split("\n\n")[0]
+    assert "dark mode" in shown_normal and "CSV export" in shown_normal and "invoice font" in shown_normal
+    assert "nonprofit" not in shown_normal  # the one with no twin among the drawn urgent tickets
+    assert msg.count("\n- ") == 6 and msg.rstrip().endswith('Answer "urgent" only when')
+    # each example is shown once, even when two target examples have the same nearest one
+    twin = rule_request(INITIAL, urgent[:1] + [ex(4, "HIGH PRIORITY!!! locked out, cannot log in", "urgent")] + normal,
+                        labels, "urgent", random.Random(0), per_label=2, contrast=True)
+    shown = re.findall(r"^- (.*)$", twin.split('Examples labelled "normal":')[1], re.M)
+    assert len(shown) == len(set(shown)) == 2
+    # without it, each label's examples are drawn in label order, as before the option (stored runs replay)
+    rng = random.Random(5)
+    drawn = [rng.sample(urgent, 2), rng.sample(normal, 2)]
+    plain = rule_request(INITIAL, urgent + normal, labels, "urgent", random.Random(5), per_label=2)
+    assert re.findall(r"^- (.*)$", plain, re.M) == [e.fields["text"] for g in drawn for e in g]
+
+
 class RuleOpt:
     """Rule requests get the next reply for the label they ask about (`rules`: label -> replies, the last one
     repeated); generate requests add nothing."""

@@ -137,6 +137,10 @@ class GPO(Optimizer):
                                                      "train examples grouped by label (optimizers.methods.rules), each "
                                                      "appended to the initial prompt and scored; the best starts the "
                                                      "trajectory (classification tasks with word labels; 0: off)")
+        rule_examples: Literal["random", "contrast"] = Field(
+            "random", description="Ours: the train examples each rule request shows: drawn per label (random), or "
+                                  "the target label's drawn and, for each, the nearest in wording of every other "
+                                  "label (contrast: minimal pairs)")
         keep_if_worse: bool = Field(False, description="Ours: keep the current prompt when no new candidate beats "
                                                        "it (the paper always moves to the best new one)")
         similarity: Literal["auto", "embeddings", "lexical"] = Field(
@@ -286,7 +290,8 @@ class GPO(Optimizer):
                 target = labels[i % len(labels)]
                 rule = None
                 for attempt in range(1 + self.rule_retries()):  # an unreadable reply costs one request: ask again
-                    msg = rule_request(instruction, ctx.train, labels, target, ctx.rng)
+                    msg = rule_request(instruction, ctx.train, labels, target, ctx.rng,
+                                       contrast=p.rule_examples == "contrast")
                     comp = yield from ctx.ask("gpo.rule", [{"role": "user", "content": msg}], step=0,
                                               ref=f"r{i}.{attempt}", temperature=min(p.temperature, 0.7),
                                               max_tokens=p.optimizer_max_tokens)

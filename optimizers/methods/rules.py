@@ -17,6 +17,9 @@ import random
 import re
 from collections.abc import Sequence
 
+from rapidfuzz import fuzz
+from rapidfuzz.utils import default_process
+
 from ..data import Example
 from . import parsing
 from .text import Signature, input_text
@@ -141,15 +144,40 @@ def with_rule(instruction: str, rule: str, target: str, labels: Sequence[str]) -
     return f"{instruction.rstrip()} {rule}{tail}"
 
 
+def _nearest(query: str, pool: Sequence[Example], taken: set[int]) -> Example | None:
+    """The pool's example most like `query` in its words (rapidfuzz token-set ratio, case folded), not yet taken."""
+    best = None
+    for i, e in enumerate(pool):
+        if i in taken:
+            continue
+        s = fuzz.token_set_ratio(query, input_text(e), processor=default_process)
+        if best is None or s > best[0]:
+            best = (s, i)
+    if best is None:
+        return None
+    taken.add(best[1])
+    return pool[best[1]]
+
+
 def rule_request(instruction: str, train: Sequence[Example], labels: Sequence[str], target: str,
-                 rng: random.Random, per_label: int = 4) -> str:
-    """The request for one rule: per_label train examples of each label (drawn with the run's generator)."""
-    groups = []
-    for lab in labels:
-        pool = [e for e in train if e.label == lab]
-        picked = rng.sample(pool, min(per_label, len(pool)))
-        if picked:
-            groups.append(f'Examples labelled "{lab}":\n' + "\n".join(
-                "- " + " ".join(input_text(e).split()) for e in picked))
+                 rng: random.Random, per_label: int = 4, contrast: bool = False) -> str:
+    """The request for one rule: per_label train examples of each label (drawn with the run's generator).
+
+    contrast: the target's examples are drawn, and each other label shows, for each of them, its train example
+    nearest in wording (minimal pairs). Drawn at random, the groups differ in whatever is loudest; on support_triage
+    the rules named the shouting ("HIGH PRIORITY", "CRITICAL"), which that set spreads over both labels by design.
+    Side by side with a ticket in the same tone and dressing, what is left to tell them apart is what decides."""
+    pools = {lab: [e for e in train if e.label == lab] for lab in labels}
+    if contrast:
+        picked = {target: rng.sample(pools[target], min(per_label, len(pools[target])))}
+        for lab in labels:
+            if lab != target:
+                taken: set[int] = set()
+                near = (_nearest(input_text(q), pools[lab], taken) for q in picked[target])
+                picked[lab] = [e for e in near if e is not None]
+    else:  # in label order, as runs before the contrast option drew them (their caches replay)
+        picked = {lab: rng.sample(pools[lab], min(per_label, len(pools[lab]))) for lab in labels}
+    groups = [f'Examples labelled "{lab}":\n' + "\n".join("- " + " ".join(input_text(e).split()) for e in picked[lab])
+              for lab in labels if picked[lab]]
     return RULE.render(groups="\n\n".join(groups), instruction=instruction, target=target,
                        others=_quoted([x for x in labels if x != target]))
