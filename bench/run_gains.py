@@ -36,7 +36,8 @@ from optimizers.proposals import prompt_form  # noqa: E402
 
 MODEL = "qwen2.5-coder-1.5b"  # the embedded default for both roles
 ALL_ARMS = "baseline,expert1,expert2,expert3,demos,ape,ape+demos,protegi,protegi+demos,opro,opro+demos,pe2,pe2+demos,gpo,gpo+demos"
-TASKS = {"support_triage": ALL_ARMS, "bbh_disambiguation_qa": ALL_ARMS, "helpdesk_queues": ALL_ARMS}
+TASKS = {"support_triage": ALL_ARMS, "bbh_disambiguation_qa": ALL_ARMS, "helpdesk_queues": ALL_ARMS,
+         "request_routing": ALL_ARMS}  # request_routing: headroom with demonstrations only (as bbh)
 DSPY = ("copro", "miprov2", "miprov2-demos", "gepa")  # bench_dspy.py, at the same 300 optimization calls
 # the headroom rows' replies, committed like the arms' records: the tables regenerate from a clean clone, no server
 HEADROOM = RECORDS / "headroom.jsonl"
