@@ -54,8 +54,19 @@ _OUTPUT_WORD = re.compile(r"\b(answer|label|response|reply|word|explanation|verd
                           r"reasoning|output)s?\b", re.I)
 
 
+# A sentence that is nothing but a request for the input ("Please provide the sentence and options.": GPO's kept
+# suffix in the Done-when command on bbh_disambiguation_qa, session 22): the head noun is what a template gives the
+# model, nothing follows it, so it cannot be an instruction about the model's own output ("Provide the correct
+# option." names none of these nouns and passes).
+_ASKS_INPUT_BARE = re.compile(r"^(?:please\s+)?(?:provide|give|send|share|paste|enter|type|supply)\s+(?:me\s+|us\s+)?"
+                              r"(?:with\s+)?(?:the|a|an|your|some)\s+(?:input|sentences?|text|passage|question|ticket|"
+                              r"review|statement|message|document)(?:\s+(?:and|with)\s+(?:the\s+|its\s+|their\s+)?"
+                              r"(?:answer\s+)?(?:options|choices))?\s*[.!?]?$", re.I)
+
+
 def _asks_for_input(text: str) -> bool:
-    return any(not _OUTPUT_WORD.search(m.group(1)) for m in _ASKS_INPUT.finditer(text))
+    return (any(not _OUTPUT_WORD.search(m.group(1)) for m in _ASKS_INPUT.finditer(text))
+            or any(_ASKS_INPUT_BARE.match(s.strip()) for s in re.split(r"(?<=[.!?])\s+|\n", text)))
 
 
 # A request for more from whoever wrote the input ("Please specify the context of the ticket", "Please provide more

@@ -46,6 +46,10 @@ INSTRUCTIONS = [
     "Is the customer blocked? Answer: urgent if so, otherwise normal.",
     "Label: urgent when the customer is blocked; otherwise normal.",
     'Reply in the form "Label: urgent".',
+    # "provide" with the model's own output, or the input noun with more after it, is an instruction
+    "Read the sentence. Provide the correct option.",
+    "Provide the question's answer as (A), (B) or (C).",
+    "Give the ticket a label: urgent or normal.",
 ]
 NOT_INSTRUCTIONS = {
     "Sure, I'd be happy to help with this prompt engineering problem. Please send me the reference.": "chat_reply",
@@ -55,6 +59,11 @@ NOT_INSTRUCTIONS = {
     # a request for the input, which the template gives (GPO's step-1 suffix on bbh_disambiguation_qa, session 18)
     "Which option is the antecedent? Answer (A), (B) or (C). Please provide a sentence to analyze.": "chat_reply",
     "Send me the ticket you want me to triage.": "chat_reply",
+    # a sentence that only asks for the input (GPO's kept suffix in the Done-when command on bbh_disambiguation_qa,
+    # session 22)
+    "Which option is the antecedent of the pronoun? Answer (A), (B) or (C). Please provide the sentence and "
+    "options.": "chat_reply",
+    "Please share the ticket.": "chat_reply",
     "Please share the review you'd like me to classify, then I will answer urgent or normal.": "chat_reply",
     # a request to the ticket's writer for more (GPO's step suffix and ProTeGi's edit on helpdesk_queues, GEPA's
     # proposal there, session 19-20)
