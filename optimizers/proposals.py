@@ -64,9 +64,13 @@ _ASKS_INPUT_BARE = re.compile(r"^(?:please\s+)?(?:provide|give|send|share|paste|
                               r"(?:answer\s+)?(?:options|choices))?\s*[.!?]?$", re.I)
 
 
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n", text)]
+
+
 def _asks_for_input(text: str) -> bool:
     return (any(not _OUTPUT_WORD.search(m.group(1)) for m in _ASKS_INPUT.finditer(text))
-            or any(_ASKS_INPUT_BARE.match(s.strip()) for s in re.split(r"(?<=[.!?])\s+|\n", text)))
+            or any(_ASKS_INPUT_BARE.match(s) for s in _sentences(text)))
 
 
 # A request for more from whoever wrote the input ("Please specify the context of the ticket", "Please provide more
@@ -86,7 +90,7 @@ _OWN_OUTPUT = re.compile(r"\b(?:your|the final|the)\s+(?:[\w-]+\s+)?(?:answer|la
 
 
 def _asks_for_more(text: str) -> bool:
-    return any(_ASKS_MORE.search(s) and not _OWN_OUTPUT.search(s) for s in re.split(r"(?<=[.!?])\s+|\n", text))
+    return any(_ASKS_MORE.search(s) and not _OWN_OUTPUT.search(s) for s in _sentences(text))
 
 
 _MATERIAL = re.compile(r"\b(input[- ]output pairs?|(the|these|those|each) pairs\b|(your|my|the) friend|"
