@@ -303,8 +303,9 @@ def main() -> None:
           f"{a.optimizer_model or a.model or 'embedded default'}, layout {a.layout}, {a.opt_calls} optimization calls "
           f"+ the test report (2 x {n_test}); k = {a.k}, demo trials {a.demo_trials}; split {tr}/{dv}/{te} capped at "
           f"train {a.max_train} / dev {a.max_dev} / test {a.max_test}, seed {a.seed}\n")
+    seed = f" --seed {a.seed}" if a.seed else ""
     print(f"Command: `python bench/bench_gain.py --task {a.task} --arms {a.arms} --model {a.model} "
-          f"--layout {a.layout} --out {a.out}`\n")
+          f"--optimizer-model {a.optimizer_model or a.model} --layout {a.layout}{seed} --out {a.out}`\n")
     print(table(a, arms, out))
 
 

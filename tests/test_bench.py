@@ -303,3 +303,35 @@ def test_gains_rows_count_what_the_optimizer_wrote_from_the_runs_events(tmp_path
                       "rejected": {"echoes_example": 2, "chat_reply": 1}}
     assert proposals_cell({"proposals": counts}) == "1 / 3 (2 echoes_example, 1 chat_reply); 1 demo sets"
     assert proposals_cell({}) == ""  # a record written before the count: blank, not zero
+
+
+def test_seeds_table_reads_each_seeds_records_and_pairs_the_arms_per_seed(tmp_path, monkeypatch):
+    """Seed 0 is gain-<task>, seed N gain-<task>-s<N>; each cell is tested against the initial prompt, and the arms
+    against each other within a seed (never across seeds)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_gain
+    import bench_seeds
+
+    ids = [str(i) for i in range(20)]
+
+    def record(folder: str, arm: str, right: int) -> None:
+        init = {i: [n < 10, "a" if n < 10 else "b"] for n, i in enumerate(ids)}  # 0.5
+        best = {i: [n < right, "x"] for n, i in enumerate(ids)}
+        (tmp_path / folder).mkdir(exist_ok=True)
+        rec = {"run_id": arm, "status": "done", "initial_prompt": "p", "best_prompt": "q", "best_id": "c",
+               "calls": 1, "wall_time_s": 1.0, "initial_test": init, "best_test": best}
+        (tmp_path / folder / f"{arm}.json").write_text(json.dumps(rec))
+
+    monkeypatch.setattr(bench_gain, "RECORDS", tmp_path)
+    record("gain-t", "demos", 20)    # 10 gained / 0 lost: p = 0.002
+    record("gain-t", "gpo", 10)      # the initial prompt's answers: no gain
+    record("gain-t-s2", "demos", 12)  # 2 / 0: not significant
+    (tmp_path / "gain-t-sx").mkdir()  # not a seed folder
+    assert bench_seeds.seeds_of("t") == [0, 2]
+    text = bench_seeds.table(["t"], ["demos", "gpo"])
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in text.splitlines()}
+    assert "1.000 (10 / 0, p 0.002)" in rows[("t", "demos")] and "0.600 (2 / 0, p 0.5)" in rows[("t", "demos")]
+    assert rows[("t", "demos")].rstrip().endswith("| 0.800 | 1 of 2 |")
+    assert "not run" in rows[("t", "gpo")] and rows[("t", "gpo")].rstrip().endswith("| 0.500 | 0 of 1 |")
+    assert "| t | 0 | demos vs gpo | 10 / 0 | 0.002 |" in text
+    assert "| t | 2 | demos vs gpo" not in text  # gpo has no seed-2 record
