@@ -80,7 +80,14 @@ def _asks_for_input(text: str) -> bool:
 # instruction; "... to receive an accurate response" is the writer's.
 _ASKS_MORE = re.compile(r"\b(?:provide|give|share|specify|clarify|supply|send|tell)\s+(?:me\s+|us\s+)?(?:with\s+)?"
                         r"(?:some\s+|any\s+)?(?:more|additional|further|extra|the|a\s+(?:brief|short|clear))\s+"
-                        r"(?:[\w-]+\s+){0,2}?(?:context|details?|information|clarification|background|description)\b",
+                        r"(?:[\w-]+\s+){0,2}?(?:context|details?|information|clarification|background|description)\b"
+                        # ... or for a fuller input: "Please provide a detailed request in English to indicate ..."
+                        # (GPO's kept suffix, request_routing seed 1, session 23); "Give the ticket a label" asks
+                        # for no fuller input and passes
+                        r"|\b(?:provide|give|share|supply|send|submit)\s+(?:me\s+|us\s+)?(?:with\s+)?"
+                        r"(?:a|an|the|your)\s+(?:more\s+)?(?:detailed|complete|full|fuller|clearer|longer|"
+                        r"specific|precise|thorough)\s+(?:input|request|ticket|message|question|sentence|text|query|"
+                        r"statement|review)\b",
                         re.I)
 
 

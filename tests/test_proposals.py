@@ -50,6 +50,8 @@ INSTRUCTIONS = [
     "Read the sentence. Provide the correct option.",
     "Provide the question's answer as (A), (B) or (C).",
     "Give the ticket a label: urgent or normal.",
+    "Provide a detailed answer: finance or tech.",
+    "Classify the request. Provide a specific label: finance or tech.",
 ]
 NOT_INSTRUCTIONS = {
     "Sure, I'd be happy to help with this prompt engineering problem. Please send me the reference.": "chat_reply",
@@ -64,6 +66,10 @@ NOT_INSTRUCTIONS = {
     "Which option is the antecedent of the pronoun? Answer (A), (B) or (C). Please provide the sentence and "
     "options.": "chat_reply",
     "Please share the ticket.": "chat_reply",
+    # a request for a fuller input (GPO's kept suffix on request_routing, seed 1, session 23)
+    "Which team should handle this request? Answer finance or tech. Please provide a detailed request in English to "
+    "indicate whether it involves financial matters or technology products/services.": "chat_reply",
+    "Answer urgent or normal. Send a more complete ticket if the problem is unclear.": "chat_reply",
     "Please share the review you'd like me to classify, then I will answer urgent or normal.": "chat_reply",
     # a request to the ticket's writer for more (GPO's step suffix and ProTeGi's edit on helpdesk_queues, GEPA's
     # proposal there, session 19-20)
