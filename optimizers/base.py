@@ -21,8 +21,8 @@ from .data import Example
 from .evaluate import EvalResult, Evaluator
 from .events import CandidateProposed, CandidateRejected, CandidateScored, Event, MetaPrompt, StepDone
 from .lm import Completion, LanguageModel
-from .prompt import instruction_of
-from .proposals import echoes_example, example_inputs, instruction_problem
+from .prompt import DEMO_MARK, instruction_of
+from .proposals import echoes_example, example_inputs, instruction_problem, refers_to_shown_examples
 from .task import Task
 
 Gen = Generator[Event, None, Any]
@@ -113,6 +113,8 @@ class Context:
         elif origin not in ("initial", "manual") and (problem := instruction_problem(instruction_of(text),
                                                                                      self.task.labels)):
             reason = problem
+        elif origin not in ("initial", "manual") and DEMO_MARK not in text and refers_to_shown_examples(text):
+            reason = "meta_reference"  # "the examples provided": the prompt shows none
         if reason:
             yield CandidateRejected(step=step, text=text[:2000], reason=reason, parents=parents, origin=origin)
             return None

@@ -103,6 +103,19 @@ def _asks_for_more(text: str) -> bool:
 _MATERIAL = re.compile(r"\b(input[- ]output pairs?|(the|these|those|each) pairs\b|(your|my|the) friend|"
                        r"(the|these|those) (given|provided|above|listed) (outputs?|pairs?|answers?|labels?)|"
                        r"(the|these|those) (outputs?|pairs?) (given|provided|above|listed|shown))", re.I)
+# Plural only: "the given example" / "the example provided" is how an instruction names its own input.
+_SHOWN_EXAMPLES = re.compile(r"\b(?:(?:the|these|those|following)\s+(?:examples|demonstrations|samples)\s+(?:provided|given|"
+                             r"shown|listed|above|below)|(?:the|these|those)\s+(?:provided|given|shown|above|listed)\s+"
+                             r"(?:examples|demonstrations|samples)|(?:as|like)\s+(?:in\s+|shown\s+in\s+)?the\s+examples|"
+                             r"(?:follow|match|mimic|copy)\s+the\s+examples)\b", re.I)
+
+
+def refers_to_shown_examples(text: str) -> bool:
+    """An instruction that points at examples "provided" or "above": right when the prompt carries demonstrations,
+    a reference to the meta-prompt's material when it does not (the caller knows which)."""
+    return bool(_SHOWN_EXAMPLES.search(text or ""))
+
+
 _CASE = re.compile(r"\b((the )?(first|second|third|fourth|fifth|last|previous|next) (example|input|case|one|question|"
                    r"sentence|text|ticket|review)|(example|input|case|question) (#\s*)?\d+|in this (example|case)|"
                    r"the (correct |right )?(answer|label) (is|was|would be|should be) (\(?[a-z0-9]\)?|[\"'])|"

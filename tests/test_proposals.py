@@ -141,6 +141,30 @@ def test_a_proposal_that_is_not_an_instruction_is_rejected_with_its_reason():
     assert events[-1].kind == "candidate_proposed"
 
 
+def test_a_reference_to_examples_is_rejected_only_when_the_prompt_shows_none():
+    """"Use the same input format as the examples provided" (GPO's kept suffix, request_routing seed 1) points at the
+    meta-prompt's examples in a 0-shot prompt; with demonstrations it is right; the user's own prompt is kept; an
+    instruction naming its own input ("the given example") is not a reference."""
+    from optimizers.base import Context
+    from optimizers.evaluate import Evaluator
+    from optimizers.prompt import Demo, join_prompt
+    from tests.conftest import TOY_TASK, toy_examples
+
+    class Nothing:
+        max_concurrency, accepts_extras, model = 1, False, "x"
+
+    ctx = Context(task=TOY_TASK, train=toy_examples(4), dev=[], initial_prompt="Classify.",
+                  evaluator=Evaluator(Nothing(), TOY_TASK), optimizer_llm=Nothing())
+    text = "Classify the sentiment. Answer positive or negative, as in the examples above."
+    events = list(ctx.propose(text, step=1, origin="generated"))
+    assert events[-1].kind == "candidate_rejected" and events[-1].reason == "meta_reference"
+    shown = join_prompt(text, [Demo.of(ctx.train[0])])
+    assert list(ctx.propose(shown, step=1, origin="generated"))[-1].kind == "candidate_proposed"
+    assert list(ctx.propose(text, step=0, origin="initial"))[-1].kind == "candidate_proposed"
+    own = "Classify the given example: answer positive or negative."
+    assert list(ctx.propose(own, step=1, origin="generated"))[-1].kind == "candidate_proposed"
+
+
 @pytest.mark.parametrize("text", ["Follow this instruction, variant 3, carefully.",
                                   "Read the instructions carefully, then answer urgent or normal."])
 def test_an_instruction_may_mention_instructions(text):
