@@ -44,6 +44,13 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (0.0 if k == 0 else lo, 1.0 if k == n else hi)
 
 
+def resolution(n: int) -> float:
+    """Half the width of the 95% interval of an accuracy near 50% on n examples: how far apart two prompts' scores
+    must be before a split of this size can tell them apart (40 dev examples: about 15 points)."""
+    lo, hi = wilson(n // 2, n)
+    return (hi - lo) / 2
+
+
 def bootstrap_ci(preds: Sequence[str | None], golds: Sequence[str], labels: Sequence[str] | None,
                  n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
     n = len(golds)

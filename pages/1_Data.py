@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from optimizers.data import BUNDLED, DataError, load_bundled, read_table, render_template
+from optimizers.metrics import resolution
 from optimizers.prepare import PreparedTask, default_template, guess_label_col, prepare_task
 from ui import charts
 from ui.session import connection_sidebar, page_link
@@ -200,6 +201,11 @@ if extraction == "label":
     st.plotly_chart(charts.split_distribution_figure(po.splits), width="stretch")
 if not sz["dev"]:
     st.warning("The dev split is empty: optimizers will select on train, and the train/dev gap cannot be shown.")
+elif sz["dev"] < 100:
+    st.info(f"On {sz['dev']} dev examples a prompt's accuracy is known to about ±{resolution(sz['dev']):.0%} (95%): "
+            "the optimizers pick the best of many candidates there, partly by luck. On 40 the better candidate on "
+            "test was often not the one dev picked (BENCHMARKS.md, 'Does the dev winner win on test?'). A larger dev "
+            "split sharpens the choice; each candidate then costs more calls.")
 if po.splits.train:
     with st.expander("The messages the task model gets for one example", expanded=False):
         st.json(po.task.messages(po.initial_prompt, (po.splits.dev or po.splits.train)[0]))

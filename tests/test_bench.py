@@ -335,3 +335,24 @@ def test_seeds_table_reads_each_seeds_records_and_pairs_the_arms_per_seed(tmp_pa
     assert "not run" in rows[("t", "gpo")] and rows[("t", "gpo")].rstrip().endswith("| 0.500 | 0 of 1 |")
     assert "| t | 0 | demos vs gpo | 10 / 0 | 0.002 |" in text
     assert "| t | 2 | demos vs gpo" not in text  # gpo has no seed-2 record
+
+
+def test_selection_rules_pick_by_full_dev_with_a_margin_and_the_oracle_by_test():
+    """The run's pick (best on its subset) against the best on all of dev, the same kept only with a net margin over
+    the initial prompt, and the best on test: each rule's cell is its candidate's test score against the initial."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_selection
+
+    def cand(cid, sel, dev_right, test_right):
+        return {"id": cid, "origin": "x", "text": cid, "selection": sel, "selection_n": 4,
+                "dev": {str(i): i < dev_right for i in range(10)}, "test": {str(i): i < test_right for i in range(20)}}
+
+    rec = {"out": "gain-t-s1", "arm": "gpo", "run_id": "r", "best_id": "lucky", "init_id": "init", "top": 2,
+           "candidates": [cand("init", 0.25, 4, 8), cand("lucky", 0.75, 4, 6), cand("solid", 0.5, 7, 18)]}
+    p = bench_selection.picks(rec, margin=2)
+    assert [p[r]["id"] for r in p] == ["lucky", "solid", "solid", "solid"]
+    assert [c["id"] for c in bench_selection.picks(rec, margin=4).values()] == ["lucky", "solid", "init", "solid"]
+    text = bench_selection.table([rec], 2)
+    assert "| gain-t-s1/gpo | lucky (run's pick) | 0.750 (4) | 0.400 | 0.300 | 0 / 2, p 0.5 |" in text
+    assert "| gain-t-s1/gpo | lucky 0.300 (0 / 2, p 0.5) | solid 0.900 (10 / 0, p 0.002) |" in text
+    assert "| mean test gain over the initial (pt) | -10.0 | +50.0 | +50.0 | +50.0 |" in text

@@ -45,6 +45,11 @@ def test_bundled_set_loads_and_saves_po_data():
     assert po.name == "sentiment" and len(po.splits.train) == 20
     assert po.task.labels == ["negative", "positive"]
     assert po.data_config.label_col == "label" and po.split_config.max_train == 20
+    from optimizers.metrics import resolution
+
+    n = len(po.splits.dev)  # a small dev split says how coarse its scores are, before a run pays for them
+    assert 0 < n < 100 and any(f"On {n} dev examples" in i.value and f"±{resolution(n):.0%}" in i.value
+                               for i in at.info)
 
 
 def test_upload_good_csv_maps_columns_and_previews_template():

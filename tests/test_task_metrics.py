@@ -78,6 +78,12 @@ def test_wilson_interval_properties():
     assert lo == pytest.approx(0.404, abs=0.002) and hi == pytest.approx(0.596, abs=0.002)
 
 
+def test_resolution_is_half_the_95_interval_at_fifty_percent_and_shrinks_with_n():
+    assert metrics.resolution(40) == pytest.approx(0.148, abs=0.002)  # the benches' dev split
+    assert metrics.resolution(100) == pytest.approx(0.096, abs=0.002)
+    assert metrics.resolution(20) > metrics.resolution(40) > metrics.resolution(400)
+
+
 def test_macro_f1_and_bootstrap():
     golds = ["a", "a", "b", "b"]
     assert metrics.macro_f1(["a", "a", "b", "b"], golds) == 1.0
