@@ -15,6 +15,8 @@ accuracy against the initial prompt (exact paired McNemar):
 - `full dev`: the best full-dev score among the initial prompt and the top K (the selection score breaks ties);
 - `full dev, net >= M`: the same, kept only if on the full dev set it is right on at least M more examples than the
   initial prompt is (else the initial prompt);
+- `dev macro-F1`: the best macro-F1 on all of dev (accuracy breaks ties): a prompt that leans to one favourite label
+  loses on it what it wins in accuracy on that label's share;
 - `oracle`: the best test score among them (what no rule can know: whether a better candidate was there at all).
 
 Records: bench/results/records/selection/<out>/<arm>.json (each candidate's per-example correctness on dev and test),
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from optimizers.config import RunConfig  # noqa: E402
-from optimizers.metrics import mcnemar  # noqa: E402
+from optimizers.metrics import macro_f1, mcnemar  # noqa: E402
 from optimizers.store import Store  # noqa: E402
 
 RECORDS = ROOT / "bench" / "results" / "records" / "selection"
@@ -80,12 +82,15 @@ def measure(out: Path, arm: str, top: int) -> dict:
         for split in ("dev", "test"):
             res = ev.evaluate(texts[cid][0], getattr(splits, split))
             row[split] = {p.example_id: bool(p.correct) for p in res.predictions}
+            row[f"{split}_pred"] = {p.example_id: p.pred for p in res.predictions}
         cands.append(row)
         print(f"# {out.name}/{arm} {cid}: dev {sum(row['dev'].values())}/{len(row['dev'])}, "
               f"test {sum(row['test'].values())}/{len(row['test'])}", file=sys.stderr, flush=True)
     c = llm.meter.snapshot()
+    golds = {split: {ex.id: ex.label for ex in getattr(splits, split)} for split in ("dev", "test")}
     return {"out": out.name, "arm": arm, "run_id": run_id, "best_id": run["result"]["best_id"], "init_id": init_id,
-            "top": top, "calls": c.calls, "cache_hits": c.cache_hits, "candidates": cands}
+            "top": top, "calls": c.calls, "cache_hits": c.cache_hits, "labels": cfg.task.labels, "golds": golds,
+            "candidates": cands}
 
 
 def _acc(d: dict[str, bool]) -> float:
@@ -96,6 +101,13 @@ def _net(a: dict[str, bool], b: dict[str, bool]) -> int:
     return sum(a[i] for i in a) - sum(b[i] for i in a)
 
 
+def dev_f1(rec: dict, c: dict) -> float:
+    """Macro-F1 on all of dev: a prompt that answers one favourite label scores that label's share in accuracy, and
+    little here (each label's F1 counts the same)."""
+    ids = sorted(c["dev_pred"])
+    return macro_f1([c["dev_pred"][i] for i in ids], [rec["golds"]["dev"][i] for i in ids], rec.get("labels"))
+
+
 def picks(rec: dict, margin: int) -> dict[str, dict]:
     """What each rule keeps among the measured candidates."""
     cands = {c["id"]: c for c in rec["candidates"]}
@@ -103,8 +115,11 @@ def picks(rec: dict, margin: int) -> dict[str, dict]:
     order = {c["id"]: i for i, c in enumerate(rec["candidates"])}  # initial first, then by selection score
     by_dev = max(cands.values(), key=lambda c: (_acc(c["dev"]), (c["selection"] or 0), -order[c["id"]]))
     confirmed = by_dev if _net(by_dev["dev"], init["dev"]) >= margin else init
-    return {"run": cands.get(rec["best_id"], init), "full dev": by_dev, f"full dev, net >= {margin}": confirmed,
-            "oracle": max(cands.values(), key=lambda c: (_acc(c["test"]), -order[c["id"]]))}
+    out = {"run": cands.get(rec["best_id"], init), "full dev": by_dev, f"full dev, net >= {margin}": confirmed}
+    if "golds" in rec:  # records that keep the predictions
+        out["dev macro-F1"] = max(cands.values(), key=lambda c: (dev_f1(rec, c), _acc(c["dev"]), -order[c["id"]]))
+    out["oracle"] = max(cands.values(), key=lambda c: (_acc(c["test"]), -order[c["id"]]))
+    return out
 
 
 def rule_cell(c: dict, init: dict) -> str:
@@ -153,13 +168,17 @@ def main() -> None:
     for out in [Path(x) for x in a.runs.split(",")]:
         for arm in a.arms.split(","):
             f = RECORDS / out.name / f"{arm}.json"
-            if not f.exists() or json.loads(f.read_text())["top"] < a.top:
+            old = json.loads(f.read_text()) if f.exists() else None
+            if old is None or old["top"] < a.top or "golds" not in old:  # none, or one without the predictions
                 if not (out / arm / "run_id").exists():
                     continue  # an arm this out folder did not run
                 if a.table_only:
                     print(f"# {out.name}/{arm}: no record", file=sys.stderr)
                     continue
                 rec = measure(ROOT / out if not out.is_absolute() else out, arm, a.top)
+                if old:  # what the first measurement paid stays on the books (a rerun reads it from the caches)
+                    rec["calls"] += old["calls"]
+                    rec["cache_hits"] = old["cache_hits"]
                 f.parent.mkdir(parents=True, exist_ok=True)
                 f.write_text(json.dumps(rec, indent=1, ensure_ascii=False) + "\n")
             rec = json.loads(f.read_text())

@@ -356,3 +356,25 @@ def test_selection_rules_pick_by_full_dev_with_a_margin_and_the_oracle_by_test()
     assert "| gain-t-s1/gpo | lucky (run's pick) | 0.750 (4) | 0.400 | 0.300 | 0 / 2, p 0.5 |" in text
     assert "| gain-t-s1/gpo | lucky 0.300 (0 / 2, p 0.5) | solid 0.900 (10 / 0, p 0.002) |" in text
     assert "| mean test gain over the initial (pt) | -10.0 | +50.0 | +50.0 | +50.0 |" in text
+
+
+def test_selection_by_dev_macro_f1_prefers_the_prompt_that_reads_both_labels():
+    """On 10 dev examples (6 'a', 4 'b'), a prompt answering 'a' always is right 6 times; one that reads both labels
+    and is right 6 times too (4 'a', 2 'b') wins on macro-F1, accuracy breaking ties."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_selection
+
+    golds = {str(i): "a" if i < 6 else "b" for i in range(10)}
+
+    def cand(cid, preds, test_right):
+        return {"id": cid, "origin": "x", "text": cid, "selection": 0.5, "selection_n": 10,
+                "dev": {i: preds[int(i)] == golds[i] for i in golds}, "dev_pred": dict(zip(golds, preds)),
+                "test": {str(i): i < test_right for i in range(20)}}
+
+    favourite = cand("fav", ["a"] * 10, 10)
+    reader = cand("reader", ["a", "a", "a", "a", "b", "b", "b", "b", "a", "a"], 14)
+    rec = {"out": "o", "arm": "demos", "run_id": "r", "best_id": "fav", "init_id": "fav", "top": 1,
+           "labels": ["a", "b"], "golds": {"dev": golds}, "candidates": [favourite, reader]}
+    assert bench_selection.dev_f1(rec, favourite) < bench_selection.dev_f1(rec, reader)
+    p = bench_selection.picks(rec, margin=2)
+    assert p["full dev"]["id"] == "fav" and p["dev macro-F1"]["id"] == "reader"
