@@ -44,6 +44,8 @@ from optimizers.store import Store  # noqa: E402
 ARMS = {
     "baseline": ["--optimizer", "baseline"],
     "demos": ["--optimizer", "demos"],
+    # the demo search breaking ties on dev by macro-F1 (bench/bench_selection.py: a tied set it would have kept)
+    "demos-f1": ["--optimizer", "demos", "--param", "tie_break=macro_f1"],
     "ape": ["--optimizer", "ape"],
     "protegi": ["--optimizer", "protegi"],
     "opro": ["--optimizer", "opro"],
@@ -94,7 +96,7 @@ def run_arm(a: argparse.Namespace, arm: str, n_test: int, out: Path) -> None:
     else:
         demo = ["--demo-param", f"trials={a.demo_trials}", "--demo-param", f"k={a.k}"] if (
             arm == "demos" or arm.endswith("+demos")) else []
-        if arm == "demos":  # alone: as many sets as the optimization's calls pay for on dev (one is the initial's)
+        if arm in ("demos", "demos-f1"):  # alone: as many sets as the optimization's calls pay for on dev (one is the initial's)
             demo = ["--param", f"trials={max(1, a.opt_calls // a.max_dev - 1)}", "--param", f"k={a.k}"]
         if arm in EXPERTS:
             demo = ["--initial-prompt", expert_prompt(a.task, arm)]

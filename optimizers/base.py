@@ -50,6 +50,7 @@ class Candidate:
     # split -> example_id -> correct (accumulates across batches: bandits and minibatches add to it)
     results: dict[str, dict[str, bool]] = field(default_factory=dict)
     last: dict[str, float] = field(default_factory=dict)  # split -> score of the latest full evaluation on it
+    preds: dict[str, dict[str, str | None]] = field(default_factory=dict)  # split -> example_id -> answer read
 
     def mean(self, split: str) -> float | None:
         r = self.results.get(split)
@@ -137,9 +138,10 @@ class Context:
     def score(self, cand: Candidate, examples: Sequence[Example], split: str, *, step: int,
               purpose: str = "selection") -> Generator[Event, None, EvalResult]:
         res = self.evaluator.evaluate(cand.text, examples)
-        bucket = cand.results.setdefault(split, {})
+        bucket, answers = cand.results.setdefault(split, {}), cand.preds.setdefault(split, {})
         for p in res.predictions:
             bucket[p.example_id] = p.correct
+            answers[p.example_id] = p.pred
         if split in ("train", "dev") and len(examples) == len(getattr(self, split)):
             cand.last[split] = res.score
         yield CandidateScored.from_eval(res, step=step, candidate_id=cand.id, split=split, purpose=purpose)

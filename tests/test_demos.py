@@ -393,3 +393,37 @@ def test_an_optimizer_stopped_between_steps_hands_over_to_the_demo_search(tmp_pa
     assert "edit_budget" not in kinds_after  # no GPO step after the stop
     demos = [e for e in seen if e.kind == "candidate_proposed" and e.origin == "demos"]
     assert len(demos) == 2 and all(e.step >= 2 for e in demos)
+
+
+def test_a_tie_on_dev_goes_to_the_set_with_the_higher_macro_f1_only_when_asked():
+    """Two demo sets right on the same dev examples count: the one whose answers over-use one label has the lower
+    macro-F1 and loses the tie under tie_break=macro_f1 (helpdesk_queues seed 2: three sets tied at 17 / 40, the
+    earliest kept scored 0.417 on test, the best-F1 one 0.592); by default the first drawn stays."""
+    from optimizers.base import Candidate, Context
+    from optimizers.evaluate import Evaluator
+    from optimizers.methods.demos import DemoSearch
+
+    class Nothing:
+        max_concurrency, accepts_extras, model = 1, False, "x"
+
+    dev = toy_examples(10, start=101)  # 5 positive, 5 negative, alternating
+    ctx = Context(task=TOY_TASK, train=toy_examples(4), dev=dev, initial_prompt="Classify.",
+                  evaluator=Evaluator(Nothing(), TOY_TASK), optimizer_llm=Nothing())
+
+    def cand(cid: str, answers: list[str]) -> Candidate:
+        c = Candidate(cid, cid, [], "demos", 1)
+        c.preds["dev"] = {ex.id: a for ex, a in zip(dev, answers)}
+        c.results["dev"] = {ex.id: a == ex.label for ex, a in zip(dev, answers)}
+        return c
+
+    fav = cand("fav", ["positive"] * 9 + ["negative"])  # 5 + 1 right: leans to positive
+    reader = cand("reader", ["positive", "negative", "negative", "positive"] * 2 + ["positive", "negative"])  # 6 right
+    scores = {"fav": 0.6, "reader": 0.6}
+    assert sum(fav.results["dev"].values()) == sum(reader.results["dev"].values()) == 6
+    by_f1 = DemoSearch(ctx, {"tie_break": "macro_f1"})
+    assert by_f1._f1(reader, dev) > by_f1._f1(fav, dev)
+    assert by_f1._better(reader, fav, scores, dev) and not by_f1._better(fav, reader, scores, dev)
+    assert not DemoSearch(ctx, {})._better(reader, fav, scores, dev)  # the default: the first drawn stays
+    assert by_f1._better(reader, fav, {"fav": 0.7, "reader": 0.6}, dev) is False  # a higher score still wins
+    del reader.preds["dev"][dev[0].id]  # not scored on all of dev here: no tie-break
+    assert by_f1._f1(reader, dev) is None and not by_f1._better(reader, fav, scores, dev)
