@@ -9,13 +9,14 @@ Demonstrations come from the train split only; dev decides between sets and test
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 from pydantic import Field
 
 from ..base import Candidate, Context, Optimizer, Params, register
 from ..budget import Amount, BudgetExceeded, Meter
+from ..data import Example
 from ..events import Event, StepDone
 from ..metrics import macro_f1
 from ..prompt import Demo, draw_demos, instruction_of, join_prompt
@@ -93,13 +94,13 @@ class DemoSearch(Optimizer):
                     best = cand
             yield self._done(step, best, scores)
 
-    def _better(self, cand: Candidate, best: Candidate, scores: dict[str, float], dev) -> bool:
+    def _better(self, cand: Candidate, best: Candidate, scores: dict[str, float], dev: Sequence[Example]) -> bool:
         if scores[cand.id] != scores[best.id] or self.p.tie_break == "first":
             return scores[cand.id] > scores[best.id]
         a, b = self._f1(cand, dev), self._f1(best, dev)
         return a is not None and b is not None and a > b
 
-    def _f1(self, cand: Candidate, dev) -> float | None:
+    def _f1(self, cand: Candidate, dev: Sequence[Example]) -> float | None:
         """Dev macro-F1 from the answers the scoring read (None when this run did not score it on all of them)."""
         answers = cand.preds.get("dev", {})
         if any(ex.id not in answers for ex in dev):
