@@ -40,26 +40,31 @@ from optimizers.prompt import split_prompt  # noqa: E402
 from optimizers.proposals import prompt_form  # noqa: E402
 from optimizers.store import Store  # noqa: E402
 
-# arm -> CLI arguments (the optimizer and what follows it)
+# arm -> CLI arguments (the optimizer and what follows it). The arms measured before session 25 keep ties at
+# selection on the first found (tie_break=first, explicit so their committed records stay what the command gives);
+# the -f1 arms break them by macro-F1 on the same examples (bench/bench_selection.py), the default since session 25.
+FIRST, F1 = ["--param", "tie_break=first"], ["--param", "tie_break=macro_f1"]
 ARMS = {
     "baseline": ["--optimizer", "baseline"],
-    "demos": ["--optimizer", "demos"],
-    # the demo search breaking ties on dev by macro-F1 (bench/bench_selection.py: a tied set it would have kept)
-    "demos-f1": ["--optimizer", "demos", "--param", "tie_break=macro_f1"],
+    "demos": ["--optimizer", "demos", *FIRST],
+    "demos-f1": ["--optimizer", "demos", *F1],
     "ape": ["--optimizer", "ape"],
     "protegi": ["--optimizer", "protegi"],
     "opro": ["--optimizer", "opro"],
     "pe2": ["--optimizer", "pe2"],
-    "gpo": ["--optimizer", "gpo"],
+    "gpo": ["--optimizer", "gpo", *FIRST],
+    "gpo-f1": ["--optimizer", "gpo", *F1],
 }
 # GPO with the textual gradient of its design space (ProTeGi-style critiques of the wrong minibatch examples shown to
 # the generating request) and 4 samples a step, so 300 calls pay for more than one step on a 40-example dev set
-ARMS["gpo-feedback"] = ["--optimizer", "gpo", "--param", "gradient=feedback", "--param", "update_method=generate",
-                        "--param", "num_candidates=4"]
+ARMS["gpo-feedback"] = ["--optimizer", "gpo", *FIRST, "--param", "gradient=feedback", "--param",
+                        "update_method=generate", "--param", "num_candidates=4"]
 # GPO whose rule start shows minimal pairs (each target example beside the nearest-worded one of each other label)
-ARMS["gpo-contrast"] = ["--optimizer", "gpo", "--param", "rule_examples=contrast"]
-for _name in ("ape", "protegi", "opro", "pe2", "gpo", "gpo-feedback", "gpo-contrast"):
-    ARMS[f"{_name}+demos"] = [*ARMS[_name], "--then-demos"]
+ARMS["gpo-contrast"] = ["--optimizer", "gpo", *FIRST, "--param", "rule_examples=contrast"]
+for _name in ("ape", "protegi", "opro", "pe2", "gpo", "gpo-feedback", "gpo-contrast", "gpo-f1"):
+    _tie = "macro_f1" if _name.endswith("-f1") else "first"
+    ARMS[f"{_name.removesuffix('-f1')}+demos{'-f1' if _tie == 'macro_f1' else ''}"] = [
+        *ARMS[_name], "--then-demos", "--demo-param", f"tie_break={_tie}"]
     ARMS[_name] = [*ARMS[_name], "--no-then-demos"]  # 0-shot: the embedded default would add a demo search
 EXPERTS = ("expert1", "expert2", "expert3")  # the task's expert instructions, scored as the baseline arm scores
 for _name in EXPERTS:
@@ -95,7 +100,7 @@ def run_arm(a: argparse.Namespace, arm: str, n_test: int, out: Path) -> None:
         # is in its stored config
     else:
         demo = ["--demo-param", f"trials={a.demo_trials}", "--demo-param", f"k={a.k}"] if (
-            arm == "demos" or arm.endswith("+demos")) else []
+            arm == "demos" or "+demos" in arm) else []
         if arm in ("demos", "demos-f1"):  # alone: as many sets as the optimization's calls pay for on dev (one is the initial's)
             demo = ["--param", f"trials={max(1, a.opt_calls // a.max_dev - 1)}", "--param", f"k={a.k}"]
         if arm in EXPERTS:

@@ -13,7 +13,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,7 @@ from .data import Example
 from .evaluate import EvalResult, Evaluator
 from .events import CandidateProposed, CandidateRejected, CandidateScored, Event, MetaPrompt, StepDone
 from .lm import Completion, LanguageModel
+from .metrics import macro_f1
 from .prompt import DEMO_MARK, instruction_of
 from .proposals import echoes_example, example_inputs, instruction_problem, refers_to_shown_examples
 from .task import Task
@@ -58,6 +59,15 @@ class Candidate:
 
     def n(self, split: str) -> int:
         return len(self.results.get(split, {}))
+
+    def macro_f1(self, split: str, examples: Sequence[Example], labels: Sequence[str]) -> float | None:
+        """Macro-F1 on these examples from the answers the scoring read (no call); None unless all were read. Two
+        prompts with the same accuracy can differ here: one that over-answers a favourite label loses precision on
+        it (bench/bench_selection.py)."""
+        answers = self.preds.get(split, {})
+        if not examples or any(ex.id not in answers for ex in examples):
+            return None
+        return macro_f1([answers[ex.id] for ex in examples], [ex.label for ex in examples], labels)
 
 
 class Context:
@@ -175,6 +185,21 @@ class Context:
         score = best.last.get(split, best.mean(split))
         return StepDone(step=step, best_id=best.id, best_score=score if score is not None else 0.0,
                         best_split=split, beam=[c.id for c in beam])
+
+
+TieBreak = Literal["first", "macro_f1"]
+TIE_BREAK_HELP = ("Between candidates with the same selection score: the first found, or the one with the higher "
+                  "macro-F1 on the same examples (no extra call; it keeps the prompt that reads more than one label, "
+                  "bench/bench_selection.py)")
+
+
+def better(cand: Candidate, best: Candidate, cand_score: float, best_score: float, tie_break: TieBreak,
+           split: str, examples: Sequence[Example], labels: Sequence[str]) -> bool:
+    """Does cand replace best? A higher score does; an equal one only under macro_f1, by a higher macro-F1."""
+    if cand_score != best_score or tie_break == "first":
+        return cand_score > best_score
+    a, b = cand.macro_f1(split, examples, labels), best.macro_f1(split, examples, labels)
+    return a is not None and b is not None and a > b
 
 
 class Optimizer(ABC):

@@ -28,7 +28,7 @@ from .data import Splits
 from .evaluate import EvalResult, Evaluator
 from .events import CandidateScored, Error, Event, RoleServed, RunFinished, RunStarted, StepDone, Usage
 from .llm import LLM, EndpointDown, LLMError, open_cache
-from .methods.demos import Steps, then_demo_search
+from .methods.demos import DemoParams, Steps, then_demo_search
 from .methods.demos import fitted as fitted_demo_search
 from .methods.demos import share as demo_search_share
 from .report import ReportReserve, report_leaves_little, score_splits
@@ -175,13 +175,20 @@ class Runner:
         evaluator = Evaluator(task_llm, cfg.task)
         ctx = Context(task=cfg.task, train=splits.train, dev=splits.dev, initial_prompt=cfg.initial_prompt,
                       evaluator=evaluator, optimizer_llm=opt_llm, seed=cfg.seed)
-        opt = REGISTRY[cfg.optimizer](ctx, cfg.params)
+        # A resume runs with the parameters the run started with (every one, defaults included, as stored by its
+        # first RunStarted), so a default changed since by an upgrade does not change a run halfway.
+        started = self.store.last_event(run_id, "run_started") if stored else None
+        opt_cls = REGISTRY[cfg.optimizer]
+        params = ({k: v for k, v in started.params.items() if k in opt_cls.Params.model_fields}
+                  if isinstance(started, RunStarted) and started.params else cfg.params)
+        opt = opt_cls(ctx, params)
         opt_llm.defaults["max_tokens"] = opt.p.optimizer_max_tokens
         demo_params = cfg.demo_search
-        if demo_params is not None and demo_params.get("fit_budget"):  # sized once, at the first start
-            if stored:
-                demo_params = getattr(self.store.last_event(run_id, "run_started"), "demo_search", None) or demo_params
-            else:
+        if isinstance(started, RunStarted) and started.demo_search is not None:
+            demo_params = started.demo_search  # sized once, at the first start (fit_budget)
+        elif demo_params is not None:
+            demo_params = DemoParams(**demo_params).model_dump()
+            if demo_params.get("fit_budget"):
                 ReportReserve(task_llm, meter, cfg.task, splits, cfg.report_splits, cfg.initial_prompt)
                 demo_params = fitted_demo_search(demo_params, meter.call_allowance(), len(splits.dev))
         demo_share = (demo_search_share(ctx, demo_params, meter, task_llm.model, cfg.task.max_tokens)

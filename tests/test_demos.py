@@ -17,6 +17,7 @@ from optimizers.config import DataConfig, RunConfig
 from optimizers.data import Example, Splits
 from optimizers.estimate import dry_run
 from optimizers.llm import Endpoint
+from optimizers.methods.demos import DemoParams
 from optimizers.prepare import prepare_task
 from optimizers.prompt import DEMO_MARK, Demo, draw_demos, instruction_of, join_prompt, split_prompt
 from optimizers.runner import Runner
@@ -292,7 +293,10 @@ def test_a_fitted_search_is_stored_at_the_first_start_stays_inside_the_cap_and_s
     res, store, rid, billed = _run(tmp_path, "gpo", Budget(max_calls=cap), {"fit_budget": True, "k": 4}, responder)
     assert billed <= cap and res.calls == billed
     started = [e for _, e in store.events(rid, kinds=["run_started"])]
-    assert started[0].demo_search == {"fit_budget": True, "k": 4, "trials": 3, "extend_to": 6}  # (3 + 1) x 10 <= 40
+    stored = started[0].demo_search  # every parameter, defaults included: a resume runs what the start ran
+    assert {k: stored[k] for k in ("fit_budget", "k", "trials", "extend_to")} == {
+        "fit_budget": True, "k": 4, "trials": 3, "extend_to": 6}  # (3 + 1) x 10 <= 40
+    assert stored == DemoParams(**stored).model_dump() and stored["max_dev"] is None
     proposed = [e for _, e in store.events(rid, kinds=["candidate_proposed"]) if e.origin == "demos"]
     assert 1 <= len(proposed) <= 6
     est = dry_run("gpo", {}, _task(layout="system"), _splits(), "Classify the text.", seed=5,
@@ -421,9 +425,9 @@ def test_a_tie_on_dev_goes_to_the_set_with_the_higher_macro_f1_only_when_asked()
     scores = {"fav": 0.6, "reader": 0.6}
     assert sum(fav.results["dev"].values()) == sum(reader.results["dev"].values()) == 6
     by_f1 = DemoSearch(ctx, {"tie_break": "macro_f1"})
-    assert by_f1._f1(reader, dev) > by_f1._f1(fav, dev)
+    assert reader.macro_f1("dev", dev, TOY_TASK.labels) > fav.macro_f1("dev", dev, TOY_TASK.labels)
     assert by_f1._better(reader, fav, scores, dev) and not by_f1._better(fav, reader, scores, dev)
     assert not DemoSearch(ctx, {})._better(reader, fav, scores, dev)  # the default: the first drawn stays
     assert by_f1._better(reader, fav, {"fav": 0.7, "reader": 0.6}, dev) is False  # a higher score still wins
     del reader.preds["dev"][dev[0].id]  # not scored on all of dev here: no tie-break
-    assert by_f1._f1(reader, dev) is None and not by_f1._better(reader, fav, scores, dev)
+    assert reader.macro_f1("dev", dev, TOY_TASK.labels) is None and not by_f1._better(reader, fav, scores, dev)

@@ -712,3 +712,39 @@ def test_edit_with_critique_and_demo_count():
     events, _, err, _ = run(format_data_num=0, num_candidates=1, opt=Opt(per_step=1))
     meta = meta_text(events, 1)
     assert "\nOutput:\n" not in meta and "The examples below" not in meta
+
+
+def test_the_trajectory_best_breaks_a_tie_by_selection_macro_f1_only_when_asked():
+    """The paper returns the trajectory prompt with the best score; between equals we keep the earliest, or with
+    tie_break=macro_f1 the one whose answers on the same selection examples spread over the labels (helpdesk_queues
+    seed 2: the initial prompt, answering juniper to all, tied at 8 / 22 with a prompt that read all three queues)."""
+    from optimizers.base import Candidate, Context
+    from optimizers.evaluate import Evaluator
+    from optimizers.methods.gpo import _Entry
+    from tests.conftest import TOY_TASK
+
+    class Nothing:
+        max_concurrency, accepts_extras, model = 1, False, "x"
+
+    dev = toy_examples(10, start=101)  # 5 positive, 5 negative, alternating
+    ctx = Context(task=TOY_TASK, train=toy_examples(4), dev=dev, initial_prompt="Classify.",
+                  evaluator=Evaluator(Nothing(), TOY_TASK), optimizer_llm=Nothing())
+
+    def entry(cid: str, answers: list[str], step: int) -> _Entry:
+        c = Candidate(cid, cid, [], "generated", step)
+        c.preds["dev"] = {ex.id: a for ex, a in zip(dev, answers)}
+        right = sum(a == ex.label for ex, a in zip(dev, answers))
+        return _Entry(c, right / len(dev), step)
+
+    fav = entry("fav", ["positive"] * 9 + ["negative"], 0)  # 6 right, leaning to positive
+    reader = entry("reader", ["positive", "negative", "negative", "positive"] * 2 + ["positive", "negative"], 2)
+    worse = entry("worse", ["negative"] * 10, 1)
+    for params, expected in (({}, "fav"), ({"tie_break": "macro_f1"}, "reader")):
+        gpo = GPO(ctx, params)
+        gpo.split, gpo.eval_set, gpo.trajectory = "dev", dev, [fav, worse, reader]
+        assert gpo.best().cand.id == expected
+    gpo.trajectory = [worse, fav, entry("better", ["positive", "negative"] * 3 + ["negative"] * 4, 3), reader]
+    assert gpo.best().cand.id == "better"  # more right: a higher score wins whatever its macro-F1
+    del reader.cand.preds["dev"][dev[0].id]  # not read on the whole selection set: no tie-break
+    gpo.trajectory = [fav, reader]
+    assert gpo.best().cand.id == "fav"

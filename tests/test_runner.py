@@ -137,6 +137,37 @@ def test_budget_stops_at_last_step_and_resume_continues_without_paying_twice(tmp
         assert res2.best_prompt == res.best_prompt or res2.best_id != res.best_id
 
 
+def test_a_resume_runs_with_the_parameters_the_run_started_with_not_new_defaults(tmp_path, monkeypatch):
+    """An upgrade between a stop and its resume may change an optimizer's defaults (session 25: the tie-break); the
+    resumed run keeps every parameter its first start stored, defaults included, so it does not change halfway."""
+    from optimizers.base import REGISTRY
+    from optimizers.events import RunStarted
+
+    with StubServer(scripted(opt_reply)) as stub:
+        runner, store = make_runner(stub, tmp_path)
+        rid = runner.create(config(tmp_path, budget=Budget(max_calls=30)), splits())
+        assert store.get_run(rid)["config"]["params"] == {}  # the user gave none: steps is the default, 4
+        assert runner.execute(rid).status == "budget"
+
+        class ShorterParams(ToyParams):
+            steps: int = 1
+
+        class UpgradedToy(Toy):
+            Params = ShorterParams
+
+        monkeypatch.setitem(REGISTRY, "toy", UpgradedToy)
+        store.set_budget(rid, {"max_calls": 200})
+        assert runner.execute(rid).status == "done"
+        assert [e.step for _, e in store.events(rid, kinds=["step_done"])] == [0, 1, 2, 3, 4]  # 4 steps, not 1
+        started = [e for _, e in store.events(rid, kinds=["run_started"])]
+        assert len(started) == 2 and isinstance(started[1], RunStarted) and started[1].params == started[0].params
+        assert started[0].params["steps"] == 4
+        # a new run takes the new default
+        new = runner.create(config(tmp_path / "new"), splits())
+        assert runner.execute(new).status == "done"
+        assert [e.step for _, e in store.events(new, kinds=["step_done"])] == [0, 1]
+
+
 def test_stop_request_stops_at_next_event(tmp_path):
     with StubServer(scripted(opt_reply)) as stub:
         runner, store = make_runner(stub, tmp_path)

@@ -10,15 +10,13 @@ Demonstrations come from the train split only; dev decides between sets and test
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
 
 from pydantic import Field
 
-from ..base import Candidate, Context, Optimizer, Params, register
+from ..base import TIE_BREAK_HELP, Candidate, Context, Optimizer, Params, TieBreak, better, register
 from ..budget import Amount, BudgetExceeded, Meter
 from ..data import Example
 from ..events import Event, StepDone
-from ..metrics import macro_f1
 from ..prompt import Demo, draw_demos, instruction_of, join_prompt
 
 
@@ -31,10 +29,7 @@ class DemoParams(Params):
                                                         "examples (one fixed random subset; empty: all of dev)")
     fit_budget: bool = Field(False, description="After another optimizer, under a call cap: size the search to half "
                                                 "of the calls the report leaves (fewer sets, then a dev subset)")
-    tie_break: Literal["first", "macro_f1"] = Field(
-        "first", description="Between sets with the same dev score: the first drawn, or the one with the higher dev "
-                             "macro-F1 (a set that makes the model over-answer one label loses precision there; "
-                             "bench/bench_selection.py)")
+    tie_break: TieBreak = Field("first", description=TIE_BREAK_HELP)
     extend_to: int | None = Field(None, ge=1, le=200, description="Draw more sets, up to this many in all, while "
                                                                   "the calls the optimizer left unspent pay for a "
                                                                   "whole set (set by fit_budget; DSPy's searches "
@@ -95,17 +90,8 @@ class DemoSearch(Optimizer):
             yield self._done(step, best, scores)
 
     def _better(self, cand: Candidate, best: Candidate, scores: dict[str, float], dev: Sequence[Example]) -> bool:
-        if scores[cand.id] != scores[best.id] or self.p.tie_break == "first":
-            return scores[cand.id] > scores[best.id]
-        a, b = self._f1(cand, dev), self._f1(best, dev)
-        return a is not None and b is not None and a > b
-
-    def _f1(self, cand: Candidate, dev: Sequence[Example]) -> float | None:
-        """Dev macro-F1 from the answers the scoring read (None when this run did not score it on all of them)."""
-        answers = cand.preds.get("dev", {})
-        if any(ex.id not in answers for ex in dev):
-            return None
-        return macro_f1([answers[ex.id] for ex in dev], [ex.label for ex in dev], self.ctx.task.labels)
+        return better(cand, best, scores[cand.id], scores[best.id], self.p.tie_break, "dev", dev,
+                      self.ctx.task.labels)
 
     def _done(self, step: int, best: Candidate, scores: dict[str, float]) -> StepDone:
         done = self.ctx.step_done(step, best, "dev", [best])

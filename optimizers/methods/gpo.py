@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..base import Candidate, Optimizer, Params, register
+from ..base import TIE_BREAK_HELP, Candidate, Optimizer, Params, TieBreak, better, register
 from ..budget import BudgetExceeded
 from ..data import Example
 from ..events import CandidateRejected, EditBudget, Event, Gradient, Plan, Retrieval, Selection
@@ -143,6 +143,7 @@ class GPO(Optimizer):
                                   "label (contrast: minimal pairs)")
         keep_if_worse: bool = Field(False, description="Ours: keep the current prompt when no new candidate beats "
                                                        "it (the paper always moves to the best new one)")
+        tie_break: TieBreak = Field("first", description="Ours (the paper keeps the highest score). " + TIE_BREAK_HELP)
         similarity: Literal["auto", "embeddings", "lexical"] = Field(
             "auto", description="Relevance backend: endpoint embeddings with lexical fallback (auto), embeddings "
                                 "only, or lexical (rapidfuzz) only")
@@ -215,8 +216,17 @@ class GPO(Optimizer):
                 if top is not None and top[0] > max(e.score for e in self.trajectory):
                     yield ctx.step_done(t, top[1], self.split, [top[1]])
                 raise
-            best = max(self.trajectory, key=lambda e: e.score)  # first of equals: the earliest
-            yield ctx.step_done(t, best.cand, self.split, [self.trajectory[-1].cand])
+            yield ctx.step_done(t, self.best().cand, self.split, [self.trajectory[-1].cand])
+
+    def best(self) -> _Entry:
+        """The trajectory's best by selection score (the paper's return); between equals the earliest, or with
+        tie_break=macro_f1 the one with the higher macro-F1 on the selection set."""
+        best = self.trajectory[0]
+        for e in self.trajectory[1:]:
+            if better(e.cand, best.cand, e.score, best.score, self.p.tie_break, self.split, self.eval_set,
+                      self.ctx.task.labels):
+                best = e
+        return best
 
     # --- the run's size under a call cap (ours) --------------------------------------------------------------------
     def plan(self) -> Plan | None:
