@@ -199,7 +199,7 @@ def better(cand: Candidate, best: Candidate, cand_score: float, best_score: floa
     if cand_score != best_score or tie_break == "first":
         return cand_score > best_score
     a, b = cand.macro_f1(split, examples, labels), best.macro_f1(split, examples, labels)
-    return a is not None and b is not None and a > b
+    return a is not None and b is not None and a > b + 1e-12  # not by rounding: the same counts summed otherwise
 
 
 class Optimizer(ABC):

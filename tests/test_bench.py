@@ -378,3 +378,26 @@ def test_selection_by_dev_macro_f1_prefers_the_prompt_that_reads_both_labels():
     assert bench_selection.dev_f1(rec, favourite) < bench_selection.dev_f1(rec, reader)
     p = bench_selection.picks(rec, margin=2)
     assert p["full dev"]["id"] == "fav" and p["dev macro-F1"]["id"] == "reader"
+
+
+def test_the_tie_census_keeps_the_earliest_or_a_strictly_higher_macro_f1():
+    """bench_ties: among candidates tied at the top, tie_break=first keeps the earliest met; macro_f1 moves only to a
+    strictly higher macro-F1 (equal ones, or one not read on every example, keep the earlier); the table counts a
+    selection with one candidate at the top as no tie."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_ties
+
+    tied = [{"id": "first", "f1": 0.30}, {"id": "same", "f1": 0.30}, {"id": "unread", "f1": None},
+            {"id": "reader", "f1": 0.42}, {"id": "late", "f1": 0.42}]
+    assert bench_ties.keeps(tied, "first") == "first"
+    assert bench_ties.keeps(tied, "macro_f1") == "reader"
+    assert bench_ties.keeps(tied[:3], "macro_f1") == "first"
+    recs = [{"out": "gain-t-s1", "arm": "demos", "phases": {"demos": {"n": 40, "compared": 7, "top": 0.5,
+                                                                      "tied": tied}}},
+            {"out": "gain-t-s2", "arm": "gpo", "phases": {"gpo": {"n": 22, "compared": 5, "top": 0.4,
+                                                                  "tied": [{"id": "alone", "f1": 0.2}]}}}]
+    text = bench_ties.table(recs)
+    assert "| gain-t-s1/demos | demos | 7 (40) | 0.500 | first 0.300, same 0.300, unread -, reader 0.420, late 0.420 | " \
+           "first | reader (changed) |" in text
+    assert "| gain-t-s2/gpo | gpo | 5 (22) | 0.400 | no tie | alone | alone |" in text
+    assert "2 selections, 1 ending in a tie at the top, 1 where macro-F1 keeps another." in text

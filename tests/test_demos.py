@@ -431,3 +431,33 @@ def test_a_tie_on_dev_goes_to_the_set_with_the_higher_macro_f1_only_when_asked()
     assert by_f1._better(reader, fav, {"fav": 0.7, "reader": 0.6}, dev) is False  # a higher score still wins
     del reader.preds["dev"][dev[0].id]  # not scored on all of dev here: no tie-break
     assert reader.macro_f1("dev", dev, TOY_TASK.labels) is None and not by_f1._better(reader, fav, scores, dev)
+
+
+def test_the_tie_census_reads_each_phase_of_a_stored_run(tmp_path):
+    """bench/bench_ties.py on a real store: GPO's phase compares its trajectory on its selection examples, the demo
+    search's phase its instruction and every set on dev; the top's macro-F1 comes from the answers stored there."""
+    import sys
+    from pathlib import Path
+
+    from optimizers.metrics import macro_f1
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import bench_ties
+
+    res, store, rid, _ = _run(tmp_path, "gpo", Budget(max_calls=400), {"k": 4, "trials": 3}, DemoResponder())
+    phases = bench_ties.census(store, rid, ["positive", "negative"])
+    assert set(phases) == {"gpo", "demos"}
+    demos = phases["demos"]
+    sets = [c["candidate_id"] for c in store.candidates(rid) if c["origin"] == "demos"]
+    assert demos["n"] == len(_splits().dev) and demos["compared"] == len(set(sets)) + 1  # the instruction + each set
+    base = next(c["parents"][0] for c in store.candidates(rid) if c["origin"] == "demos")
+    dev_scores = {r["candidate_id"]: r["score"] for r in store.scores(rid) if r["split"] == "dev" and r["n"] == 10}
+    assert demos["top"] == max(dev_scores[c] for c in [base, *sets])
+    assert res.best_id in {c["id"] for c in demos["tied"]}  # the run kept one of the top
+    for c in demos["tied"]:
+        preds = store.predictions(rid, c["id"], "dev")
+        assert len(preds) == 10 and c["f1"] == pytest.approx(
+            macro_f1([p["pred"] for p in sorted(preds, key=lambda p: p["example_id"])],
+                     [p["gold"] for p in sorted(preds, key=lambda p: p["example_id"])], ["positive", "negative"]))
+    gpo = phases["gpo"]
+    assert gpo["compared"] >= 1 and gpo["tied"][0]["id"] in bench_ties.phase_members(store, rid)["gpo"]
