@@ -399,10 +399,10 @@ def test_an_optimizer_stopped_between_steps_hands_over_to_the_demo_search(tmp_pa
     assert len(demos) == 2 and all(e.step >= 2 for e in demos)
 
 
-def test_a_tie_on_dev_goes_to_the_set_with_the_higher_macro_f1_only_when_asked():
+def test_a_tie_on_dev_goes_to_the_set_with_the_higher_macro_f1_unless_first_is_asked():
     """Two demo sets right on the same dev examples count: the one whose answers over-use one label has the lower
-    macro-F1 and loses the tie under tie_break=macro_f1 (helpdesk_queues seed 2: three sets tied at 17 / 40, the
-    earliest kept scored 0.417 on test, the best-F1 one 0.592); by default the first drawn stays."""
+    macro-F1 and loses the tie under tie_break=macro_f1, the default (helpdesk_queues seed 2: three sets tied at 17 / 40, the
+    earliest kept scored 0.417 on test, the best-F1 one 0.592); with tie_break=first the first drawn stays."""
     from optimizers.base import Candidate, Context
     from optimizers.evaluate import Evaluator
     from optimizers.methods.demos import DemoSearch
@@ -427,7 +427,8 @@ def test_a_tie_on_dev_goes_to_the_set_with_the_higher_macro_f1_only_when_asked()
     by_f1 = DemoSearch(ctx, {"tie_break": "macro_f1"})
     assert reader.macro_f1("dev", dev, TOY_TASK.labels) > fav.macro_f1("dev", dev, TOY_TASK.labels)
     assert by_f1._better(reader, fav, scores, dev) and not by_f1._better(fav, reader, scores, dev)
-    assert not DemoSearch(ctx, {})._better(reader, fav, scores, dev)  # the default: the first drawn stays
+    assert DemoSearch(ctx, {})._better(reader, fav, scores, dev)  # the default since session 25
+    assert not DemoSearch(ctx, {"tie_break": "first"})._better(reader, fav, scores, dev)  # the first drawn stays
     assert by_f1._better(reader, fav, {"fav": 0.7, "reader": 0.6}, dev) is False  # a higher score still wins
     del reader.preds["dev"][dev[0].id]  # not scored on all of dev here: no tie-break
     assert reader.macro_f1("dev", dev, TOY_TASK.labels) is None and not by_f1._better(reader, fav, scores, dev)

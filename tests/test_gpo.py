@@ -714,7 +714,7 @@ def test_edit_with_critique_and_demo_count():
     assert "\nOutput:\n" not in meta and "The examples below" not in meta
 
 
-def test_the_trajectory_best_breaks_a_tie_by_selection_macro_f1_only_when_asked():
+def test_the_trajectory_best_breaks_a_tie_by_selection_macro_f1_unless_first_is_asked():
     """The paper returns the trajectory prompt with the best score; between equals we keep the earliest, or with
     tie_break=macro_f1 the one whose answers on the same selection examples spread over the labels (helpdesk_queues
     seed 2: the initial prompt, answering juniper to all, tied at 8 / 22 with a prompt that read all three queues)."""
@@ -739,7 +739,7 @@ def test_the_trajectory_best_breaks_a_tie_by_selection_macro_f1_only_when_asked(
     fav = entry("fav", ["positive"] * 9 + ["negative"], 0)  # 6 right, leaning to positive
     reader = entry("reader", ["positive", "negative", "negative", "positive"] * 2 + ["positive", "negative"], 2)
     worse = entry("worse", ["negative"] * 10, 1)
-    for params, expected in (({}, "fav"), ({"tie_break": "macro_f1"}, "reader")):
+    for params, expected in (({"tie_break": "first"}, "fav"), (GPO.presets["paper"], "fav"), ({}, "reader")):
         gpo = GPO(ctx, params)
         gpo.split, gpo.eval_set, gpo.trajectory = "dev", dev, [fav, worse, reader]
         assert gpo.best().cand.id == expected

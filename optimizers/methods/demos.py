@@ -29,7 +29,7 @@ class DemoParams(Params):
                                                         "examples (one fixed random subset; empty: all of dev)")
     fit_budget: bool = Field(False, description="After another optimizer, under a call cap: size the search to half "
                                                 "of the calls the report leaves (fewer sets, then a dev subset)")
-    tie_break: TieBreak = Field("first", description=TIE_BREAK_HELP)
+    tie_break: TieBreak = Field("macro_f1", description=TIE_BREAK_HELP)
     extend_to: int | None = Field(None, ge=1, le=200, description="Draw more sets, up to this many in all, while "
                                                                   "the calls the optimizer left unspent pay for a "
                                                                   "whole set (set by fit_budget; DSPy's searches "

@@ -12,7 +12,8 @@ be rerun: gradient (none | feedback), momentum content (none | para | feedback),
 relevance | importance, k), momentum update (k-list | real-time), learning rate (with | without), decay (cosine |
 linear | fixed, optional warm-up) and update method (edit | generate | edit_without | generate_without).
 Ours: the word-level edit distance of every candidate to the current prompt is measured and recorded against the
-budget (optionally rejecting over-budget candidates), and the best trajectory prompt by dev score is returned.
+budget (optionally rejecting over-budget candidates), and the best trajectory prompt by dev score is returned; between
+equal scores the one with the higher macro-F1 on the same examples (tie_break; the paper preset keeps the earliest).
 With a call cap (`fit_budget`): when the schedule costs more than the run's call allowance, the run plans the steps
 it can pay for (fewer candidates a step, then a dev subset, at least min_steps) and the step-size schedule spans
 those steps, so the word budget decays within the run (a Plan event says how).
@@ -91,7 +92,7 @@ class _Entry:
 
 @register
 class GPO(Optimizer):
-    presets = {"paper": {"rule_start": 0, "regenerate": 0}}  # the defaults are the paper's but for these (ours)
+    presets = {"paper": {"rule_start": 0, "regenerate": 0, "tie_break": "first"}}  # the defaults are the paper's but for these (ours)
     name = "gpo"
     title = "GPO (trajectory retrieval + generation + decaying edit budget)"
     paper = ("Tang et al., Unleashing the Potential of Large Language Models as Prompt Optimizers: An Analogical "
@@ -143,7 +144,7 @@ class GPO(Optimizer):
                                   "label (contrast: minimal pairs)")
         keep_if_worse: bool = Field(False, description="Ours: keep the current prompt when no new candidate beats "
                                                        "it (the paper always moves to the best new one)")
-        tie_break: TieBreak = Field("first", description="Ours (the paper keeps the highest score). " + TIE_BREAK_HELP)
+        tie_break: TieBreak = Field("macro_f1", description="Ours (the paper keeps the highest score). " + TIE_BREAK_HELP)
         similarity: Literal["auto", "embeddings", "lexical"] = Field(
             "auto", description="Relevance backend: endpoint embeddings with lexical fallback (auto), embeddings "
                                 "only, or lexical (rapidfuzz) only")
