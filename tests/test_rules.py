@@ -181,6 +181,30 @@ def test_the_initial_prompt_stays_current_when_no_rule_beats_it():
     assert step0.best_id == candidate_id(INITIAL)  # level 0 both ways: a tie keeps the initial prompt
 
 
+def test_a_rule_tied_with_the_initial_prompt_is_the_best_so_far_when_it_reads_both_labels():
+    """The initial prompt answers "positive" to all 8 dev reviews (4 right); the level-4 rule is right on 4 too, with
+    both labels in its answers. The initial stays current (no rule beats it), but step 0 reports the rule as the best
+    so far under the default tie-break, so a run the cap ends in step 1 keeps it (helpdesk_queues seed 2); with
+    tie_break=first, or the paper preset, the initial."""
+    def favourite_or_level(req):
+        return level_task(req) if "level" in last_user(req).split("\n\nText:")[0] else "positive"
+
+    rules = {"positive": ['Answer "positive" only when the review is level 4 warm.'],
+             "negative": ['Answer "negative" only when the review is level 3 cold.']}
+    rule = 'Classify the text. Answer "positive" only when the review is level 4 warm. Otherwise answer "negative".'
+    for params, best in (({}, rule), ({"tie_break": "first"}, INITIAL)):
+        with StubServer(scripted(RuleOpt({k: list(v) for k, v in rules.items()}), favourite_or_level)) as stub:
+            ctx = make_ctx(stub, train=toy_examples(16), dev=toy_examples(8, seed=1, start=100),
+                           initial_prompt=INITIAL)
+            events = list(GPO(ctx, {"epochs": 1, "batch_size": 8, "num_candidates": 2, "rule_start": 2,
+                                    **params}).run())
+        step0 = kinds(events, "step_done")[0]
+        assert step0.best_id == candidate_id(best) and step0.best_score == 0.5
+        assert step0.beam == [candidate_id(INITIAL)]  # the current prompt: no rule beat it
+        estimates = {e["candidate_id"]: e["mean"] for e in kinds(events, "selection")[0].estimates}
+        assert estimates[candidate_id(INITIAL)] == estimates[candidate_id(rule)] == 0.5
+
+
 def test_no_rule_start_for_option_letters_or_with_the_paper_preset():
     letters = Task(template="{prompt}\n\nText: {text}\nAnswer:", input_cols=["text"], labels=["(A)", "(B)"])
     ex = [Example(str(i), {"text": f"Review {i}: superb."}, "(A)" if i % 2 else "(B)") for i in range(1, 17)]

@@ -202,9 +202,10 @@ class GPO(Optimizer):
             try:
                 yield from self.rule_start(init)
             except BudgetExceeded:
-                yield ctx.step_done(0, self.trajectory[-1].cand, self.split)
+                yield ctx.step_done(0, self.best().cand, self.split)
                 raise
-        yield ctx.step_done(0, self.trajectory[-1].cand, self.split, [self.trajectory[-1].cand])
+        # the best so far, by the same rule as every later step (a run the cap ends in step 1 reports this one)
+        yield ctx.step_done(0, self.best().cand, self.split, [self.trajectory[-1].cand])
         for t in range(1, self.T + 1):
             batch = batches[(t - 1) % spe]
             self.step_scored: list[tuple[float, Candidate]] = []
