@@ -154,7 +154,8 @@ class Context:
             answers[p.example_id] = p.pred
         if split in ("train", "dev") and len(examples) == len(getattr(self, split)):
             cand.last[split] = res.score
-        yield CandidateScored.from_eval(res, step=step, candidate_id=cand.id, split=split, purpose=purpose)
+        yield CandidateScored.from_eval(res, step=step, candidate_id=cand.id, split=split, purpose=purpose,
+                                        labels=self.task.labels)
         return res
 
     def sample(self, population: Sequence[Any], k: int) -> list[Any]:

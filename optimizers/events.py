@@ -7,9 +7,12 @@ inspectors, export, replay and resume are all projections of the stored sequence
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
+
+from .metrics import macro_f1
 
 if TYPE_CHECKING:
     from .evaluate import EvalResult
@@ -87,14 +90,19 @@ class CandidateScored(_Event):
     example_ids: list[str] = []
     correct: list[bool] = []  # per example, aligned with example_ids (bandits and the inspectors need it)
     purpose: str = ""  # e.g. "selection", "minibatch", "report", "bandit"
+    # on a task with a label set: macro-F1 on the same examples, what a tie on `score` is broken by (tie_break)
+    macro_f1: float | None = None
     _predictions: list[dict[str, Any]] = PrivateAttr(default_factory=list)  # stored in their own table
 
     @classmethod
-    def from_eval(cls, res: EvalResult, *, step: int, candidate_id: str, split: str, purpose: str) -> CandidateScored:
+    def from_eval(cls, res: EvalResult, *, step: int, candidate_id: str, split: str, purpose: str,
+                  labels: Sequence[str] | None = None) -> CandidateScored:
         """The one way a score becomes an event, its per-example predictions attached for the store."""
+        f1 = macro_f1([p.pred for p in res.predictions], [p.gold for p in res.predictions], labels) if (
+            labels and res.predictions) else None
         ev = cls(step=step, candidate_id=candidate_id, split=split, n=res.n, score=res.score, ci_low=res.ci_low,
                  ci_high=res.ci_high, metric=res.metric, example_ids=[p.example_id for p in res.predictions],
-                 correct=res.correct, purpose=purpose)
+                 correct=res.correct, purpose=purpose, macro_f1=f1)
         ev._predictions = [p.as_dict() for p in res.predictions]
         return ev
 

@@ -219,6 +219,13 @@ def test_the_inspect_page_shows_each_demo_set_and_its_dev_score(tmp_path, monkey
     assert not at.exception and not at.error
     md = markdown(at)
     assert "Demonstration sets tried" in [h.value for h in at.subheader] and "on dev" in md
+    # each set's dev macro-F1 (what a tie on the score goes by) is shown beside its score, as the event stored it
+    scored = {e.candidate_id: e for _, e in store.events(rid, kinds=["candidate_scored"]) if e.split == "dev"}
+    shown = [e for _, e in store.events(rid, kinds=["candidate_proposed"]) if e.origin == "demos"
+             and e.step == demo_steps[0]]
+    assert shown and all(f"macro-F1 {scored[e.candidate_id].macro_f1:.3f}" in md for e in shown)
+    best = {e.best_id for _, e in store.events(rid, kinds=["step_done"]) if e.step == demo_steps[0]}
+    assert ("the best so far, kept" in md) == any(e.candidate_id in best for e in shown)
     sets = frames(at, "train example", "text", "label")
     train = {e.id for e in _splits().train}
     assert sets and len(sets[0]) == 3 and set(sets[0]["train example"]) <= train
@@ -460,5 +467,9 @@ def test_the_tie_census_reads_each_phase_of_a_stored_run(tmp_path):
         assert len(preds) == 10 and c["f1"] == pytest.approx(
             macro_f1([p["pred"] for p in sorted(preds, key=lambda p: p["example_id"])],
                      [p["gold"] for p in sorted(preds, key=lambda p: p["example_id"])], ["positive", "negative"]))
+        # the scored event carries the same figure (the Inspect page shows it beside the score)
+        event = [e for _, e in store.events(rid, kinds=["candidate_scored"]) if e.candidate_id == c["id"]
+                 and e.split == "dev" and e.n == 10][-1]
+        assert event.macro_f1 == pytest.approx(c["f1"])
     gpo = phases["gpo"]
     assert gpo["compared"] >= 1 and gpo["tied"][0]["id"] in bench_ties.phase_members(store, rid)["gpo"]

@@ -80,7 +80,8 @@ def rejected_rows(evs: Sequence[SeqEv]) -> list[dict[str, Any]]:
 def scored_rows(evs: Sequence[SeqEv]) -> list[dict[str, Any]]:
     return [{"candidate_id": ev.candidate_id, "split": ev.split, "purpose": ev.purpose, "n": ev.n,
              "score": round(ev.score, 4), "ci_low": None if ev.ci_low is None else round(ev.ci_low, 4),
-             "ci_high": None if ev.ci_high is None else round(ev.ci_high, 4)}
+             "ci_high": None if ev.ci_high is None else round(ev.ci_high, 4),
+             "macro_f1": None if ev.macro_f1 is None else round(ev.macro_f1, 4)}
             for ev in of_kind(evs, "candidate_scored")]
 
 
@@ -244,12 +245,16 @@ def demo_rows(demos: Sequence[Demo]) -> list[dict[str, Any]]:
 
 
 def demos_view(evs: Sequence[SeqEv]) -> dict[str, Any]:
-    """A demo-search step: the set tried (its train examples) and its dev score."""
-    scores = {r["candidate_id"]: r["score"] for r in scored_rows(evs) if r["split"] == "dev"}
+    """A demo-search step: the set tried (its train examples), its dev score and macro-F1 (what breaks a tie on the
+    score), and whether the search keeps it."""
+    dev = {r["candidate_id"]: r for r in scored_rows(evs) if r["split"] == "dev"}
+    kept = {ev.best_id for ev in of_kind(evs, "step_done")}
     sets = []
     for ev in of_kind(evs, "candidate_proposed"):
         if ev.origin == "demos":
-            sets.append({"candidate_id": ev.candidate_id, "dev score": scores.get(ev.candidate_id),
+            row = dev.get(ev.candidate_id, {})
+            sets.append({"candidate_id": ev.candidate_id, "dev score": row.get("score"),
+                         "dev macro-F1": row.get("macro_f1"), "kept": ev.candidate_id in kept,
                          "demos": demo_rows(shown_parts(ev.text)[1])})
     return {"sets": sets, "rejected": rejected_rows(evs)}
 
@@ -263,7 +268,9 @@ def render_demos(evs: Sequence[SeqEv], events: Sequence[SeqEv], texts: dict[str,
         _table(scored_rows(evs), "No scores at this step.")
     for s in v["sets"]:
         score = "not scored" if s["dev score"] is None else f"{s['dev score']:.3f} on dev"
-        st.write(f"Set `{s['candidate_id']}`: {score}")
+        if s["dev macro-F1"] is not None:
+            score += f", macro-F1 {s['dev macro-F1']:.3f}"
+        st.write(f"Set `{s['candidate_id']}`: {score}" + (": the best so far, kept" if s["kept"] else ""))
         _table(s["demos"])
     if v["rejected"]:
         st.subheader("Rejected")
