@@ -175,8 +175,8 @@ class Runner:
         evaluator = Evaluator(task_llm, cfg.task)
         ctx = Context(task=cfg.task, train=splits.train, dev=splits.dev, initial_prompt=cfg.initial_prompt,
                       evaluator=evaluator, optimizer_llm=opt_llm, seed=cfg.seed)
-        # A resume runs with the parameters the run started with (every one, defaults included, as stored by its
-        # first RunStarted), so a default changed since by an upgrade does not change a run halfway.
+        # A resume runs with the parameters the run started with (every one, defaults included, as its stored
+        # RunStarted has them; each resume stores the same again), so an upgrade's new default does not change it.
         started = self.store.last_event(run_id, "run_started") if stored else None
         opt_cls = REGISTRY[cfg.optimizer]
         params = ({k: v for k, v in started.params.items() if k in opt_cls.Params.model_fields}

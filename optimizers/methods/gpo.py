@@ -92,7 +92,8 @@ class _Entry:
 
 @register
 class GPO(Optimizer):
-    presets = {"paper": {"rule_start": 0, "regenerate": 0, "tie_break": "first"}}  # the defaults are the paper's but for these (ours)
+    # the defaults are the paper's but for these (ours)
+    presets = {"paper": {"rule_start": 0, "regenerate": 0, "tie_break": "first"}}
     name = "gpo"
     title = "GPO (trajectory retrieval + generation + decaying edit budget)"
     paper = ("Tang et al., Unleashing the Potential of Large Language Models as Prompt Optimizers: An Analogical "
